@@ -1,0 +1,66 @@
+"""Evaluate one subnet on a fixed split: route once, fold the experts once, then plain forward passes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from taslora_core.mole import MoLEModel
+from taslora_core.subnet import Subnet
+from taslora_core.supernet import Supernet
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean cross-entropy (no smoothing), top-1 accuracy and the number of images."""
+
+    loss: float
+    top1: float
+    count: int
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON form."""
+        return {"loss": self.loss, "top1": self.top1, "count": self.count}
+
+
+@torch.no_grad()
+def folded_tensors(
+    supernet: Supernet, subnet: Subnet, mole: MoLEModel | None = None, use_experts: bool = True
+) -> dict[str, torch.Tensor]:
+    """The subnet's sliced tensors with its routed experts folded in (router run once, no per-batch routing)."""
+    deltas = mole.deltas(subnet) if (mole is not None and use_experts) else None
+    return {k: v.detach() for k, v in supernet.subnet_tensors(subnet, deltas).items()}
+
+
+@torch.no_grad()
+def evaluate(
+    supernet: Supernet,
+    subnet: Subnet,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    mole: MoLEModel | None = None,
+    use_experts: bool = True,
+    device: str | torch.device | None = None,
+) -> EvalResult:
+    """Loss/top-1 of `subnet` over `batches`. Under torch.distributed the sums are all-reduced across ranks."""
+    was_training = supernet.training
+    supernet.eval()
+    device = device or next(supernet.parameters()).device
+    tensors = folded_tensors(supernet, subnet, mole, use_experts)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = supernet.forward_tensors(images, subnet, tensors).float()
+        totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+        totals[1] += (logits.argmax(dim=1) == labels).sum()
+        totals[2] += labels.numel()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    supernet.train(was_training)
+    count = int(totals[2].item())
+    if count == 0:
+        raise ValueError("evaluation saw no images; check --val-subset and the split")
+    return EvalResult(loss=float(totals[0] / count), top1=float(totals[1] / count), count=count)

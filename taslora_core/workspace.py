@@ -1,0 +1,99 @@
+"""The workspace (`--workdir`, default ./taslora-runs): where runs live and how commands find the latest one.
+
+Layout, one folder per run, named `<UTC timestamp>-<name>` so that names sort by creation time:
+
+    supernets/<run>/   supernet.safetensors, space.json, train state, metrics.jsonl, split.json
+    mole/<run>/        mole.safetensors, mole.json (names its supernet), train state, metrics.jsonl, split.json
+    searches/<run>/    best.json, history.jsonl, fitness_vs_flops.png, state.json
+    exports/<run>/     model.safetensors, config.json, model.onnx, model.plan, report.json
+
+A run counts as finished once its `marker` file exists; `latest` only returns finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_WORKDIR = Path("taslora-runs")
+
+KINDS: dict[str, str] = {
+    "supernets": "supernet.safetensors",
+    "mole": "mole.safetensors",
+    "searches": "best.json",
+    "exports": "config.json",
+}
+"""Run kind -> the file whose presence marks a finished (usable) run."""
+
+
+class WorkspaceError(RuntimeError):
+    """Nothing usable in the workspace for what a command needs."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder."""
+
+    kind: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """Folder name."""
+        return self.path.name
+
+    def summary(self) -> dict[str, Any]:
+        """Key numbers recorded by the run (its summary.json), or {}."""
+        path = self.path / "summary.json"
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except json.JSONDecodeError:
+            return {}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown run kind '{kind}'; one of {', '.join(KINDS)}")
+
+
+def new_run(workdir: str | Path, kind: str, name: str | None = None) -> Path:
+    """Create and return a fresh run folder `workdir/kind/<timestamp>-<name>`."""
+    _check_kind(kind)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or kind.rstrip("s")).strip("-") or "run"
+    base = Path(workdir) / kind
+    base.mkdir(parents=True, exist_ok=True)
+    for i in range(1000):
+        path = base / (f"{stamp}-{slug}" if i == 0 else f"{stamp}-{slug}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise WorkspaceError(f"cannot create a run folder under {base}")
+
+
+def runs(workdir: str | Path, kind: str, finished_only: bool = True) -> list[Run]:
+    """Runs of one kind, oldest first."""
+    _check_kind(kind)
+    base = Path(workdir) / kind
+    if not base.is_dir():
+        return []
+    found = [
+        Run(kind, p)
+        for p in sorted(base.iterdir())
+        if p.is_dir() and (not finished_only or (p / KINDS[kind]).exists())
+    ]
+    return found
+
+
+def latest(workdir: str | Path, kind: str, hint: str) -> Path:
+    """The newest finished run of `kind`; raises WorkspaceError whose message says how to make one (`hint`)."""
+    found = runs(workdir, kind)
+    if not found:
+        raise WorkspaceError(f"no finished {kind} run in workspace {workdir}; {hint}")
+    return found[-1].path
