@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from taslora_core import __version__
 from taslora_core.workspace import DEFAULT_WORKDIR
@@ -26,8 +27,9 @@ analyze_app = typer.Typer(help="Analyse a trained MoLE checkpoint (feature colla
 app.add_typer(supernet_app, name="supernet")
 app.add_typer(analyze_app, name="analyze")
 
-console = Console()
-err_console = Console(stderr=True)
+# Wide enough for the tables when output is piped (rich falls back to 80 columns otherwise).
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 WorkdirOpt = Annotated[
     Path, typer.Option("--workdir", help="Workspace folder holding runs, searches and exports.", show_default=True)
@@ -41,7 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error to stderr and return the Exit to raise."""
     first = " ".join(str(message).split())
-    err_console.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(first)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -1,0 +1,12 @@
+"""Entry point of the `taslora` console script: imports every command module so they register."""
+
+from __future__ import annotations
+
+from taslora_cli import cmd_export  # noqa: F401  (registers `export`, `check-overhead`, `bench`)
+from taslora_cli import cmd_space  # noqa: F401  (registers `space`, `flops`)
+from taslora_cli.app import app
+
+__all__ = ["app"]
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

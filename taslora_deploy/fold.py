@@ -1,0 +1,117 @@
+"""Fold a subnet's routed experts into its weights and check the folded model against run-time MoLE.
+
+`fold_subnet` runs the router once for the subnet, merges sum_k p_k E_k into every sliced MoLE weight and
+materialises a standalone ViT. `UnmergedMoLEViT` is the same subnet with the experts kept as per-token LoRA
+branches and the router evaluated on every forward: the reference for parity and for "what folding saves".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from taslora_core import slicing
+from taslora_core.mole import MoLEModel
+from taslora_core.slicing import LINEAR_LAYERS, LINEAR_PATHS, block_dims
+from taslora_core.subnet import Subnet
+from taslora_core.supernet import Supernet
+from taslora_deploy.onnx_export import ParityError
+from taslora_deploy.standalone import StandaloneViT, materialize
+
+__all__ = ["FoldResult", "ParityError", "UnmergedMoLEViT", "check_parity", "fold_subnet"]
+
+
+@dataclass
+class FoldResult:
+    """A folded standalone model and the routing that produced it."""
+
+    model: StandaloneViT
+    routing: torch.Tensor | None  # (depth, 4, K) or None without experts
+
+    def routing_entropy(self) -> float | None:
+        """Mean entropy (nats) of the routing distributions."""
+        if self.routing is None:
+            return None
+        p = self.routing.clamp_min(1e-12)
+        return float(-(p * p.log()).sum(-1).mean())
+
+
+@torch.no_grad()
+def fold_subnet(supernet: Supernet, subnet: Subnet, mole: MoLEModel | None = None) -> FoldResult:
+    """Router once -> merged deltas -> standalone ViT. Without `mole`: the plain subnet (the no-LoRA baseline)."""
+    if mole is None:
+        return FoldResult(materialize(supernet, subnet), None)
+    routing = mole.routing(subnet).detach()
+    deltas = mole.experts.deltas(subnet, routing)
+    return FoldResult(materialize(supernet, subnet, deltas), routing.cpu())
+
+
+class _LoRABranchLinear(nn.Module):
+    """y = x W^T + b + ((x D^T) * s) U^T with s = p_k / r per expert column, p read at call time."""
+
+    def __init__(self, base: nn.Linear, u: torch.Tensor, d: torch.Tensor, owner: "UnmergedMoLEViT", block: int, layer: int) -> None:
+        super().__init__()
+        self.base = base
+        self.U = nn.Parameter(u.detach().clone(), requires_grad=False)
+        self.D = nn.Parameter(d.detach().clone(), requires_grad=False)
+        self._owner = [owner]  # a list, so the owner is not registered as a child module
+        self.block, self.layer = block, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        owner = self._owner[0]
+        scale = (owner.current_routing[self.block, self.layer] / owner.rank).repeat_interleave(owner.rank)
+        return self.base(x) + ((x @ self.D.t()) * scale) @ self.U.t()
+
+
+class UnmergedMoLEViT(nn.Module):
+    """The subnet with experts as run-time LoRA branches and the router evaluated on every forward."""
+
+    def __init__(self, supernet: Supernet, subnet: Subnet, mole: MoLEModel) -> None:
+        super().__init__()
+        self.subnet = subnet
+        self.base = materialize(supernet, subnet)
+        self.router = mole.router
+        self.rank = mole.experts.rank
+        self.current_routing = torch.empty(0)
+        for b, block in enumerate(self.base.blocks):
+            d = block_dims(supernet.space, subnet, b)
+            experts = mole.experts.blocks[b]
+            for i, layer in enumerate(LINEAR_LAYERS):
+                parent_path, _, attr = LINEAR_PATHS[layer].rpartition(".")
+                parent = block.get_submodule(parent_path) if parent_path else block
+                u = slicing.rows(layer, experts[f"{layer}_U"], d)
+                dn = slicing.cols(layer, experts[f"{layer}_D"], d)
+                setattr(parent, attr, _LoRABranchLinear(getattr(parent, attr), u, dn, self, b, i))
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Route (every call), then run the ViT with LoRA branches."""
+        self.current_routing = self.router(self.subnet)
+        return self.base(x)
+
+
+@torch.no_grad()
+def check_parity(
+    folded: nn.Module,
+    references: dict[str, nn.Module | object],
+    inputs: dict[str, torch.Tensor],
+    tolerance: float = 1e-5,
+) -> dict[str, dict[str, float]]:
+    """Max abs difference of `folded` vs each reference on each input set; raises ParityError above tolerance.
+
+    `references` maps a name to a callable taking images (e.g. the unmerged MoLE model, or a lambda running the
+    MoLE supernet with experts merged at run time).
+    """
+    report: dict[str, dict[str, float]] = {}
+    worst = 0.0
+    for ref_name, ref in references.items():
+        report[ref_name] = {}
+        for in_name, x in inputs.items():
+            diff = (folded(x) - ref(x)).abs().max().item()  # type: ignore[operator]
+            report[ref_name][in_name] = diff
+            worst = max(worst, diff)
+    if not worst <= tolerance:
+        raise ParityError(f"folded model differs from run-time MoLE by {worst:.3g} > {tolerance:g}: {report}")
+    return report

@@ -1,0 +1,161 @@
+"""Structural comparison and interleaved latency (no wall-clock bounds asserted)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from taslora_deploy.onnx_export import export_onnx
+from taslora_deploy.overhead import (
+    OverheadError,
+    assert_same_structure,
+    interleaved_latency,
+    ort_runner,
+    structural_compare,
+    torch_runner,
+    within_tolerance,
+)
+
+SHAPE = (3, 16, 16)
+
+
+class TinyViT(nn.Module):
+    """Patch conv + one attention block (einsum / matmul) + GELU MLP + mean pool + head; optional extra layer."""
+
+    def __init__(self, dim: int = 32, heads: int = 2, patch: int = 4, img: int = 16, classes: int = 10,
+                 extra_layer: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Parameter(torch.randn(1, (img // patch) ** 2, dim) * 0.02)
+        self.ln1, self.ln2, self.norm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.extra = nn.Linear(dim, dim) if extra_layer else None
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.einsum("bhnd,bhmd->bhnm", q, k) * (d // self.heads) ** -0.5
+        x = x + self.proj((att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d))
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        if self.extra is not None:
+            x = x + self.extra(x)
+        return self.head(self.norm(x).mean(1))
+
+
+def _model(seed: int, extra_layer: bool = False, randomise_all: bool = False) -> TinyViT:
+    torch.manual_seed(seed)
+    m = TinyViT(extra_layer=extra_layer)
+    if randomise_all:  # also LayerNorm weights, which are all-ones / zeros when fresh
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0.0, 0.1)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("overhead")
+    a = export_onnx(_model(0), d / "a.onnx", input_shape=SHAPE)
+    b = export_onnx(_model(1, randomise_all=True), d / "b_same_structure.onnx", input_shape=SHAPE)
+    c = export_onnx(_model(0, extra_layer=True), d / "c_extra_layer.onnx", input_shape=SHAPE)
+    return a, b, c
+
+
+def test_same_structure_different_weights(onnx_files):
+    a, b, _ = onnx_files
+    rep = structural_compare(a, b)
+    assert rep["equal"] is True, rep["differences"]
+    assert rep["differences"] == []
+    assert rep["op_histogram_a"] == rep["op_histogram_b"]
+    assert rep["params_a"] == rep["params_b"] > 0
+    # A's fresh LayerNorm weights are identical and get merged on export, B's random ones are not:
+    # the stored counts differ but that is reported as a note, not a structural difference
+    assert rep["stored_params_a"] < rep["stored_params_b"]
+    assert rep["notes"]
+    assert assert_same_structure(a, b)["equal"] is True
+
+
+def test_extra_layer_is_a_difference(onnx_files):
+    a, _, c = onnx_files
+    rep = structural_compare(a, c)
+    assert rep["equal"] is False
+    assert rep["params_b"] - rep["params_a"] == 32 * 32 + 32
+    assert rep["op_histogram_b"]["MatMul"] > rep["op_histogram_a"]["MatMul"]
+    assert any(d.startswith("op MatMul") for d in rep["differences"])
+    assert any(d.startswith("parameter count") for d in rep["differences"])
+    with pytest.raises(OverheadError, match="differ structurally"):
+        assert_same_structure(a, c)
+
+
+def test_flops_are_compared(onnx_files):
+    a, b, _ = onnx_files
+    rep = structural_compare(a, b, flops_a=1.0e6, flops_b=1.0e6)
+    assert rep["equal"] and rep["flops_a"] == rep["flops_b"] == 1.0e6
+    rep = structural_compare(a, b, flops_a=1.0e6, flops_b=lambda path: 1.1e6)
+    assert rep["flops_b"] == pytest.approx(1.1e6)
+    assert not rep["equal"] and any(d.startswith("FLOPs") for d in rep["differences"])
+    with pytest.raises(OverheadError):
+        assert_same_structure(a, b, flops_a=1.0e6, flops_b=2.0e6)
+    with pytest.raises(ValueError):
+        structural_compare(a, b, flops_a=1.0e6)
+
+
+def test_interleaved_latency_identical_runners():
+    calls: list[str] = []
+    x = np.random.default_rng(0).standard_normal((64, 64))
+
+    def make(tag):
+        def run():
+            calls.append(tag)
+            return x @ x
+
+        return run
+
+    iters = 20
+    rep = interleaved_latency(make("a"), make("b"), warmup_s=0.02, iters=iters, inner=2)
+    for key in ("median_a_ms", "median_b_ms", "ratio_median", "ratio_p10", "ratio_p90", "iqr_a_ms", "iqr_b_ms",
+                "ratio_iqr", "ratio_of_medians", "iters", "inner", "warmup_pairs"):
+        assert key in rep
+    assert math.isfinite(rep["ratio_median"]) and rep["ratio_median"] > 0
+    assert rep["ratio_p10"] <= rep["ratio_median"] <= rep["ratio_p90"]
+    assert rep["median_a_ms"] > 0 and rep["median_b_ms"] > 0
+    assert rep["iters"] == iters and rep["warmup_pairs"] >= 1
+    # measured part: pairs alternate which side goes first (AB, BA, AB, ...), `inner` calls per sample
+    measured = calls[-iters * 2 * 2:]
+    firsts = [measured[i * 4] for i in range(iters)]
+    assert firsts == ["a" if i % 2 == 0 else "b" for i in range(iters)]
+    assert calls[: 2 * rep["warmup_pairs"]] == ["a", "b"] * rep["warmup_pairs"]
+    assert len(calls) == 2 * rep["warmup_pairs"] + 2 * 2 * iters
+
+
+def test_within_tolerance():
+    assert within_tolerance({"ratio_median": 1.02}, tol=0.03)
+    assert within_tolerance({"ratio_median": 0.90}, tol=0.03)
+    assert not within_tolerance({"ratio_median": 0.90}, tol=0.03, two_sided=True)
+    assert not within_tolerance({"ratio_median": 1.05}, tol=0.03)
+    assert not within_tolerance({"ratio_median": float("nan")})
+
+
+def test_runners_on_tiny_model(onnx_files):
+    a, _, _ = onnx_files
+    run_onnx = ort_runner(a, batch=3, input_shape=None, device="cpu", threads=1)
+    assert run_onnx.provider == "CPUExecutionProvider"
+    assert run_onnx.input_shape == SHAPE
+    assert run_onnx()[0].shape == (3, 10)
+    run_torch = torch_runner(_model(0), batch=3, input_shape=SHAPE, device="cpu")
+    out = run_torch()
+    assert tuple(out.shape) == (3, 10) and not out.requires_grad
+    rep = interleaved_latency(run_onnx, run_torch, warmup_s=0.01, iters=4)
+    assert math.isfinite(rep["ratio_median"]) and rep["ratio_median"] > 0
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
+            ort_runner(a, batch=1, device="cuda")

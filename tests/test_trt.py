@@ -1,0 +1,164 @@
+"""TensorRT: import guard and status on machines without it; build/run/parity where TRT + CUDA exist."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from taslora_deploy.onnx_export import ParityError, export_onnx
+from taslora_deploy.trt_engine import (
+    TensorRTUnavailable,
+    TrtRunner,
+    build_engine,
+    compare_trt_to_ort,
+    require_tensorrt,
+    tensorrt_status,
+)
+
+SHAPE = (3, 16, 16)
+TRT_OK, TRT_REASON = tensorrt_status()
+requires_trt = pytest.mark.skipif(not TRT_OK, reason=f"needs TensorRT and CUDA: {TRT_REASON}")
+without_trt = pytest.mark.skipif(TRT_OK, reason="TensorRT and CUDA are available; this covers machines without them")
+
+
+class TinyViT(nn.Module):
+    """Patch conv + one attention block (einsum / matmul) + GELU MLP + mean pool + head."""
+
+    def __init__(self, dim: int = 32, heads: int = 2, patch: int = 4, img: int = 16, classes: int = 10):
+        super().__init__()
+        self.heads = heads
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Parameter(torch.randn(1, (img // patch) ** 2, dim) * 0.02)
+        self.ln1, self.ln2, self.norm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.einsum("bhnd,bhmd->bhnm", q, k) * (d // self.heads) ** -0.5
+        x = x + self.proj((att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d))
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return self.head(self.norm(x).mean(1))
+
+
+def _model() -> TinyViT:
+    torch.manual_seed(0)
+    return TinyViT().eval()
+
+
+# ----------------------------------------------------------------------------- without TensorRT
+
+
+def test_module_imports_and_status_shape():
+    mod = importlib.import_module("taslora_deploy.trt_engine")
+    ok, reason = mod.tensorrt_status()
+    assert isinstance(ok, bool)
+    assert isinstance(reason, str) and reason and "\n" not in reason
+
+
+@without_trt
+def test_status_false_with_reason_and_require_raises_one_line():
+    ok, reason = tensorrt_status()
+    assert ok is False
+    assert "tensorrt" in reason.lower() or "cuda" in reason.lower()
+    with pytest.raises(TensorRTUnavailable) as info:
+        require_tensorrt()
+    msg = str(info.value)
+    assert msg == reason
+    assert "\n" not in msg and msg.strip() == msg
+    assert isinstance(info.value, RuntimeError)
+
+
+@without_trt
+def test_trt_entry_points_raise_unavailable(tmp_path):
+    with pytest.raises(TensorRTUnavailable):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", SHAPE)
+    with pytest.raises(TensorRTUnavailable):
+        TrtRunner(tmp_path / "m.plan")
+    with pytest.raises(TensorRTUnavailable):
+        compare_trt_to_ort(tmp_path / "m.plan", tmp_path / "m.onnx", SHAPE, (1,), fp16=False)
+    assert not (tmp_path / "m.plan").exists()
+
+
+# ----------------------------------------------------------------------------- with TensorRT + CUDA
+
+
+@pytest.fixture(scope="module")
+def trt_artifacts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trt")
+    model = _model()
+    fp32 = export_onnx(model, d / "tiny.onnx", input_shape=SHAPE)
+    fp16 = export_onnx(model, d / "tiny_fp16.onnx", input_shape=SHAPE, dtype=torch.float16)
+    cache = d / "timing.cache"
+    plan32 = build_engine(fp32, d / "tiny.plan", SHAPE, min_batch=1, opt_batch=4, max_batch=16,
+                          timing_cache_path=cache)
+    plan16 = build_engine(fp16, d / "tiny_fp16.plan", SHAPE, min_batch=1, opt_batch=4, max_batch=16,
+                          timing_cache_path=cache)
+    return {"model": model, "fp32": fp32, "fp16": fp16, "plan32": plan32, "plan16": plan16, "cache": cache}
+
+
+@pytest.mark.trt
+@requires_trt
+def test_build_engine_writes_plan_and_timing_cache(trt_artifacts, tmp_path):
+    assert trt_artifacts["plan32"].stat().st_size > 0
+    assert trt_artifacts["cache"].stat().st_size > 0
+    # rebuilding with the saved cache works and leaves no temp files
+    again = build_engine(trt_artifacts["fp32"], tmp_path / "again.plan", SHAPE, max_batch=16,
+                         timing_cache_path=trt_artifacts["cache"])
+    assert again.stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.plan"]
+
+
+@pytest.mark.trt
+@requires_trt
+def test_runner_fp32_matches_torch(trt_artifacts):
+    runner = TrtRunner(trt_artifacts["plan32"])
+    assert runner.input_dtype == torch.float32
+    assert runner.input_shape == SHAPE
+    assert runner.batch_range == (1, 4, 16)
+    x = torch.randn(5, *SHAPE)
+    out = runner(x)
+    assert out.is_cuda and tuple(out.shape) == (5, 10)
+    with torch.inference_mode():
+        ref = trt_artifacts["model"](x)
+    assert (out.float().cpu() - ref).abs().max().item() < 1e-3
+    with pytest.raises(ValueError, match="profile"):
+        runner(torch.randn(17, *SHAPE))
+
+
+@pytest.mark.trt
+@requires_trt
+def test_runner_fp16_engine_takes_half_inputs(trt_artifacts):
+    runner = TrtRunner(trt_artifacts["plan16"])
+    assert runner.input_dtype == torch.float16
+    out = runner(torch.randn(3, *SHAPE))  # fp32 input is cast to the engine's dtype
+    assert tuple(out.shape) == (3, 10) and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.trt
+@requires_trt
+def test_compare_fp32_engine_to_ort(trt_artifacts):
+    rep = compare_trt_to_ort(trt_artifacts["plan32"], trt_artifacts["fp32"], SHAPE, (1, 8, 16), fp16=False)
+    assert rep["ok"] and rep["max_abs_diff"] <= 1e-3
+    assert set(rep["per_batch"]) == {1, 8, 16}
+    with pytest.raises(ParityError):  # an impossible tolerance must fail
+        compare_trt_to_ort(trt_artifacts["plan32"], trt_artifacts["fp32"], SHAPE, (8,), fp16=False, atol=0.0)
+
+
+@pytest.mark.trt
+@requires_trt
+def test_compare_fp16_engine_to_ort(trt_artifacts):
+    rep = compare_trt_to_ort(trt_artifacts["plan16"], trt_artifacts["fp32"], SHAPE, (1, 8, 16), fp16=True)
+    assert rep["ok"] and rep["mean_abs_diff"] <= 1e-2 and rep["top1_agreement"] >= 0.99
+    assert rep["engine_input_dtype"] == "torch.float16"
+    assert np.isfinite(rep["max_abs_diff"])
+    with pytest.raises(ParityError):
+        compare_trt_to_ort(trt_artifacts["plan16"], trt_artifacts["fp32"], SHAPE, (8,), fp16=True, mean_atol=0.0)
