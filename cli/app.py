@@ -84,6 +84,26 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def run_command(step: str, args: list[str]) -> None:
+    """Run one taslora command in-process (as typed on the command line); a non-zero exit raises a one-line
+    failure naming the step. Used by commands that chain others (quickstart) and by the benchmarks."""
+    from rich.rule import Rule
+
+    from taslora_cli.main import app as main_app
+
+    console.print(Rule(f"[bold]{escape(step)}[/]: taslora {escape(' '.join(args))}"))
+    command = typer.main.get_command(main_app)
+    try:
+        command.main(args=args, prog_name="taslora", standalone_mode=False)
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+        if code:
+            raise fail(f"step '{step}' failed (exit {code}); see the message above", code) from None
+    except typer.Exit as err:
+        if err.exit_code:
+            raise fail(f"step '{step}' failed (exit {err.exit_code}); see the message above", err.exit_code) from None
+
+
 def version_callback(value: bool) -> None:
     """--version."""
     if value:

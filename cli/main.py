@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from taslora_cli import cmd_analyze  # noqa: F401  (registers `analyze collapse`, `analyze routing`)
 from taslora_cli import cmd_export  # noqa: F401  (registers `export`, `check-overhead`, `bench`)
+from taslora_cli import cmd_quickstart  # noqa: F401  (registers `quickstart`)
+from taslora_cli import cmd_runs  # noqa: F401  (registers `runs`)
 from taslora_cli import cmd_space  # noqa: F401  (registers `space`, `flops`)
+from taslora_cli import cmd_search  # noqa: F401
+from taslora_cli import cmd_train  # noqa: F401
 from taslora_cli.app import app
 
 __all__ = ["app"]

@@ -237,10 +237,11 @@ PRESETS: dict[str, SearchSpace] = {
     "autoformer-t": _autoformer("autoformer-t", 256, 14, 4, (192, 216, 240), (12, 13, 14), (3, 4), (3.5, 4.0)),
     "autoformer-s": _autoformer("autoformer-s", 448, 14, 7, (320, 384, 448), (12, 13, 14), (5, 6, 7), (3.0, 3.5, 4.0)),
     "autoformer-b": _autoformer("autoformer-b", 640, 16, 10, (528, 576, 624), (14, 15, 16), (9, 10), (3.0, 3.5, 4.0)),
-    # Embedded default: 28x28x1 Fashion-MNIST, patch 4 (49 patches), 3 x 2 x 2 = 12 groups.
+    # Embedded default: 28x28x1 Fashion-MNIST, patch 7 (a 4x4 grid: 16 patches + cls), 3 x 2 x 2 = 12 groups.
+    # Patch 7 rather than 4 trains ~3.5x faster on 2 CPU cores (17 tokens instead of 50).
     "fmnist": SearchSpace(
-        name="fmnist", img_size=28, patch_size=4, in_chans=1, num_classes=10, head_dim=32,
-        max_relative_position=7, super_embed_dim=96, super_depth=6, super_num_heads=3, super_mlp_ratio=3.0,
+        name="fmnist", img_size=28, patch_size=7, in_chans=1, num_classes=10, head_dim=32,
+        max_relative_position=3, super_embed_dim=96, super_depth=6, super_num_heads=3, super_mlp_ratio=3.0,
         embed_dims=(64, 80, 96), depths=(4, 5, 6), num_heads=(2, 3), mlp_ratios=(2.0, 3.0),
     ),
 }

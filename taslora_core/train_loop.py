@@ -1,0 +1,397 @@
+"""The training loop shared by supernet training, MoLE training and full fine-tuning.
+
+One uniformly sampled subnet per step, the same on every rank: the subnet of step `s` of epoch `e` is drawn from
+`random.Random(f"{seed}:{e}:{s}")`. The global torch/numpy/python RNGs are re-seeded every step from
+(seed, epoch, step, rank) (drop-path masks, mixup), so a run resumed from a mid-epoch checkpoint repeats exactly
+the steps an uninterrupted run would have taken (bit-for-bit on CPU for Fashion-MNIST; for folder data the order
+is exact, the worker-side augmentation draws are not).
+
+Checkpoints (`train_state.pt`, written atomically by rank 0 at every epoch end and every `save_every_steps`
+steps) hold only tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` reads them:
+the trainable weights, the optimiser and scheduler states, the data-loader position, the RNG states and the
+run's configuration. A non-finite loss raises `TrainingDiverged` before the optimiser step, so the last
+checkpoint on disk is the last good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from taslora_core.checkpoint import atomic_torch_save, atomic_write_text, load_torch
+from taslora_core.distributed import DistContext, all_reduce_grads
+from taslora_core.optim import OptimizerSet
+from taslora_core.space import SearchSpace
+from taslora_core.subnet import Subnet, sample_subnet
+
+TRAIN_STATE = "train_state.pt"
+METRICS = "metrics.jsonl"
+STATE_FORMAT = "taslora-train-state"
+DEBUG_DUMP_ENV = "TASLORA_DEBUG_DUMP_DIR"  # TEST HOOK, see _debug_dump
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------- seeding
+def subnet_rng(seed: int, epoch: int, step: int) -> random.Random:
+    """The generator of the subnet of (epoch, step): identical on every rank and after a resume."""
+    return random.Random(f"{seed}:{epoch}:{step}")
+
+
+def subnet_for_step(space: SearchSpace, seed: int, epoch: int, step: int) -> Subnet:
+    """The subnet trained at step `step` of epoch `epoch`."""
+    return sample_subnet(space, subnet_rng(seed, epoch, step))
+
+
+def seed_step(seed: int, epoch: int, step: int, rank: int) -> None:
+    """Re-seed torch (all devices), numpy and python `random` for one step of one rank."""
+    s = np.random.SeedSequence([seed, epoch, step, rank, 7]).generate_state(2, dtype=np.uint32)
+    torch.manual_seed(int(s[0]) << 32 | int(s[1]))
+    np.random.seed(int(s[0]))
+    random.seed(int(s[1]))
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as weights-only-loadable values."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------- the task interface
+class TrainTask:
+    """What the loop trains. Subclasses (in `taslora_core.train`) define the model side."""
+
+    kind = "task"
+    space: SearchSpace
+    module: nn.Module
+    optim: OptimizerSet
+
+    def forward(self, images: torch.Tensor, subnet: Subnet) -> torch.Tensor:
+        """Training logits of `subnet`."""
+        raise NotImplementedError
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The trained tensors (what a checkpoint must restore)."""
+        raise NotImplementedError
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of `model_state`."""
+        raise NotImplementedError
+
+    def epoch_eval(self) -> dict[str, Any]:
+        """Validation numbers logged at each epoch end (called on every rank)."""
+        return {}
+
+
+def autocast(ctx: DistContext, amp: bool):
+    """bf16 autocast on the run's device when `amp`, else a no-op context."""
+    if not amp:
+        return nullcontext()
+    return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
+
+
+def train_step(
+    task: TrainTask,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    subnet: Subnet,
+    criterion: nn.Module,
+    ctx: DistContext,
+    amp: bool = False,
+    clip_grad: float | None = None,
+    inject_nan: bool = False,
+) -> float:
+    """One optimisation step on `subnet` (learning rates already set by `task.optim.prepare`); returns the mean loss.
+
+    `inject_nan` is a TEST HOOK (the hidden `--debug-nan-at-step` option): it poisons the loss of this step.
+    """
+    task.optim.zero_grad()
+    with autocast(ctx, amp):
+        logits = task.forward(images, subnet)
+    loss = criterion(logits.float(), targets)
+    if inject_nan:
+        loss = loss * float("nan")
+    loss.backward()
+    mean_loss = all_reduce_grads(task.optim.trainable_params(), loss, ctx)
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(f"training loss became {mean_loss}")
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_([p for p in task.optim.trainable_params() if p.grad is not None], clip_grad)
+    task.optim.step()
+    return mean_loss
+
+
+# ---------------------------------------------------------------------- logging
+class MetricsLog:
+    """Append-only JSON lines (rank 0). On resume, lines past the resumed step are dropped first."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by the kill
+                if int(rec.get("global_step", 0)) <= resume_step:
+                    kept.append(json.dumps(rec))
+            atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record."""
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+
+class _Progress:
+    """A rich progress bar for one epoch on stderr (rank 0, unless quiet); closed before the epoch's summary line."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, total: int, done: int) -> None:
+        self.progress: Progress | None = None
+        if enabled:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self.task_id = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=total, completed=done, info="")
+
+    def __enter__(self) -> "_Progress":
+        if self.progress is not None:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def update(self, info: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, advance=1, info=info)
+
+
+# ---------------------------------------------------------------------- the loop
+@dataclass
+class LoopConfig:
+    """Loop settings (the rest of a run's settings live in its own config)."""
+
+    epochs: int
+    seed: int = 0
+    save_every_steps: int = 0
+    log_every: int = 10
+    amp: bool = False
+    clip_grad: float | None = None
+    quiet: bool = False
+    debug_nan_at_step: int | None = None  # TEST HOOK: poison the loss at this global step
+
+
+@dataclass
+class LoopResult:
+    """What the loop measured."""
+
+    global_step: int = 0
+    last_loss: float = float("nan")
+    images: int = 0
+    train_seconds: float = 0.0
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        """Training throughput over all ranks (steps only, evaluation excluded)."""
+        return self.images / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def save_train_state(
+    path: Path, task: TrainTask, loader: Any, global_step: int, extra: dict[str, Any], finished: bool = False
+) -> None:
+    """Atomically write the resumable training state."""
+    state = {
+        "format": STATE_FORMAT,
+        "version": 1,
+        "kind": task.kind,
+        "global_step": int(global_step),
+        "epoch": int(loader.epoch),
+        "finished": bool(finished),
+        "model": {k: v.detach().cpu().clone() for k, v in task.model_state().items()},
+        "optim": task.optim.state_dict(),
+        "loader": dict(loader.state_dict()),
+        "rng": capture_rng(),
+        **extra,
+    }
+    atomic_torch_save(path, state)
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """Read a `train_state.pt` with weights-only loading."""
+    state = load_torch(path)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a taslora training state")
+    return state
+
+
+def run_loop(
+    task: TrainTask,
+    train_loader: Any,
+    criterion: nn.Module,
+    mixup_fn: Callable | None,
+    ctx: DistContext,
+    cfg: LoopConfig,
+    run_dir: Path,
+    extra_state: dict[str, Any],
+    resume_state: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+    callback: Callable[[str, dict[str, Any]], None] | None = None,
+) -> LoopResult:
+    """Train `task` for `cfg.epochs` epochs (continuing `resume_state` if given).
+
+    `callback(event, info)` is called on every rank with event "start" (info: global_step, model) before the first
+    step and "epoch_end" (info: epoch, global_step, val, model) after each epoch's evaluation; tests and notebooks
+    use it to inspect the model mid-run.
+    """
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training set ({train_loader.order.num_samples} images per rank) is smaller than one batch "
+            f"({train_loader.batch_size}); lower --batch-size or raise --train-subset"
+        )
+    batch = train_loader.batch_size
+    state_path = run_dir / TRAIN_STATE
+    result = LoopResult()
+    if resume_state is not None:
+        task.load_model_state(resume_state["model"])
+        task.optim.load_state_dict(resume_state["optim"])
+        train_loader.load_state_dict(resume_state["loader"])
+        restore_rng(resume_state["rng"])
+        result.global_step = int(resume_state["global_step"])
+    metrics = MetricsLog(run_dir / METRICS, ctx.is_main, resume_step=result.global_step if resume_state else None)
+    if callback is not None:
+        callback("start", {"global_step": result.global_step, "model": task.module})
+    say = log if (log is not None and ctx.is_main) else (lambda _msg: None)
+    window_t, window_imgs = time.perf_counter(), 0
+
+    bar_on = ctx.is_main and not cfg.quiet
+    for epoch in range(train_loader.epoch, cfg.epochs):
+        train_loader.set_epoch(epoch)
+        step = train_loader.order.position // batch
+        task.module.train()
+        epoch_loss, epoch_steps, epoch_imgs = 0.0, 0, 0
+        t_start = time.perf_counter()
+        with _Progress(bar_on, epoch, cfg.epochs, steps_per_epoch, step) as bar:
+            for images, labels in train_loader:
+                global_step = epoch * steps_per_epoch + step
+                subnet = subnet_for_step(task.space, cfg.seed, epoch, step)
+                seed_step(cfg.seed, epoch, step, ctx.rank)
+                task.optim.prepare(global_step)
+                images = images.to(ctx.device, non_blocking=True)
+                targets = labels.to(ctx.device, non_blocking=True)
+                if mixup_fn is not None:
+                    images, targets = mixup_fn(images, targets)
+                t0 = time.perf_counter()
+                try:
+                    loss = train_step(
+                        task, images, targets, subnet, criterion, ctx, cfg.amp, cfg.clip_grad,
+                        inject_nan=cfg.debug_nan_at_step is not None and global_step == cfg.debug_nan_at_step,
+                    )
+                except TrainingDiverged as err:
+                    kept = (f"last good checkpoint {state_path} kept" if state_path.exists()
+                            else "no checkpoint was written yet")
+                    raise TrainingDiverged(
+                        f"{err} at epoch {epoch + 1} step {step + 1} (global step {global_step + 1}); run stopped, "
+                        f"{kept}; start a new run with a lower learning rate or --clip-grad"
+                    ) from None
+                result.train_seconds += time.perf_counter() - t0
+                n_imgs = images.shape[0] * ctx.world_size
+                result.images += n_imgs
+                window_imgs += n_imgs
+                epoch_imgs += n_imgs
+                step += 1
+                result.global_step = global_step + 1
+                result.last_loss = loss
+                epoch_loss += loss
+                epoch_steps += 1
+                lrs = task.optim.lrs()
+                if ctx.is_main and (result.global_step % max(cfg.log_every, 1) == 0 or step == steps_per_epoch):
+                    now = time.perf_counter()
+                    ips = window_imgs / max(now - window_t, 1e-9)
+                    window_t, window_imgs = now, 0
+                    metrics.write({"type": "step", "epoch": epoch, "step": step, "global_step": result.global_step,
+                                   "loss": loss, "lr": lrs, "images_per_s": ips, "subnet": subnet.to_dict()})
+                if bar_on:
+                    lr_text = " ".join(f"{k} {v:.2e}" for k, v in lrs.items())
+                    rate = epoch_imgs / max(time.perf_counter() - t_start, 1e-9)
+                    bar.update(f"loss {loss:.4f} lr {lr_text} {rate:.0f} img/s")
+                if cfg.save_every_steps and result.global_step % cfg.save_every_steps == 0 and ctx.is_main:
+                    save_train_state(state_path, task, train_loader, result.global_step, extra_state)
+        # ---- epoch end (the loader has moved to the next epoch)
+        epoch_seconds = time.perf_counter() - t_start
+        val = task.epoch_eval()
+        record = {"type": "epoch", "epoch": epoch, "global_step": result.global_step,
+                  "train_loss": epoch_loss / max(epoch_steps, 1), "epoch_seconds": epoch_seconds,
+                  "images_per_s": epoch_imgs / max(epoch_seconds, 1e-9), "val": val}
+        result.epochs.append(record)
+        metrics.write(record)
+        if ctx.is_main:
+            save_train_state(state_path, task, train_loader, result.global_step, extra_state)
+        say(_epoch_line(epoch, cfg.epochs, record))
+        if callback is not None:
+            callback("epoch_end", {"epoch": epoch, "global_step": result.global_step, "val": val, "model": task.module})
+    _debug_dump(task, ctx)
+    return result
+
+
+def _debug_dump(task: TrainTask, ctx: DistContext) -> None:
+    """TEST HOOK: with $TASLORA_DEBUG_DUMP_DIR set, every rank writes its trained tensors to rank<r>.safetensors
+    there (tests/test_ddp.py compares the ranks)."""
+    folder = os.environ.get(DEBUG_DUMP_ENV)
+    if not folder:
+        return
+    from safetensors.torch import save_file
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in task.model_state().items()},
+              str(Path(folder) / f"rank{ctx.rank}.safetensors"))
+
+
+def _epoch_line(epoch: int, epochs: int, record: dict[str, Any]) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f}, {record['images_per_s']:.0f} img/s"]
+    for name, res in record["val"].items():
+        parts.append(f"val {name} top-1 {100 * res['top1']:.2f}% loss {res['loss']:.4f}")
+    return "; ".join(parts)
