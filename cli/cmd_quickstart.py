@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
@@ -26,8 +27,10 @@ class QuickstartPlan:
 
     supernet_epochs: int
     supernet_warmup: int
+    supernet_lr: float  # base LR per 512 images (AutoFormer scales 5e-4 so); higher for short CPU runs
     mole_epochs: int
     mole_warmup: int
+    expert_lr: float
     train_subset: int | None
     search_population: int
     search_iterations: int
@@ -36,10 +39,12 @@ class QuickstartPlan:
     bench_min_time_s: float
 
 
-FULL = QuickstartPlan(supernet_epochs=4, supernet_warmup=1, mole_epochs=2, mole_warmup=0, train_subset=None,
+FULL = QuickstartPlan(supernet_epochs=6, supernet_warmup=1, supernet_lr=4e-3, mole_epochs=3, mole_warmup=0,
+                      expert_lr=2e-3, train_subset=None,
                       search_population=20, search_iterations=6, search_val_subset=2000, latency_iters=300,
                       bench_min_time_s=1.0)
-FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, mole_epochs=1, mole_warmup=0, train_subset=3000,
+FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, supernet_lr=4e-3, mole_epochs=1, mole_warmup=0,
+                      expert_lr=2e-3, train_subset=3000,
                       search_population=6, search_iterations=2, search_val_subset=500, latency_iters=60,
                       bench_min_time_s=0.2)
 
@@ -125,10 +130,10 @@ def quickstart_cmd(
         timings[name] = round(time.perf_counter() - t0, 1)
 
     step("supernet", ["supernet", "train", "--space", "fmnist", "--data", "fmnist", "--epochs", str(plan.supernet_epochs),
-                      "--warmup-epochs", str(plan.supernet_warmup), *subset, *quiet, *common])
+                      "--warmup-epochs", str(plan.supernet_warmup), "--lr", str(plan.supernet_lr), *subset, *quiet, *common])
     supernet_dir = _latest(workdir, "supernets")
     step("mole", ["train", "--supernet", str(supernet_dir), "--epochs", str(plan.mole_epochs),
-                  "--warmup-epochs", str(plan.mole_warmup), *subset, *quiet, *common])
+                  "--warmup-epochs", str(plan.mole_warmup), "--expert-lr", str(plan.expert_lr), *subset, *quiet, *common])
     mole_dir = _latest(workdir, "mole")
     step("search", ["search", "--ckpt", str(mole_dir), "--flops", flops_budget, "--population", str(plan.search_population),
                     "--iterations", str(plan.search_iterations), "--val-subset", str(plan.search_val_subset), *common])
@@ -188,7 +193,7 @@ def quickstart_cmd(
                       f"{latency['ratio_median']:.4f} (p10 {latency['ratio_p10']:.3f}, p90 {latency['ratio_p90']:.3f})")
     for row in bench_rows:
         table.add_row(f"ONNX latency, batch {row['batch']}", f"{row['p50_ms']:.3f} ms p50, {row['throughput_ips']:.0f} img/s")
-    table.add_row("TensorRT", summary["tensorrt"])
+    table.add_row("TensorRT", escape(summary["tensorrt"]))
     for name, path in summary["files"].items():
         table.add_row(name, path)
     table.add_row("total time", f"{summary['total_s']:.0f} s")

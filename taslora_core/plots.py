@@ -1,0 +1,144 @@
+"""Plots written by taslora commands (matplotlib, Agg backend: no display needed). A plain module of functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _constraint_lines(ax, lo: float | None, hi: float | None, scale: float, label: str) -> None:
+    for value, name in ((hi, "max"), (lo, "min")):
+        if value is not None:
+            ax.axvline(value / scale, color="tab:red", linestyle="--", linewidth=1.2, label=f"{label} {name}")
+
+
+def plot_fitness_vs_flops(
+    history: Sequence[dict[str, Any]],
+    constraints: Any,
+    best: dict[str, Any] | None,
+    path: str | Path,
+    metric: str = "fitness",
+    title: str | None = None,
+) -> Path:
+    """Scatter of every evaluated subnet's fitness against its FLOPs (the constraint's counter), coloured by
+    generation, with the FLOPs bounds as dashed lines and the chosen subnet starred. When params bounds are
+    set, a second panel shows fitness against params with those bounds. Returns `path`."""
+    path = Path(path)
+    counter = getattr(constraints, "counter", "autoformer")
+    flops_key = f"flops_{counter}"
+    has_params = getattr(constraints, "params_max", None) is not None or getattr(constraints, "params_min", None) is not None
+    panels = 2 if has_params else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.6), squeeze=False)
+    gens = [r.get("generation", 0) for r in history]
+    fit = [r["fitness"] for r in history]
+    specs = [(axes[0][0], flops_key, 1e6, f"FLOPs ({counter}), M", "flops", "FLOPs")]
+    if has_params:
+        specs.append((axes[0][1], "params", 1e6, "params, M", "params", "params"))
+    for ax, key, scale, xlabel, cname, label in specs:
+        xs = [r[key] / scale for r in history]
+        sc = ax.scatter(xs, fit, c=gens, cmap="viridis", s=14, alpha=0.8, edgecolors="none")
+        _constraint_lines(ax, getattr(constraints, f"{cname}_min", None), getattr(constraints, f"{cname}_max", None),
+                          scale, label)
+        if best is not None:
+            ax.scatter([best[key] / scale], [best["fitness"]], marker="*", s=260, color="tab:orange",
+                       edgecolors="black", linewidths=0.8, zorder=5, label="chosen subnet")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{metric} (lower is better)")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    bar = fig.colorbar(sc, ax=axes[0][-1], label="generation")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
+    fig.suptitle(title or f"evolutionary search: {len(history)} subnets evaluated")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_similarity_heatmaps(matrices: dict[str, Any], path: str | Path, title: str = "penultimate-feature cosine similarity") -> Path:
+    """Side-by-side heatmaps of (S, S) subnet-similarity matrices (feature collapse), one per model."""
+    import numpy as np
+
+    names = list(matrices)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        m = np.asarray(matrices[name], dtype=float)
+        n = m.shape[0]
+        off = (m.sum() - np.trace(m)) / max(n * n - n, 1)
+        im = ax.imshow(m, vmin=min(0.0, float(m.min())), vmax=1.0, cmap="viridis")
+        ax.set_title(f"{name}\nmean off-diagonal {off:.3f}")
+        ax.set_xlabel("subnet")
+        ax.set_ylabel("subnet")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_routing_heatmap(probs: Any, row_labels: Sequence[str], layer_labels: Sequence[str], path: str | Path,
+                         title: str = "routing weights") -> Path:
+    """Heatmap of routing weights (rows x layers x experts): one panel per layer, rows x experts."""
+    import numpy as np
+
+    p = np.asarray(probs, dtype=float)
+    rows, layers, experts = p.shape
+    fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers + 1, 0.32 * rows + 1.8), squeeze=False, sharey=True)
+    for i, ax in enumerate(axes[0]):
+        im = ax.imshow(p[:, i, :], vmin=0.0, vmax=1.0, cmap="magma", aspect="auto")
+        ax.set_title(layer_labels[i])
+        ax.set_xlabel("expert")
+        ax.set_xticks(range(experts))
+        ax.tick_params(axis="x", labelsize=6)
+    axes[0][0].set_yticks(range(rows))
+    axes[0][0].set_yticklabels(row_labels, fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, pad=0.02)
+    fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path,
+                         keys: Sequence[str] = ("loss", "val_loss", "val_top1")) -> Path:
+    """Training curves from metrics records (one dict per logged step/epoch): one panel per key, one line per run.
+
+    The x axis is the record's `step` (or `epoch`) field; records lacking a key are skipped for that panel.
+    """
+    present = [k for k in keys if any(k in r for recs in runs.values() for r in recs)]
+    if not present:
+        raise ValueError(f"no metrics among {list(keys)} to plot")
+    fig, axes = plt.subplots(1, len(present), figsize=(4.6 * len(present), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], present):
+        for name, recs in runs.items():
+            pts = [(r.get("step", r.get("epoch")), r[key]) for r in recs if key in r and r.get("step", r.get("epoch")) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, label=name, linewidth=1.2)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,190 @@
+"""The model-based fitness of the search: a checkpoint and its held-out split -> `fitness_fn(subnet)`.
+
+Per candidate: the router runs once, the routed experts are folded into the sliced weights
+(`evaluate.folded_tensors`), then plain forward passes run over validation batches that were built once and
+are reused for every candidate. For Fashion-MNIST the normalised validation tensors are materialised up front
+(10,000 x 1 x 28 x 28 floats = 31 MB), so data loading costs nothing per candidate.
+
+Under torch.distributed each rank evaluates its shard of the validation set (indices r, r + W, ...) and
+`evaluate()` all-reduces the sums, so every rank sees the same fitness and runs the same evolution.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from taslora_core import data as D
+from taslora_core.evaluate import evaluate
+from taslora_core.run_io import LoadedCheckpoint
+from taslora_core.subnet import Subnet
+
+MATERIALISE_LIMIT_BYTES = 2 << 30
+"""Folder data whose normalised validation tensors would exceed this is streamed per candidate instead."""
+
+
+@dataclass
+class ValData:
+    """Validation batches of this rank plus where they came from."""
+
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    total: int  # images in the whole (all-rank) validation set
+    local: int  # images of this rank's shard
+    data_cfg: D.DataConfig
+    split: dict[str, Any]
+    split_source: str  # a path, or "carved with seed N"
+    data_source: str  # "recorded with the checkpoint" or "--data"
+    materialised: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _data_config(ckpt: LoadedCheckpoint, data: str | None) -> tuple[D.DataConfig, str]:
+    space = ckpt.supernet.space
+    recorded = ckpt.data
+    if recorded:
+        doc = dict(recorded)
+        source = "recorded with the checkpoint"
+        if data is not None:
+            doc["data"] = str(data)
+            source = "--data (recipe recorded with the checkpoint)"
+        cfg = D.DataConfig(**doc)
+    elif data is not None:
+        cfg = D.DataConfig.for_data(str(data))
+        source = "--data"
+    else:
+        raise D.DataUnavailable(
+            f"checkpoint {ckpt.path} records no data (an imported AutoFormer supernet?); pass --data fmnist or "
+            "--data PATH (ImageNet-style folder) and the search carves a held-out split with --seed"
+        )
+    # The model decides the input size; a mismatched recipe would only fail later, inside the forward pass.
+    cfg = D.DataConfig(**{**cfg.to_dict(), "img_size": space.img_size, "in_chans": space.in_chans})
+    return cfg, source
+
+
+def load_val_data(
+    ckpt: LoadedCheckpoint,
+    data: str | None = None,
+    val_subset: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    val_size: int = 10000,
+    device: str | torch.device = "cpu",
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 2,
+) -> ValData:
+    """This rank's validation batches: the split saved with the run (or carved with `seed`), built once."""
+    if rank is None or world_size is None:
+        rank, world_size = dist_info()
+    cfg, data_source = _data_config(ckpt, data)
+    split_path = ckpt.split_path
+    if split_path is not None:
+        split = D.load_split(split_path)
+        split_source = str(split_path)
+    else:
+        split = None
+        split_source = f"carved from the training set with seed {seed} ({val_size} images)"
+    bundle = D.build_data(cfg, val_size=val_size, seed=seed, val_subset=val_subset, split=split)
+    total = len(bundle.val)
+    if total == 0:
+        raise D.DataUnavailable("the validation split is empty; train with a held-out split or lower --val-subset")
+    shard = torch.arange(rank, total, world_size)
+    materialised = False
+    if bundle.kind == "fmnist":
+        images = D.normalize_batch(bundle.val.images[shard], cfg).to(device)
+        labels = bundle.val.labels[shard].to(device)
+        batches: Iterable = list(zip(images.split(batch_size), labels.split(batch_size)))
+        materialised = True
+    else:
+        loaders = D.make_loaders(bundle, cfg, batch_size, rank=rank, world_size=world_size, seed=seed,
+                                 num_workers=num_workers, eval_batch_size=batch_size)
+        per_image = cfg.in_chans * cfg.img_size * cfg.img_size * 4
+        if len(shard) * per_image <= MATERIALISE_LIMIT_BYTES:
+            batches = [(x.to(device), y.to(device)) for x, y in loaders.val]
+            materialised = True
+        else:
+            batches = loaders.val
+    return ValData(batches=batches, total=total, local=len(shard), data_cfg=cfg, split=bundle.split,
+                   split_source=split_source, data_source=data_source, materialised=materialised)
+
+
+def routing_entropy(probs: torch.Tensor) -> float:
+    """Mean entropy (nats) of the routing distributions, over blocks and layers; max is log K."""
+    p = probs.detach().double().clamp_min(1e-30)
+    return float(-(p * p.log()).sum(dim=-1).mean())
+
+
+class _Routed:
+    """Hands evaluate() the deltas of routing weights computed already, so the router runs once per subnet."""
+
+    def __init__(self, mole: Any, probs: torch.Tensor) -> None:
+        self.mole, self.probs = mole, probs
+
+    def deltas(self, subnet: Subnet):
+        return self.mole.experts.deltas(subnet, self.probs)
+
+
+class CheckpointFitness:
+    """fitness_fn for EvolutionSearch: validation loss (or top-1 error) of a subnet, lower is better.
+
+    Returns {'fitness', 'loss', 'top1', 'routing_entropy', 'eval_s'}. With metric 'top1' the fitness is the
+    top-1 error 1 - top1 (AutoFormer ranks by top-1 accuracy; lower error is the same order).
+    `routing_entropy` is None without experts (plain supernet or --no-experts).
+    """
+
+    def __init__(self, ckpt: LoadedCheckpoint, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                 metric: str = "loss", use_experts: bool = True, device: str | torch.device | None = None) -> None:
+        if metric not in ("loss", "top1"):
+            raise ValueError(f"unknown metric '{metric}'; choose loss or top1")
+        self.ckpt, self.batches, self.metric = ckpt, batches, metric
+        self.use_experts = bool(use_experts and ckpt.mole is not None)
+        self.device = device
+        self.calls = 0
+
+    @torch.no_grad()
+    def __call__(self, subnet: Subnet) -> dict[str, Any]:
+        start = time.perf_counter()
+        mole = self.ckpt.mole if self.use_experts else None
+        entropy, routed = None, None
+        if mole is not None:
+            mole.eval()
+            probs = mole.routing(subnet)  # the router's one run for this subnet
+            entropy = routing_entropy(probs)
+            routed = _Routed(mole, probs)
+        result = evaluate(self.ckpt.supernet, subnet, self.batches, mole=routed,  # type: ignore[arg-type]
+                          use_experts=routed is not None, device=self.device)
+        self.calls += 1
+        fitness = result.loss if self.metric == "loss" else 1.0 - result.top1
+        return {
+            "fitness": fitness if math.isfinite(fitness) else math.inf,
+            "loss": result.loss,
+            "top1": result.top1,
+            "count": result.count,
+            "routing_entropy": entropy,
+            "eval_s": time.perf_counter() - start,
+        }
+
+
+def checkpoint_fitness(ckpt_path: str | Path, data: str | None = None, metric: str = "loss",
+                       val_subset: int | None = None, batch_size: int = 256, use_experts: bool = True,
+                       seed: int = 0, device: str = "cpu") -> tuple[CheckpointFitness, ValData]:
+    """Convenience: open a checkpoint folder and build its fitness_fn and validation data."""
+    from taslora_core.run_io import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path, device=device)
+    val = load_val_data(ckpt, data, val_subset, batch_size, seed, device=device)
+    return CheckpointFitness(ckpt, val.batches, metric, use_experts, device), val

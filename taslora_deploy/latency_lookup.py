@@ -1,0 +1,158 @@
+"""Measured latency of subnets on a deployment target, with a lookup cache keyed by subnet (for `search --latency-budget`).
+
+A subnet's latency depends only on its shapes, never on its weight values, so each subnet is materialised from
+the bare supernet (`taslora_deploy.standalone.materialize`; the folded experts would change values, not shapes:
+that is the zero-overhead claim) and timed at batch 1:
+
+- ``torch-cpu``: the standalone ViT in torch (inference mode) on the CPU;
+- ``torch-cuda``: the same on the current CUDA device (synchronised per call);
+- ``ort-cpu``: exported with `taslora_deploy.onnx_export.export_onnx` and run by onnxruntime on the CPU.
+
+The value is the median of `iters` timed runs after `warmup` runs, single-threaded by default (`threads=1`:
+stable on a shared machine; multi-threaded batch-1 timings of small models vary by 10x under load). Measurements are noisy, so every value is
+cached (and the cache is saved as JSON, keyed by target, host and search space) and reused: a search, its
+resume and a later search on the same machine see the same number for the same subnet. Under
+torch.distributed only rank 0 measures and broadcasts the value, so every rank makes the same decisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from taslora_core.checkpoint import atomic_write_json
+from taslora_core.space import SearchSpace
+from taslora_core.subnet import Subnet
+
+TARGETS = ("torch-cpu", "torch-cuda", "ort-cpu")
+
+
+class LatencyUnavailable(ValueError):
+    """The requested latency target cannot run here (no CUDA, no onnxruntime, export failure)."""
+
+
+def _space_hash(space: SearchSpace) -> str:
+    return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def default_cache_path(workdir: str | Path, target: str, space: SearchSpace) -> Path:
+    """`<workdir>/latency-cache/<target>-<host>-<space hash>.json`."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in platform.node() or "host")
+    return Path(workdir) / "latency-cache" / f"{target}-{host}-{_space_hash(space)}.json"
+
+
+def check_target(target: str) -> None:
+    """Raise LatencyUnavailable (one line, with the fix) when `target` cannot be measured here."""
+    if target not in TARGETS:
+        raise LatencyUnavailable(f"unknown latency target '{target}'; choose one of {', '.join(TARGETS)}")
+    if target == "torch-cuda" and not torch.cuda.is_available():
+        raise LatencyUnavailable("--target torch-cuda needs a CUDA device; use --target torch-cpu or ort-cpu here")
+    if target == "ort-cpu":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise LatencyUnavailable("--target ort-cpu needs onnxruntime (pip install 'taslora[cpu]')") from None
+
+
+class LatencyTable:
+    """Callable subnet -> median latency in ms at batch 1 on `target`, measured once per subnet and cached."""
+
+    def __init__(self, supernet: torch.nn.Module, target: str = "torch-cpu", cache_path: str | Path | None = None,
+                 warmup: int = 10, iters: int = 30, threads: int | None = 1, ctx: Any = None) -> None:
+        check_target(target)
+        self.supernet, self.target = supernet, target
+        self.space: SearchSpace = supernet.space  # type: ignore[assignment]
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.warmup, self.iters, self.threads, self.ctx = warmup, iters, threads, ctx
+        self.table: dict[str, float] = {}
+        self.measured = 0
+        if self.cache_path is not None and self.cache_path.exists():
+            doc = json.loads(self.cache_path.read_text())
+            self.table = {k: float(v) for k, v in doc.get("latency_ms", {}).items()}
+
+    @staticmethod
+    def key(subnet: Subnet) -> str:
+        """Cache key of a subnet (its AutoFormer candidate tuple as JSON)."""
+        return json.dumps(list(subnet.key()))
+
+    def __call__(self, subnet: Subnet) -> float:
+        k = self.key(subnet)
+        if k not in self.table:
+            distributed = self.ctx is not None and getattr(self.ctx, "distributed", False)
+            value = self.measure(subnet) if (not distributed or self.ctx.is_main) else None
+            if distributed:
+                from taslora_core.distributed import broadcast_object
+
+                value = broadcast_object(value, self.ctx)
+            self.table[k] = float(value)  # type: ignore[arg-type]
+        return self.table[k]
+
+    def save(self) -> None:
+        """Write the cache (rank 0 only under torch.distributed)."""
+        if self.cache_path is None or (self.ctx is not None and not getattr(self.ctx, "is_main", True)):
+            return
+        atomic_write_json(self.cache_path, {
+            "format": "taslora-latency-cache", "target": self.target, "batch": 1, "host": platform.node(),
+            "space": self.space.name, "warmup": self.warmup, "iters": self.iters, "latency_ms": self.table,
+        })
+
+    # ------------------------------------------------------------------ measuring
+    def measure(self, subnet: Subnet) -> float:
+        """Median latency (ms) of one batch-1 forward of the materialised subnet on the target."""
+        from taslora_deploy.standalone import materialize
+
+        self.measured += 1
+        model = materialize(self.supernet, subnet).float().cpu().eval()
+        shape = (self.space.in_chans, self.space.img_size, self.space.img_size)
+        if self.target == "ort-cpu":
+            run, cleanup = self._ort(model, shape)
+        else:
+            from taslora_deploy.overhead import torch_runner
+
+            device = "cuda" if self.target == "torch-cuda" else "cpu"
+            run, cleanup = torch_runner(model, 1, shape, device=device), None
+        try:
+            return _median_ms(run, self.warmup, self.iters, self.threads if self.target == "torch-cpu" else None)
+        finally:
+            if cleanup is not None:
+                cleanup()
+
+    def _ort(self, model: torch.nn.Module, shape: tuple[int, int, int]):
+        from taslora_deploy.onnx_export import export_onnx
+        from taslora_deploy.overhead import ort_runner
+
+        tmp = tempfile.TemporaryDirectory(prefix="taslora-lat-")
+        path = Path(tmp.name) / "model.onnx"
+        try:
+            export_onnx(model, path, input_shape=shape)
+            run = ort_runner(path, 1, input_shape=shape, device="cpu", threads=self.threads)
+        except Exception as err:  # noqa: BLE001 - reported as one line
+            tmp.cleanup()
+            raise LatencyUnavailable(f"ONNX export/onnxruntime failed for a candidate: {str(err).splitlines()[0]}") from None
+        return run, tmp.cleanup
+
+
+def _median_ms(run, warmup: int, iters: int, threads: int | None) -> float:
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old)
+    return 1e3 * statistics.median(times)
