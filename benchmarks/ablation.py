@@ -38,7 +38,7 @@ from taslora_core.workspace import runs
 METHODS: dict[str, tuple[str, list[str]]] = {
     # name -> (what it trains, extra `taslora train` arguments); "supernet" trains nothing
     "supernet": ("none", []),
-    "finetune": ("supernets", ["--mode", "finetune"]),
+    "finetune": ("supernets", ["--mode", "finetune"]),  # its LR is --finetune-lr (set in _cell)
     "single-lora": ("mole", ["--mode", "single-lora"]),
     "mole-random": ("mole", ["--router-init", "random"]),
     "tas-lora": ("mole", []),
@@ -76,8 +76,9 @@ def _cell(args, workdir: Path, supernet_dir: Path, method: str, seed: int, test,
         ckpt = supernet_dir
     else:
         name = f"abl-{method}-s{seed}"
+        lr = args.finetune_lr if method == "finetune" else args.expert_lr
         run_command(f"train {method} seed {seed}", [
-            "train", "--supernet", str(supernet_dir), *extra, "--epochs", str(args.epochs),
+            "train", "--supernet", str(supernet_dir), *extra, "--epochs", str(args.epochs), "--expert-lr", str(lr),
             "--warmup-epochs", str(args.warmup_epochs), "--name", name, "--seed", str(seed), "--quiet",
             "--workdir", str(workdir), *(["--train-subset", str(args.train_subset)] if args.train_subset else [])])
         ckpt = _run_named(workdir, kind, name)
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--supernet-epochs", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=1, help="Equal training budget of every trained method.")
     parser.add_argument("--warmup-epochs", type=int, default=0, help="MoLE warm-up epochs (router frozen).")
+    parser.add_argument("--expert-lr", type=float, default=2e-3, help="LoRA experts' LR (paper 5e-4 for 50 epochs).")
+    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="LR of full fine-tuning (AdamW).")
+    parser.add_argument("--supernet-lr", type=float, default=4e-3, help="Base LR per 512 images of supernet training.")
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             supernet_dir = existing[-1]
         else:
             run_command("supernet", ["supernet", "train", "--space", "fmnist", "--data", "fmnist", "--epochs",
-                                     str(args.supernet_epochs), "--name", "abl-supernet", "--quiet", "--workdir", str(workdir)])
+                                     str(args.supernet_epochs), "--lr", str(args.supernet_lr), "--name", "abl-supernet", "--quiet", "--workdir", str(workdir)])
             supernet_dir = _run_named(workdir, "supernets", "abl-supernet")
     space = load_checkpoint(supernet_dir).supernet.space
     fixed = sample_distinct(space, args.random_subnets, seed=1234)
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"collapse {rec['collapse_mean_cos']:.4f}", flush=True)
     md = table(records, args)
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = (f"{md}\n\nspace {space.name}; supernet {supernet_dir}; {args.epochs} epoch(s) per trained method; search "
+    text = (f"{md}\n\nspace {space.name}; supernet {supernet_dir}; {args.epochs} epoch(s) per trained method "
+            f"(experts LR {args.expert_lr:g}, fine-tuning LR {args.finetune_lr:g}); search "
             f"--flops {args.flops} --population {args.population} --iterations {args.iterations} --val-subset "
             f"{args.val_subset}; test set 10,000 images; wall time {time.perf_counter() - started:.0f} s.\n\n`{command}`\n")
     (args.out / "ablation.md").write_text(text)

@@ -30,8 +30,8 @@ SUMMARY_JSON = "summary.json"
 # Defaults of the options a resumed search takes from its saved settings (a different explicit value is refused).
 _DEFAULTS: dict[str, Any] = {
     "flops": None, "params": None, "min_flops": None, "min_params": None, "counter": "autoformer",
-    "ckpt": None, "data": None, "population": 50, "iterations": 20, "parents": 10, "mutation_num": 25,
-    "crossover_num": 25, "m_prob": 0.2, "s_prob": 0.4, "val_subset": None, "metric": "loss",
+    "ckpt": None, "data": None, "population": 50, "iterations": 20, "parents": 10, "mutation_num": None,
+    "crossover_num": None, "m_prob": 0.2, "s_prob": 0.4, "val_subset": None, "metric": "loss",
     "no_experts": False, "seed": 0, "out": None, "latency_budget": None, "target": "torch-cpu",
 }
 
@@ -60,8 +60,8 @@ def search_cmd(
     population: Annotated[int, typer.Option("--population", help="Population size.")] = 50,
     iterations: Annotated[int, typer.Option("--iterations", help="Generations after the random initial one.")] = 20,
     parents: Annotated[int, typer.Option("--parents", help="Top-k subnets kept as parents.")] = 10,
-    mutation_num: Annotated[int, typer.Option("--mutation-num", help="Mutants per generation.")] = 25,
-    crossover_num: Annotated[int, typer.Option("--crossover-num", help="Crossover children per generation.")] = 25,
+    mutation_num: Annotated[Optional[int], typer.Option("--mutation-num", help="Mutants per generation (default: population // 2, i.e. 25 of 50).")] = None,
+    crossover_num: Annotated[Optional[int], typer.Option("--crossover-num", help="Crossover children per generation (default: population // 2).")] = None,
     m_prob: Annotated[float, typer.Option("--m-prob", help="Per-layer mutation probability of MLP ratio and heads.")] = 0.2,
     s_prob: Annotated[float, typer.Option("--s-prob", help="Probability of resampling depth, and embed dim.")] = 0.4,
     val_subset: Annotated[Optional[int], typer.Option(

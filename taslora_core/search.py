@@ -63,8 +63,10 @@ class SearchConfig:
     population: int = 50
     iterations: int = 20
     parents: int = 10
-    mutation_num: int = 25
-    crossover_num: int = 25
+    mutation_num: int | None = None
+    """Mutants per generation; None means population // 2 (AutoFormer: 25 of 50)."""
+    crossover_num: int | None = None
+    """Crossover children per generation; None means population // 2."""
     m_prob: float = 0.2
     s_prob: float = 0.4
     seed: int = 0
@@ -79,6 +81,9 @@ class SearchConfig:
     use_experts: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("mutation_num", "crossover_num"):
+            if getattr(self, name) is None:
+                setattr(self, name, int(self.population) // 2)
         for name in ("population", "parents", "random_max_tries", "crossover_pair_tries", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise SearchError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -26,7 +26,9 @@ class _PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(space.in_chans, space.super_embed_dim, space.patch_size, space.patch_size)
 
 
-class _RelPosTables(nn.Module):
+class RelPosTables(nn.Module):
+    """AutoFormer's pair of relative-position tables (rows and columns) of one attention side (k or v)."""
+
     def __init__(self, rows: int, cols: int) -> None:
         super().__init__()
         self.embeddings_table_v = nn.Parameter(torch.zeros(rows, cols))
@@ -39,8 +41,8 @@ class _Attention(nn.Module):
         e = space.super_embed_dim
         self.qkv = nn.Linear(e, 3 * e)
         if space.relative_position:
-            self.rel_pos_embed_k = _RelPosTables(space.rel_table_rows, space.rel_table_cols)
-            self.rel_pos_embed_v = _RelPosTables(space.rel_table_rows, space.rel_table_cols)
+            self.rel_pos_embed_k = RelPosTables(space.rel_table_rows, space.rel_table_cols)
+            self.rel_pos_embed_v = RelPosTables(space.rel_table_rows, space.rel_table_cols)
         self.proj = nn.Linear(e, e)
 
 
@@ -87,7 +89,7 @@ class Supernet(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-            elif isinstance(module, _RelPosTables):
+            elif isinstance(module, RelPosTables):
                 trunc_normal_(module.embeddings_table_v, std=0.02)
                 trunc_normal_(module.embeddings_table_h, std=0.02)
         if self.space.abs_pos:

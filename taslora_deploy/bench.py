@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from taslora_core.checkpoint import atomic_write_text
+
 __all__ = ["bench", "bench_table", "write_json", "environment", "latency_stats"]
 
 ONNX_SUFFIXES = {".onnx"}
@@ -430,17 +432,5 @@ def _json_default(obj: Any):
 
 def write_json(results: Sequence[dict], path: str | os.PathLike) -> Path:
     """Write ``results`` (a list of dicts) as JSON, atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(list(results), indent=2, default=_json_default, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text + "\n")

@@ -20,16 +20,10 @@ from taslora_core.checkpoint import CheckpointError, atomic_save_safetensors, at
 from taslora_core.slicing import Deltas, block_dims
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
+from taslora_core.supernet import RelPosTables
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
-
-
-class _RelPos(nn.Module):
-    def __init__(self, rows: int, cols: int) -> None:
-        super().__init__()
-        self.embeddings_table_v = nn.Parameter(torch.zeros(rows, cols))
-        self.embeddings_table_h = nn.Parameter(torch.zeros(rows, cols))
 
 
 class Attention(nn.Module):
@@ -40,8 +34,8 @@ class Attention(nn.Module):
         self.heads, self.head_dim = heads, head_dim
         self.qkv = nn.Linear(embed, 3 * heads * head_dim)
         if rel_rows is not None:
-            self.rel_pos_embed_k = _RelPos(rel_rows, head_dim)
-            self.rel_pos_embed_v = _RelPos(rel_rows, head_dim)
+            self.rel_pos_embed_k = RelPosTables(rel_rows, head_dim)
+            self.rel_pos_embed_v = RelPosTables(rel_rows, head_dim)
         self.proj = nn.Linear(heads * head_dim, embed)
         self.relative = rel_rows is not None
 

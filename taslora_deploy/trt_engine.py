@@ -20,6 +20,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from taslora_core.checkpoint import atomic_write
+
 from taslora_deploy.onnx_export import ParityError
 
 __all__ = [
@@ -84,17 +86,7 @@ def require_tensorrt():
 
 
 def _atomic_write_bytes(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(memoryview(data))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_bytes(memoryview(data)))
 
 
 def _make_logger(trt):
