@@ -74,3 +74,22 @@ def test_amount_parsing():
     with pytest.raises(ValueError, match="K/M/G"):
         parse_amount("lots")
     assert format_amount(1.344e9) == "1.344G"
+
+
+def test_space_and_flops_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from taslora_cli.main import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["space", "autoformer-t"])
+    assert res.exit_code == 0 and "12" in res.output and "5.366M .. 10.517M" in res.output
+    AUTOFORMER_SUBNETS["autoformer-t"].to_json(tmp_path / "t.json")
+    res = runner.invoke(app, ["flops", str(tmp_path / "t.json"), "--space", "autoformer-t"])
+    assert res.exit_code == 0
+    assert "1.344G" in res.output and "1.482G" in res.output and "5,867,944" in res.output
+    assert "fits the supernet" in res.output  # ratio 3.0 is outside T's search space
+    res = runner.invoke(app, ["flops", str(tmp_path / "t.json")])
+    assert res.exit_code == 2 and "pass --space" in res.stderr
+    res = runner.invoke(app, ["space", "nope"])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
