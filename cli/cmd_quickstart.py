@@ -56,10 +56,23 @@ def _latest(workdir: Path, kind: str) -> Path:
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl as flat curve points: train loss per logged step, validation per epoch end."""
     path = run / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    points: list[dict[str, Any]] = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        step = rec.get("global_step")
+        if rec.get("type") == "step" and "loss" in rec:
+            points.append({"step": step, "train loss": rec["loss"]})
+        elif rec.get("type") == "epoch":
+            for name, res in (rec.get("val") or {}).items():
+                if isinstance(res, dict) and "loss" in res:
+                    points.append({"step": step, f"val loss ({name})": res["loss"], f"val top-1 ({name})": res["top1"]})
+    return points
 
 
 def _test_top1(mole_dir: Path, subnet_path: Path) -> dict[str, float]:
@@ -87,7 +100,9 @@ def _plots(workdir: Path, supernet_dir: Path, mole_dir: Path, export_dir: Path) 
     out: dict[str, str] = {}
     runs = {"supernet": _metrics(supernet_dir), "MoLE": _metrics(mole_dir)}
     try:
-        out["training_curves"] = str(plot_training_curves(runs, workdir / "training_curves.png"))
+        out["training_curves"] = str(plot_training_curves(
+            runs, workdir / "training_curves.png",
+            keys=("train loss", "val loss (largest)", "val top-1 (largest)", "val loss (smallest)")))
     except ValueError as err:
         console.print(f"[yellow]note:[/] no training curves ({err})")
     config = json.loads((export_dir / "config.json").read_text())
