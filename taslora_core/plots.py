@@ -13,6 +13,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def _save(fig: Any, path: str | Path, **savefig_kw: Any) -> Path:
+    """Write the figure to `path` as PNG via a temp file renamed into place, then close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110, **savefig_kw)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def _constraint_lines(ax, lo: float | None, hi: float | None, scale: float, label: str) -> None:
     for value, name in ((hi, "max"), (lo, "min")):
         if value is not None:
@@ -59,12 +70,7 @@ def plot_fitness_vs_flops(
     bar.update_ticks()
     fig.suptitle(title or f"evolutionary search: {len(history)} subnets evaluated")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_similarity_heatmaps(matrices: dict[str, Any], path: str | Path, title: str = "penultimate-feature cosine similarity") -> Path:
@@ -84,11 +90,7 @@ def plot_similarity_heatmaps(matrices: dict[str, Any], path: str | Path, title: 
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_routing_heatmap(probs: Any, row_labels: Sequence[str], layer_labels: Sequence[str], path: str | Path,
@@ -109,11 +111,7 @@ def plot_routing_heatmap(probs: Any, row_labels: Sequence[str], layer_labels: Se
     axes[0][0].set_yticklabels(row_labels, fontsize=7)
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, pad=0.02)
     fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, bbox_inches="tight")
 
 
 def plot_training_curves(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path,
@@ -137,8 +135,4 @@ def plot_training_curves(runs: dict[str, Sequence[dict[str, Any]]], path: str | 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
