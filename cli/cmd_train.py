@@ -177,6 +177,7 @@ def train_cmd(
     mode: Annotated[str, typer.Option("--mode", help="mole (TAS-LoRA), single-lora (K=1 baseline) or finetune (full fine-tuning baseline; writes a supernets run).")] = "mole",
     experts: Annotated[int | None, typer.Option("--experts", help="Experts K per layer (default: one per architecture group).")] = None,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank r of every expert.")] = 8,
+    lora_alpha: Annotated[float, typer.Option("--lora-alpha", help="LoRA scale numerator: an expert adds (alpha / rank) U D (paper: 1, i.e. U D / r).")] = 1.0,
     router: Annotated[str, typer.Option("--router", help="Router core: lstm, gru or mlp (block-wise, no recurrence).")] = "lstm",
     router_init: Annotated[str, typer.Option("--router-init", help="group (group-wise init, TAS-LoRA) or random.")] = "group",
     router_depth: Annotated[bool, typer.Option("--router-depth/--no-router-depth", help="Feed the depth to the router too (groups then include depth).")] = False,
@@ -225,7 +226,7 @@ def train_cmd(
         save_every_steps=save_every_steps, log_every=log_every, clip_grad=clip_grad, eval_batch_size=eval_batch_size,
         num_workers=workers, summary_subnets=summary_subnets, name=name, quiet=quiet,
         debug_nan_at_step=debug_nan_at_step, supernet=str(supernet) if supernet else None, mode=mode,
-        experts=experts, rank=rank, router=router, router_init=router_init, router_depth=router_depth, beta=beta,
+        experts=experts, rank=rank, lora_alpha=lora_alpha, router=router, router_init=router_init, router_depth=router_depth, beta=beta,
         expert_lr=expert_lr, router_lr=router_lr, warmup_start_lr=warmup_start_lr,
     )
     try:

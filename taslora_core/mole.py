@@ -1,10 +1,10 @@
 """Mixture of LoRA experts (MoLE) on the four linear layers of every supernet block, and the MoLE model.
 
-Expert k of a layer is E_k = U_k D_k / r with U_k (out_super, r) starting at zero and D_k (r, in_super) at
+Expert k of a layer is E_k = (alpha / r) U_k D_k (the paper: alpha = 1, i.e. U_k D_k / r) with U_k (out_super, r) starting at zero and D_k (r, in_super) at
 LoRA's usual small random init. The experts of a layer are stored concatenated, U (out_super, K*r) and
 D (K*r, in_super), so the routed merge is one matmul on the *sliced* factors:
 
-    delta = slice_rows(U) * (p_k / r repeated r times) @ slice_cols(D)
+    delta = slice_rows(U) * (p_k * alpha / r repeated r times) @ slice_cols(D)
 
 computed once per subnet (per training step), never per token, and added to the sliced supernet weight.
 """
@@ -35,11 +35,15 @@ MOLE_CONFIG = "mole.json"
 
 @dataclass(frozen=True)
 class MoLEConfig:
-    """Experts and router settings. `num_experts=None` means one expert per architecture group."""
+    """Experts and router settings. `num_experts=None` means one expert per architecture group.
+
+    `alpha` is LoRA's scale numerator: an expert adds (alpha / rank) U D. The paper's E = U D / r is alpha = 1.
+    """
 
     num_experts: int | None = None
     rank: int = 8
     router: RouterConfig = field(default_factory=RouterConfig)
+    alpha: float = 1.0
 
     def resolved_experts(self, space: SearchSpace) -> int:
         """K: the given number, or the number of architecture groups."""
@@ -47,12 +51,13 @@ class MoLEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {"num_experts": self.num_experts, "rank": self.rank, "router": self.router.to_dict()}
+        return {"num_experts": self.num_experts, "rank": self.rank, "router": self.router.to_dict(), "alpha": self.alpha}
 
     @staticmethod
     def from_dict(doc: dict[str, Any]) -> "MoLEConfig":
         """Inverse of to_dict."""
-        return MoLEConfig(doc.get("num_experts"), int(doc.get("rank", 8)), RouterConfig(**doc.get("router", {})))
+        return MoLEConfig(doc.get("num_experts"), int(doc.get("rank", 8)), RouterConfig(**doc.get("router", {})),
+                          float(doc.get("alpha", 1.0)))
 
 
 def _io_dims(space: SearchSpace, layer: str) -> tuple[int, int]:
@@ -63,9 +68,10 @@ def _io_dims(space: SearchSpace, layer: str) -> tuple[int, int]:
 class LoRAExperts(nn.Module):
     """K rank-r experts for each of qkv/proj/fc1/fc2 of every supernet block."""
 
-    def __init__(self, space: SearchSpace, num_experts: int, rank: int) -> None:
+    def __init__(self, space: SearchSpace, num_experts: int, rank: int, alpha: float = 1.0) -> None:
         super().__init__()
         self.space, self.num_experts, self.rank = space, num_experts, rank
+        self.scale = alpha / rank  # LoRA's alpha / r
         self.blocks = nn.ModuleList()
         for _ in range(space.super_depth):
             block = nn.ParameterDict()
@@ -84,7 +90,7 @@ class LoRAExperts(nn.Module):
             d = block_dims(self.space, subnet, b)
             params = self.blocks[b]
             for i, layer in enumerate(LINEAR_LAYERS):
-                scale = (probs[b, i] / self.rank).repeat_interleave(self.rank)  # (K*r,)
+                scale = (probs[b, i] * self.scale).repeat_interleave(self.rank)  # (K*r,)
                 u = slicing.rows(layer, params[f"{layer}_U"], d)
                 dn = slicing.cols(layer, params[f"{layer}_D"], d)
                 out[(b, layer)] = (u * scale) @ dn
@@ -99,7 +105,7 @@ class MoLEModel(nn.Module):
         self.supernet, self.config = supernet, config
         self.space = supernet.space
         k = config.resolved_experts(self.space)
-        self.experts = LoRAExperts(self.space, k, config.rank)
+        self.experts = LoRAExperts(self.space, k, config.rank, config.alpha)
         self.router = Router(self.space, k, config.router)
         for p in self.supernet.parameters():
             p.requires_grad_(False)

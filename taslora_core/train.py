@@ -141,6 +141,7 @@ class MoLETrainConfig(TrainConfig):
     mode: str = "mole"  # mole | single-lora | finetune
     experts: int | None = None  # None: one per architecture group
     rank: int = 8
+    lora_alpha: float = 1.0  # experts add (alpha / rank) U D; the paper's E = U D / r is 1
     router: str = "lstm"
     router_init: str = "group"
     router_depth: bool = False
@@ -506,11 +507,13 @@ def _mole_config(cfg: MoLETrainConfig) -> MoLEConfig:
         raise ValueError(f"unknown --router-init '{cfg.router_init}'; choose one of {', '.join(ROUTER_INITS)}")
     if cfg.rank < 1:
         raise ValueError(f"--rank must be >= 1, got {cfg.rank}")
+    if not cfg.lora_alpha > 0:
+        raise ValueError(f"--lora-alpha must be > 0, got {cfg.lora_alpha}")
     experts = 1 if cfg.mode == "single-lora" else cfg.experts
     if experts is not None and experts < 1:
         raise ValueError(f"--experts must be >= 1, got {experts}")
     router = RouterConfig(kind=cfg.router, include_depth=cfg.router_depth, init=cfg.router_init, beta=cfg.beta)
-    return MoLEConfig(num_experts=experts, rank=cfg.rank, router=router)
+    return MoLEConfig(num_experts=experts, rank=cfg.rank, router=router, alpha=cfg.lora_alpha)
 
 
 def train_mole(
@@ -592,7 +595,7 @@ def train_mole(
                                     cfg.warmup_start_lr, cfg.min_lr, cfg.weight_decay, cfg.momentum)
             broadcast_tensors(list(model.experts.parameters()) + list(model.router.parameters()), ctx)
             task = MoLETask(model, optim, loaders.val, _eval_subnets(space), ctx, amp)
-            what = (f"{cfg.mode}: K={model.num_experts} experts of rank {cfg.rank}, router {cfg.router} "
+            what = (f"{cfg.mode}: K={model.num_experts} experts of rank {cfg.rank} (alpha {cfg.lora_alpha:g}), router {cfg.router} "
                     f"({cfg.router_init} init, beta {cfg.beta:g}); experts AdamW lr {cfg.expert_lr:g}, "
                     f"router SGD lr {cfg.router_lr:g} (frozen for {cfg.warmup_epochs} warm-up epoch(s))")
         say(f"training {cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size} x {ctx.world_size} rank(s), "

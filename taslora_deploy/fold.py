@@ -49,7 +49,7 @@ def fold_subnet(supernet: Supernet, subnet: Subnet, mole: MoLEModel | None = Non
 
 
 class _LoRABranchLinear(nn.Module):
-    """y = x W^T + b + ((x D^T) * s) U^T with s = p_k / r per expert column, p read at call time."""
+    """y = x W^T + b + ((x D^T) * s) U^T with s = p_k alpha / r per expert column, p read at call time."""
 
     def __init__(self, base: nn.Linear, u: torch.Tensor, d: torch.Tensor, owner: "UnmergedMoLEViT", block: int, layer: int) -> None:
         super().__init__()
@@ -61,7 +61,7 @@ class _LoRABranchLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         owner = self._owner[0]
-        scale = (owner.current_routing[self.block, self.layer] / owner.rank).repeat_interleave(owner.rank)
+        scale = (owner.current_routing[self.block, self.layer] * owner.scale).repeat_interleave(owner.rank)
         return self.base(x) + ((x @ self.D.t()) * scale) @ self.U.t()
 
 
@@ -73,7 +73,7 @@ class UnmergedMoLEViT(nn.Module):
         self.subnet = subnet
         self.base = materialize(supernet, subnet)
         self.router = mole.router
-        self.rank = mole.experts.rank
+        self.rank, self.scale = mole.experts.rank, mole.experts.scale
         self.current_routing = torch.empty(0)
         for b, block in enumerate(self.base.blocks):
             d = block_dims(supernet.space, subnet, b)

@@ -25,10 +25,10 @@ from taslora_deploy.onnx_export import op_histogram
 runner = CliRunner()
 
 
-def _mole(space_name: str, seed: int = 0) -> MoLEModel:
+def _mole(space_name: str, seed: int = 0, alpha: float = 1.0) -> MoLEModel:
     torch.manual_seed(seed)
     sup = Supernet(SearchSpace.preset(space_name)).eval()
-    model = MoLEModel(sup, MoLEConfig(router=RouterConfig(init="random", random_init_std=0.5))).eval()
+    model = MoLEModel(sup, MoLEConfig(router=RouterConfig(init="random", random_init_std=0.5), alpha=alpha)).eval()
     with torch.no_grad():
         for p in model.experts.parameters():
             p.normal_(0, 0.3)
@@ -57,8 +57,9 @@ def exported(workspace) -> dict:
     return {"out": out, "result": result, "report": json.loads((out / "report.json").read_text())}
 
 
-def test_folded_differs_from_baseline_but_matches_runtime_mole():
-    model = _mole("fmnist", 1)
+@pytest.mark.parametrize("alpha", [1.0, 4.0])
+def test_folded_differs_from_baseline_but_matches_runtime_mole(alpha: float):
+    model = _mole("fmnist", 1, alpha)
     sub = sample_subnet(model.space, random.Random(3))
     folded = fold_subnet(model.supernet, sub, model)
     base = fold_subnet(model.supernet, sub).model

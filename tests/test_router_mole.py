@@ -103,11 +103,12 @@ def test_fresh_mole_output_equals_frozen_supernet_exactly(tiny) -> None:
             assert torch.equal(model(x, sn), supernet(x, sn))
 
 
-def test_merge_equals_explicit_sum_over_experts(tiny) -> None:
-    """delta = slice(sum_k p_k U_k D_k / r) with the supernet's own slicing (interleaved qkv rows)."""
+@pytest.mark.parametrize("alpha", [1.0, 16.0])
+def test_merge_equals_explicit_sum_over_experts(tiny, alpha: float) -> None:
+    """delta = slice(sum_k p_k (alpha/r) U_k D_k) with the supernet's own slicing (interleaved qkv rows)."""
     supernet, _ = tiny
     torch.manual_seed(3)
-    model = MoLEModel(supernet, MoLEConfig())
+    model = MoLEModel(supernet, MoLEConfig(alpha=alpha))
     with torch.no_grad():
         for p in model.experts.parameters():
             p.normal_()
@@ -120,7 +121,7 @@ def test_merge_equals_explicit_sum_over_experts(tiny) -> None:
             dims = slicing.block_dims(supernet.space, sn, b)
             for i, layer in enumerate(slicing.LINEAR_LAYERS):
                 u, d = model.experts.blocks[b][f"{layer}_U"], model.experts.blocks[b][f"{layer}_D"]
-                full = sum(probs[b, i, e] * u[:, e * r : (e + 1) * r] @ d[e * r : (e + 1) * r] / r for e in range(k))
+                full = sum(probs[b, i, e] * u[:, e * r : (e + 1) * r] @ d[e * r : (e + 1) * r] * alpha / r for e in range(k))
                 want = slicing.weight(layer, full, dims)
                 torch.testing.assert_close(deltas[(b, layer)], want, rtol=1e-4, atol=1e-4)
 
