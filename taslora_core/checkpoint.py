@@ -9,68 +9,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from taslora_core.atomic import (  # noqa: F401  (re-exported: the writers' historical home)
+    atomic_save_safetensors,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+)
 from taslora_core.space import SearchSpace
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not match the model."""
-
-
-# ---------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Call writer(tmp) for a temp file next to `path`, fsync it, then rename over `path` (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Atomically write a text file."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Atomically write an indented JSON file."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def atomic_torch_save(path: str | Path, obj: Any) -> Path:
-    """Atomically torch.save an object made of tensors, numbers, strings, lists and dicts."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Atomically write tensors (made contiguous, on CPU) to a safetensors file."""
-    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def load_torch(path: str | Path) -> Any:
