@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from taslora_core import data as D
 from taslora_core.evaluate import evaluate
+from taslora_core.run_data import RecordedData, resolve_run_data
 from taslora_core.run_io import LoadedCheckpoint
 from taslora_core.subnet import Subnet
 
@@ -52,29 +53,6 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _data_config(ckpt: LoadedCheckpoint, data: str | None) -> tuple[D.DataConfig, str]:
-    space = ckpt.supernet.space
-    recorded = ckpt.data
-    if recorded:
-        doc = dict(recorded)
-        source = "recorded with the checkpoint"
-        if data is not None:
-            doc["data"] = str(data)
-            source = "--data (recipe recorded with the checkpoint)"
-        cfg = D.DataConfig(**doc)
-    elif data is not None:
-        cfg = D.DataConfig.for_data(str(data))
-        source = "--data"
-    else:
-        raise D.DataUnavailable(
-            f"checkpoint {ckpt.path} records no data (an imported AutoFormer supernet?); pass --data fmnist or "
-            "--data PATH (ImageNet-style folder) and the search carves a held-out split with --seed"
-        )
-    # The model decides the input size; a mismatched recipe would only fail later, inside the forward pass.
-    cfg = D.DataConfig(**{**cfg.to_dict(), "img_size": space.img_size, "in_chans": space.in_chans})
-    return cfg, source
-
-
 def load_val_data(
     ckpt: LoadedCheckpoint,
     data: str | None = None,
@@ -90,13 +68,13 @@ def load_val_data(
     """This rank's validation batches: the split saved with the run (or carved with `seed`), built once."""
     if rank is None or world_size is None:
         rank, world_size = dist_info()
-    cfg, data_source = _data_config(ckpt, data)
-    split_path = ckpt.split_path
-    if split_path is not None:
-        split = D.load_split(split_path)
-        split_source = str(split_path)
+    # --data keeps the recorded recipe, sized for the model; the saved split is reused whatever the data
+    run_data = resolve_run_data(ckpt.supernet.space, RecordedData.of_checkpoint(ckpt), data,
+                                data_override="keep_recipe", fit_space=True, reuse_split="always")
+    cfg, data_source, split = run_data.config, run_data.data_source, run_data.split
+    if split is not None:
+        split_source = str(run_data.split_path)
     else:
-        split = None
         split_source = f"carved from the training set with seed {seed} ({val_size} images)"
     bundle = D.build_data(cfg, val_size=val_size, seed=seed, val_subset=val_subset, split=split)
     total = len(bundle.val)

@@ -52,6 +52,8 @@ from taslora_core.evaluate import EvalResult, evaluate
 from taslora_core.mole import MoLEConfig, MoLEModel, save_mole
 from taslora_core.optim import finetune_optimizers, mole_optimizers, scaled_lr, supernet_optimizers
 from taslora_core.router import ROUTER_INITS, ROUTER_KINDS, RouterConfig
+from taslora_core.run_data import RecordedData, data_config_for, resolve_run_data
+from taslora_core.run_data import describe_data as _describe_data
 from taslora_core.run_io import is_supernet_dir, load_checkpoint, resolve_mole, resolve_supernet
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_subnet
@@ -184,32 +186,7 @@ def summary_subnets(space: SearchSpace, seed: int, count: int) -> list[tuple[str
 
 
 def _data_config(cfg: TrainConfig, space: SearchSpace) -> D.DataConfig:
-    overrides: dict[str, Any] = {}
-    for key in ("mixup", "cutmix", "smoothing", "re_prob"):
-        value = getattr(cfg, key)
-        if value is not None:
-            overrides[key] = float(value)
-    if cfg.auto_augment is not None:
-        overrides["auto_augment"] = None if cfg.auto_augment.lower() in ("", "none", "off") else cfg.auto_augment
-    data = cfg.data if D.DataConfig(data=cfg.data).is_fmnist else str(Path(cfg.data).expanduser().resolve())
-    if not D.DataConfig(data=data).is_fmnist:
-        if not (Path(data) / "train").is_dir():
-            raise D.DataUnavailable(
-                f"{Path(data) / 'train'} not found; --data expects 'fmnist' or an ImageNet-style folder "
-                "PATH/train/<class>/*.jpeg and PATH/val/<class>/*.jpeg"
-            )
-        if space.in_chans != 3:
-            raise ValueError(
-                f"folder data is read as RGB but search space '{space.name}' has in_chans={space.in_chans}; "
-                "use a space with in_chans 3 (e.g. autoformer-t) or --data fmnist"
-            )
-    return D.DataConfig.for_data(data, img_size=space.img_size, in_chans=space.in_chans, **overrides)
-
-
-def _describe_data(dc: D.DataConfig) -> str:
-    if dc.is_fmnist:
-        return f"Fashion-MNIST (IDX files in {D.fmnist_root()})"
-    return f"image folder {dc.data}"
+    return data_config_for(cfg.data, space, cfg.to_dict())
 
 
 def _check_classes(bundle: D.DataBundle, space: SearchSpace) -> None:
@@ -486,20 +463,6 @@ def default_supernet(workdir: str | Path) -> Path:
     return resolve_supernet(workdir, None)
 
 
-def _supernet_split(supernet_dir: Path, dc: D.DataConfig) -> tuple[dict[str, Any] | None, str]:
-    """The held-out split of the supernet run, when it was made on the same data."""
-    try:
-        meta = json.loads((supernet_dir / SPACE_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None, "new (the supernet records no split)"
-    name, data = meta.get("split"), (meta.get("data") or {}).get("data")
-    if not name or not (supernet_dir / name).exists():
-        return None, "new (the supernet run has no split.json)"
-    if data is None or D.DataConfig(data=data).is_fmnist != dc.is_fmnist or (not dc.is_fmnist and data != dc.data):
-        return None, f"new (the supernet was trained on {data}, not on {dc.data})"
-    return D.load_split(supernet_dir / name), f"reused from the supernet run ({supernet_dir / name})"
-
-
 def _mole_config(cfg: MoLETrainConfig) -> MoLEConfig:
     if cfg.router not in ROUTER_KINDS:
         raise ValueError(f"unknown --router '{cfg.router}'; choose one of {', '.join(ROUTER_KINDS)}")
@@ -556,14 +519,17 @@ def train_mole(
         supernet = load_supernet(supernet_dir, ctx.device)
         set_drop_path(supernet, cfg.drop_path)
         space = supernet.space
-        dc = _data_config(cfg, space)
+        # a new run reuses the supernet's held-out split when it was made on the same data
+        recorded = None if resume else RecordedData.read(supernet_dir, SPACE_JSON, "the supernet run")
+        run_data = resolve_run_data(space, recorded, cfg.data, cfg.to_dict())
+        dc = run_data.config
         _check_common(cfg, dc)
         mcfg = _mole_config(cfg) if cfg.mode != "finetune" else None
 
         if resume:
             split, split_src = D.load_split(run_dir / SPLIT_FILE), f"reused from {run_dir / SPLIT_FILE}"
         else:
-            split, split_src = _supernet_split(supernet_dir, dc)
+            split, split_src = run_data.split, run_data.split_source
         bundle = D.build_data(dc, cfg.val_size, cfg.seed, cfg.train_subset, cfg.val_subset, split)
         _check_classes(bundle, space)
         if not resume:
@@ -728,21 +694,13 @@ def evaluate_run(
     if loaded.mole is None and use_experts:
         use_experts = False
         sources.append("experts: none (a supernet checkpoint)")
-    recorded = loaded.data
-    if data is None:
-        if recorded is None:
-            raise ValueError(f"{path} does not record its data; pass --data fmnist or --data PATH")
-        dc = D.DataConfig(**recorded)
-        sources.append(f"data: {_describe_data(dc)} (recorded in the run)")
-    else:
-        dc = _data_config(TrainConfig(data=data), space)
-        sources.append(f"data: {_describe_data(dc)} (--data)")
-    saved = None
-    same_data = recorded is not None and D.DataConfig(**recorded).data == dc.data
+    run_data = resolve_run_data(space, RecordedData.of_checkpoint(loaded), data,
+                                reuse_split="same_name" if split == "val" else "never")
+    dc, saved = run_data.config, run_data.split
+    sources.append(f"data: {_describe_data(dc)} ({run_data.data_source})")
     if split == "val":
-        if loaded.split_path is not None and same_data:
-            saved = D.load_split(loaded.split_path)
-            sources.append(f"split: held-out val from {loaded.split_path}")
+        if saved is not None:
+            sources.append(f"split: held-out val from {run_data.split_path}")
         else:
             sources.append(f"split: new held-out val split ({val_size} images, seed {seed}); the run has none for this data")
     else:
