@@ -1,8 +1,8 @@
 """Latency benchmark of ONNX (onnxruntime), TensorRT plans and torch modules.
 
 Conventions (trtexec-like): time-based warm-up, then at least ``min_iters``
-iterations *and* ``min_time_s`` seconds; every call is timed with
-``time.perf_counter`` and must be synchronous (the runners synchronise CUDA).
+iterations *and* ``min_time_s`` seconds, timed by :mod:`taslora_deploy.timing`
+on the synchronous runners of :mod:`taslora_deploy.runners`.
 Reported per artefact and batch: mean/median/p90/p95/p99/min/max/std latency in
 ms, coefficient of variation and throughput in images/s, with the environment.
 """
@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -22,9 +21,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from taslora_core.checkpoint import atomic_write_text
+from taslora_core.atomic import atomic_write_text, json_default
+from taslora_core.workspace import DEFAULT_WORKDIR, latest
+from taslora_deploy.artifacts import BENCH_RESULTS, MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS
+from taslora_deploy.runners import ort_runner, torch_runner, trt_runner
+from taslora_deploy.timing import Runner, latency_stats, time_calls, torch_threads, warm_up
 
-__all__ = ["bench", "bench_table", "write_json", "environment", "latency_stats"]
+__all__ = ["bench", "bench_table", "write_json", "environment", "latency_stats", "BenchResult", "benchmark"]
 
 ONNX_SUFFIXES = {".onnx"}
 TRT_SUFFIXES = {".plan", ".engine"}
@@ -88,77 +91,19 @@ def environment(device: str = "cpu", threads: int | None = None) -> dict[str, An
     }
 
 
-# --------------------------------------------------------------------------- timing
-
-
-def latency_stats(times_s: Sequence[float], batch: int) -> dict[str, float]:
-    """trtexec-style statistics (ms) of per-call wall times in seconds."""
-    t = np.asarray(times_s, dtype=np.float64) * 1e3
-    if t.size == 0:
-        raise ValueError("no timings")
-    p50, p90, p95, p99 = np.percentile(t, [50, 90, 95, 99])
-    mean = float(t.mean())
-    std = float(t.std(ddof=1)) if t.size > 1 else 0.0
-    total_s = float(t.sum() / 1e3)
-    return {
-        "iters": int(t.size),
-        "total_s": total_s,
-        "mean_ms": mean,
-        "median_ms": float(p50),
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p95_ms": float(p95),
-        "p99_ms": float(p99),
-        "min_ms": float(t.min()),
-        "max_ms": float(t.max()),
-        "std_ms": std,
-        "cv": std / mean if mean > 0 else 0.0,
-        "throughput_ips": float(batch * t.size / total_s) if total_s > 0 else 0.0,
-    }
-
-
-def _measure(run: Callable[[], Any], warmup_s: float, min_iters: int, min_time_s: float) -> list[float]:
-    perf = time.perf_counter
-    end = perf() + max(float(warmup_s), 0.0)
-    run()  # at least one warm-up call (lazy init, autotuning, compilation)
-    while perf() < end:
-        run()
-    times: list[float] = []
-    start = perf()
-    while len(times) < min_iters or perf() - start < min_time_s:
-        t0 = perf()
-        run()
-        times.append(perf() - t0)
-    return times
-
-
 # --------------------------------------------------------------------------- artefacts
 
 
 def _load_standalone_dir(directory: Path) -> torch.nn.Module:
-    missing = [n for n in ("model.safetensors", "config.json") if not (directory / n).is_file()]
+    missing = [n for n in (MODEL_WEIGHTS, MODEL_CONFIG) if not (directory / n).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{directory} is not a standalone model directory: missing {', '.join(missing)} "
-            "(expected model.safetensors + config.json)"
+            f"(expected {MODEL_WEIGHTS} + {MODEL_CONFIG})"
         )
-    try:
-        from taslora_deploy.standalone import load_standalone  # noqa: PLC0415
-    except ImportError as exc:
-        try:  # DESIGN.md lists load_standalone() under fold.py
-            from taslora_deploy.fold import load_standalone  # noqa: PLC0415
-        except ImportError:
-            raise RuntimeError(
-                f"cannot benchmark {directory}: taslora_deploy.standalone.load_standalone is not importable ({exc})"
-            ) from exc
-    loaded = load_standalone(directory)
-    if isinstance(loaded, torch.nn.Module):
-        return loaded
-    if isinstance(loaded, (tuple, list)):
-        for item in loaded:
-            if isinstance(item, torch.nn.Module):
-                return item
-    raise TypeError(f"load_standalone({directory}) returned {type(loaded).__name__}, not an nn.Module")
+    from taslora_deploy import standalone  # looked up at call time, so tests can substitute load_standalone
+
+    return standalone.load_standalone(directory)
 
 
 def _module_input_shape(module: torch.nn.Module, directory: Path | None) -> tuple[int, ...] | None:
@@ -174,7 +119,7 @@ def _module_input_shape(module: torch.nn.Module, directory: Path | None) -> tupl
         cfgs.append(vars(cfg_obj))
     if directory is not None:
         try:
-            cfgs.append(json.loads((directory / "config.json").read_text()))
+            cfgs.append(json.loads((directory / MODEL_CONFIG).read_text()))
         except (OSError, ValueError):
             pass
     cfgs.append(vars(module))
@@ -199,8 +144,6 @@ def _torch_runners(
     device: str,
     compile: bool,
 ) -> tuple[str, Callable[[int], Callable[[], Any]], dict]:
-    from taslora_deploy.overhead import torch_runner
-
     info: dict[str, Any] = {"provider": str(torch.device(device)), "note": None, "compiled": False}
     target = module.eval().to(torch.device(device))
     runtime = "torch"
@@ -258,10 +201,7 @@ def bench(
     if min_iters < 1:
         raise ValueError("min_iters must be >= 1")
 
-    old_threads = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(int(threads))
+    with torch_threads(threads):
         env = environment(device, threads)
         make_runner, runtime, label, info, shape = _prepare(artifact, batch_sizes, device, threads, compile,
                                                             input_shape)
@@ -298,8 +238,12 @@ def bench(
             res["environment"] = env
             results.append(res)
         return results
-    finally:
-        torch.set_num_threads(old_threads)
+
+
+def _measure(run: Runner, warmup_s: float, min_iters: int, min_time_s: float) -> np.ndarray:
+    """trtexec-like: time-based warm-up (at least one call), then >= min_iters calls and >= min_time_s."""
+    warm_up([run], seconds=warmup_s)
+    return time_calls(run, min_iters, min_time_s)
 
 
 def _prepare(artifact, batch_sizes, device, threads, compile, input_shape):
@@ -329,8 +273,6 @@ def _prepare(artifact, batch_sizes, device, threads, compile, input_shape):
     suffix = path.suffix.lower()
 
     if suffix in ONNX_SUFFIXES:
-        from taslora_deploy.overhead import ort_runner
-
         first = ort_runner(path, batch_sizes[0], input_shape, device=device, threads=threads,
                            allow_spinning=True)
         shape = first.input_shape  # type: ignore[attr-defined]
@@ -359,13 +301,7 @@ def _prepare(artifact, batch_sizes, device, threads, compile, input_shape):
         info = {"provider": "TensorRT", "dtype": str(runner.input_dtype).replace("torch.", "")}
 
         def make(b):
-            gen = torch.Generator().manual_seed(0)
-            x = torch.randn((b, *shape), generator=gen).to(device=runner.device, dtype=runner.input_dtype)
-
-            def run():
-                return runner(x)
-
-            return run
+            return trt_runner(runner, b, shape)
 
         return make, "tensorrt", label, info, shape
 
@@ -425,12 +361,64 @@ def _json_default(obj: Any):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    if isinstance(obj, (Path, torch.device, torch.dtype)):
+    if isinstance(obj, (torch.device, torch.dtype)):
         return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return json_default(obj)
 
 
 def write_json(results: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Write ``results`` (a list of dicts) as JSON, atomically (temp file + os.replace)."""
+    """Write ``results`` (a list of dicts) as JSON, atomically (``taslora_core.atomic``)."""
     text = json.dumps(list(results), indent=2, default=_json_default, allow_nan=False)
     return atomic_write_text(path, text + "\n")
+
+
+# --------------------------------------------------------------------------- `taslora bench`
+
+
+@dataclass
+class BenchResult:
+    """Outcome of :func:`benchmark`: one row per artifact and batch size (the JSON's entries)."""
+
+    rows: list[dict]
+    environment: dict[str, Any]
+    json_path: Path
+
+
+def benchmark(
+    artifacts: Sequence[str | os.PathLike] | None = None,
+    *,
+    workdir: str | os.PathLike = DEFAULT_WORKDIR,
+    batch_sizes: Iterable[int] = (1, 8, 32),
+    device: str = "cpu",
+    threads: int | None = None,
+    warmup_s: float = 0.5,
+    min_iters: int = 50,
+    min_time_s: float = 1.0,
+    compile: bool = False,
+    json_out: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> BenchResult:
+    """Benchmark artifacts side by side and write the rows as JSON.
+
+    ``artifacts`` default to the latest export's ``model.onnx`` and its folder (standalone PyTorch). The JSON
+    goes to ``json_out``, else ``bench.json`` beside the first artifact. Raises FileNotFoundError for a
+    missing artifact before timing anything.
+    """
+    if artifacts:
+        paths = [Path(a) for a in artifacts]
+    else:
+        exp = latest(workdir, "exports", "run `taslora export --onnx` first or name the artifacts")
+        paths = [p for p in (exp / MODEL_ONNX, exp) if p.exists()]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"artifact {path} does not exist")
+    sizes = tuple(batch_sizes)
+    rows: list[dict] = []
+    for path in paths:
+        log(f"benchmarking {path}")
+        label = f"{path.name}/ (torch)" if path.is_dir() else path.name
+        rows += bench(path, name=label, batch_sizes=sizes, warmup_s=warmup_s, min_iters=min_iters,
+                      min_time_s=min_time_s, device=device, threads=threads, compile=compile)
+    target = Path(json_out) if json_out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent) / BENCH_RESULTS
+    write_json(rows, target)
+    return BenchResult(rows, environment(device, threads), target)

@@ -8,7 +8,7 @@ that is the zero-overhead claim) and timed at batch 1:
 - ``torch-cuda``: the same on the current CUDA device (synchronised per call);
 - ``ort-cpu``: exported with `taslora_deploy.onnx_export.export_onnx` and run by onnxruntime on the CPU.
 
-The value is the median of `iters` timed runs after `warmup` runs, single-threaded by default (`threads=1`:
+The value is the median of `iters` timed runs after `warmup` runs (`taslora_deploy.timing`), single-threaded by default (`threads=1`:
 stable on a shared machine; multi-threaded batch-1 timings of small models vary by 10x under load). Measurements are noisy, so every value is
 cached (and the cache is saved as JSON, keyed by target, host and search space) and reused: a search, its
 resume and a later search on the same machine see the same number for the same subnet. Under
@@ -20,17 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from taslora_core.checkpoint import atomic_write_json
+from taslora_core.atomic import atomic_write_json
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
+from taslora_deploy.artifacts import MODEL_ONNX
+from taslora_deploy.timing import latency_stats, time_calls, torch_threads, warm_up
 
 TARGETS = ("torch-cpu", "torch-cuda", "ort-cpu")
 
@@ -115,22 +115,25 @@ class LatencyTable:
         if self.target == "ort-cpu":
             run, cleanup = self._ort(model, shape)
         else:
-            from taslora_deploy.overhead import torch_runner
+            from taslora_deploy.runners import torch_runner
 
             device = "cuda" if self.target == "torch-cuda" else "cpu"
             run, cleanup = torch_runner(model, 1, shape, device=device), None
         try:
-            return _median_ms(run, self.warmup, self.iters, self.threads if self.target == "torch-cpu" else None)
+            with torch_threads(self.threads if self.target == "torch-cpu" else None):
+                warm_up([run], min_calls=self.warmup)
+                times = time_calls(run, min_iters=self.iters)
+            return latency_stats(times, batch=1)["median_ms"]
         finally:
             if cleanup is not None:
                 cleanup()
 
     def _ort(self, model: torch.nn.Module, shape: tuple[int, int, int]):
         from taslora_deploy.onnx_export import export_onnx
-        from taslora_deploy.overhead import ort_runner
+        from taslora_deploy.runners import ort_runner
 
         tmp = tempfile.TemporaryDirectory(prefix="taslora-lat-")
-        path = Path(tmp.name) / "model.onnx"
+        path = Path(tmp.name) / MODEL_ONNX
         try:
             export_onnx(model, path, input_shape=shape)
             run = ort_runner(path, 1, input_shape=shape, device="cpu", threads=self.threads)
@@ -138,21 +141,3 @@ class LatencyTable:
             tmp.cleanup()
             raise LatencyUnavailable(f"ONNX export/onnxruntime failed for a candidate: {str(err).splitlines()[0]}") from None
         return run, tmp.cleanup
-
-
-def _median_ms(run, warmup: int, iters: int, threads: int | None) -> float:
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        for _ in range(warmup):
-            run()
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t)
-    finally:
-        if threads is not None:
-            torch.set_num_threads(old)
-    return 1e3 * statistics.median(times)

@@ -1,32 +1,34 @@
-"""Zero-overhead checks: structural comparison of two ONNX files and interleaved latency.
+"""Zero-overhead checks: structural comparison of two ONNX files, the latency verdict, and `check-overhead`.
 
 Typical use: A = plain ViT of an architecture, B = the same architecture after
 folding the TAS-LoRA experts into its weights.  Structurally they must be identical
 (same ops, same parameter shapes/counts, same FLOPs), and their latency ratio B/A
-must be ~1.
+must be ~1. The timing itself is :mod:`taslora_deploy.timing` (``interleaved_latency``) on the runners of
+:mod:`taslora_deploy.runners`; both are re-exported here for existing callers.
 """
 
 from __future__ import annotations
 
-import gc
+import json
 import math
 import os
-import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import numpy as np
-import torch
-
-from taslora_deploy.onnx_export import (
+from taslora_core.atomic import atomic_write_json
+from taslora_core.workspace import DEFAULT_WORKDIR, latest
+from taslora_deploy.artifacts import BASELINE_ONNX, MODEL_CONFIG, MODEL_ONNX, OVERHEAD_REPORT, baseline_onnx
+from taslora_deploy.onnx_graph import (
     initializer_param_count,
-    onnx_input_info,
+    io_signature,
     op_histogram,
-    ort_session,
     referenced_param_count,
     referenced_param_shapes,
 )
+from taslora_deploy.runners import ort_runner, torch_runner
+from taslora_deploy.timing import interleaved_latency
 
 __all__ = [
     "OverheadError",
@@ -36,6 +38,8 @@ __all__ = [
     "within_tolerance",
     "ort_runner",
     "torch_runner",
+    "OverheadCheck",
+    "check_overhead",
 ]
 
 FlopsArg = float | int | Callable[[Path], float] | None
@@ -54,23 +58,6 @@ def _resolve_flops(flops: FlopsArg, path: Path) -> float | None:
     if callable(flops):
         return float(flops(path))
     return float(flops)
-
-
-def _io_signature(path: Path) -> dict[str, Any]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    init_names = {i.name for i in model.graph.initializer}
-
-    def sig(vi):
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
-        return {"name": vi.name, "dtype": onnx.TensorProto.DataType.Name(tt.elem_type), "shape": dims}
-
-    return {
-        "inputs": [sig(v) for v in model.graph.input if v.name not in init_names],
-        "outputs": [sig(v) for v in model.graph.output],
-    }
 
 
 def structural_compare(
@@ -114,7 +101,7 @@ def structural_compare(
         only_a = sorted((shapes_a - shapes_b).elements())
         only_b = sorted((shapes_b - shapes_a).elements())
         differences.append(f"parameter shapes: only in A {only_a[:8]}, only in B {only_b[:8]}")
-    io_a, io_b = _io_signature(pa), _io_signature(pb)
+    io_a, io_b = io_signature(pa), io_signature(pb)
     if io_a != io_b:
         differences.append(f"graph I/O: A {io_a} vs B {io_b}")
     if fa is not None and fa != fb:
@@ -157,94 +144,7 @@ def assert_same_structure(
     return report
 
 
-# --------------------------------------------------------------------------- latency
-
-
-def _spread(values_ms: np.ndarray, prefix: str) -> dict[str, float]:
-    q10, q25, q50, q75, q90 = np.percentile(values_ms, [10, 25, 50, 75, 90])
-    return {
-        f"median_{prefix}_ms": float(q50),
-        f"mean_{prefix}_ms": float(values_ms.mean()),
-        f"min_{prefix}_ms": float(values_ms.min()),
-        f"p10_{prefix}_ms": float(q10),
-        f"p90_{prefix}_ms": float(q90),
-        f"iqr_{prefix}_ms": float(q75 - q25),
-    }
-
-
-def interleaved_latency(
-    run_a: Callable[[], Any],
-    run_b: Callable[[], Any],
-    warmup_s: float = 1.0,
-    iters: int = 200,
-    inner: int = 1,
-) -> dict:
-    """Time two zero-argument callables alternately (pairs AB, BA, AB, ...).
-
-    After a time-based warm-up (alternating, at least one call each), ``iters``
-    pairs are measured; within a pair the order alternates so neither side always
-    runs first.  Each sample is the wall time of ``inner`` consecutive calls
-    (``time.perf_counter``) divided by ``inner``.  The garbage collector is paused
-    while timing.  The callables must synchronise themselves (e.g. CUDA).
-
-    Report keys: ``median_a_ms``, ``median_b_ms`` (plus mean/min/p10/p90/iqr for
-    each), ``ratio_median`` (median of per-pair ratios B/A), ``ratio_p10``,
-    ``ratio_p90``, ``ratio_iqr``, ``ratio_of_medians``, ``iters``, ``inner``,
-    ``warmup_s``, ``warmup_pairs``.
-    """
-    if iters < 1 or inner < 1:
-        raise ValueError("iters and inner must be >= 1")
-    perf = time.perf_counter
-
-    warm_pairs = 0
-    t_end = perf() + max(float(warmup_s), 0.0)
-    while True:
-        run_a()
-        run_b()
-        warm_pairs += 1
-        if perf() >= t_end:
-            break
-
-    ta = np.empty(iters)
-    tb = np.empty(iters)
-
-    def timed(fn) -> float:
-        t0 = perf()
-        for _ in range(inner):
-            fn()
-        return (perf() - t0) / inner
-
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(iters):
-            if i % 2 == 0:
-                ta[i] = timed(run_a)
-                tb[i] = timed(run_b)
-            else:
-                tb[i] = timed(run_b)
-                ta[i] = timed(run_a)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-    tiny = 1e-12  # perf_counter resolution guard
-    ratios = np.maximum(tb, tiny) / np.maximum(ta, tiny)
-    r10, r25, r50, r75, r90 = np.percentile(ratios, [10, 25, 50, 75, 90])
-    a_ms, b_ms = ta * 1e3, tb * 1e3
-    report: dict[str, Any] = {"iters": int(iters), "inner": int(inner), "warmup_s": float(warmup_s),
-                              "warmup_pairs": warm_pairs}
-    report.update(_spread(a_ms, "a"))
-    report.update(_spread(b_ms, "b"))
-    report.update(
-        ratio_median=float(r50),
-        ratio_p10=float(r10),
-        ratio_p90=float(r90),
-        ratio_iqr=float(r75 - r25),
-        ratio_of_medians=float(max(np.median(b_ms), tiny) / max(np.median(a_ms), tiny)),
-    )
-    return report
+# --------------------------------------------------------------------------- latency verdict
 
 
 def within_tolerance(report: dict, tol: float = 0.03, two_sided: bool = False) -> bool:
@@ -260,96 +160,67 @@ def within_tolerance(report: dict, tol: float = 0.03, two_sided: bool = False) -
     return r <= 1.0 + tol
 
 
-# --------------------------------------------------------------------------- runners
+# --------------------------------------------------------------------------- `taslora check-overhead`
 
 
-def ort_runner(
-    path: str | os.PathLike,
-    batch: int,
-    input_shape: Sequence[int] | None = None,
+@dataclass
+class OverheadCheck:
+    """Outcome of :func:`check_overhead` (also written to ``overhead.json`` in the export folder)."""
+
+    export_dir: Path
+    structure: dict[str, Any]
+    latency: dict[str, Any]
+    report_path: Path
+
+    @property
+    def same_structure(self) -> bool:
+        """Same ops, parameter shapes/counts, I/O and FLOPs as the no-LoRA baseline."""
+        return bool(self.structure.get("equal"))
+
+    @property
+    def latency_ok(self) -> bool:
+        """Median folded/baseline pair ratio within the tolerance (both ways)."""
+        return bool(self.latency.get("within_tolerance"))
+
+    @property
+    def ok(self) -> bool:
+        """Both verdicts hold."""
+        return self.same_structure and self.latency_ok
+
+
+def check_overhead(
+    export_dir: str | os.PathLike | None = None,
+    *,
+    workdir: str | os.PathLike = DEFAULT_WORKDIR,
+    batch: int = 8,
+    iters: int = 500,
+    tolerance: float = 0.03,
     device: str = "cpu",
     threads: int | None = None,
-    seed: int = 0,
-    allow_spinning: bool = False,
-) -> Callable[[], Any]:
-    """Zero-arg callable running the ONNX model once on a pre-allocated random batch.
+    warmup_s: float = 1.0,
+) -> OverheadCheck:
+    """Zero-overhead check of an export folder (default: the workspace's latest export) against its baseline.
 
-    Thread spinning is off by default so that alternating A/B runs do not steal
-    cores from each other (idle onnxruntime workers otherwise busy-wait).
-
-    ``input_shape`` (C, H, W) defaults to the static dims of the ONNX input.  On
-    CUDA the input lives on the GPU and the output is bound on the GPU (IOBinding),
-    so the timing excludes host/device copies.  The callable carries ``.session``,
-    ``.provider`` and ``.input_shape`` attributes.
+    A = ``baseline/model.onnx`` (no LoRA), B = ``model.onnx`` (folded): structural comparison (with the
+    FLOPs recorded in ``config.json``) and interleaved onnxruntime latency. Writes ``overhead.json`` there.
+    Raises FileNotFoundError when either ONNX file is missing.
     """
-    from taslora_deploy.onnx_export import _parse_device
-
-    path = Path(path)
-    _, dims, np_dtype = onnx_input_info(path)
-    if input_shape is None:
-        if any(d is None for d in dims[1:]):
-            raise ValueError(f"{path} has non-static image dims {dims}; pass input_shape")
-        input_shape = dims[1:]
-    input_shape = tuple(int(s) for s in input_shape)
-    sess = ort_session(path, device=device, threads=threads, allow_spinning=allow_spinning)
-    in_name = sess.get_inputs()[0].name
-    out_names = [o.name for o in sess.get_outputs()]
-    x = np.random.default_rng(seed).standard_normal((int(batch), *input_shape)).astype(np_dtype)
-
-    kind, idx = _parse_device(device)
-    if kind == "cpu":
-        feed = {in_name: x}
-
-        def run():
-            return sess.run(out_names, feed)
-    else:
-        import onnxruntime as ort
-
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", idx)
-        binding = sess.io_binding()
-        binding.bind_ortvalue_input(in_name, x_dev)
-        for name in out_names:
-            binding.bind_output(name, "cuda", idx)
-
-        def run():
-            sess.run_with_iobinding(binding)
-
-    run.session = sess  # type: ignore[attr-defined]
-    run.provider = sess.get_providers()[0]  # type: ignore[attr-defined]
-    run.input_shape = input_shape  # type: ignore[attr-defined]
-    run.dtype = str(np.dtype(np_dtype))  # type: ignore[attr-defined]
-    return run
-
-
-def torch_runner(
-    module: torch.nn.Module,
-    batch: int,
-    input_shape: Sequence[int],
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    seed: int = 0,
-) -> Callable[[], Any]:
-    """Zero-arg callable running ``module`` (eval, inference_mode) on a pre-allocated batch.
-
-    The module is moved to ``device``; the input uses ``dtype`` or the module's
-    parameter dtype.  On CUDA each call synchronises the device so wall-clock
-    timing is meaningful.
-    """
-    device = torch.device(device)
-    module = module.eval().to(device)
-    if dtype is None:
-        dtype = next((p.dtype for p in module.parameters()), torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((int(batch), *(int(s) for s in input_shape)), generator=gen).to(device=device, dtype=dtype)
-    is_cuda = device.type == "cuda"
-
-    def run():
-        with torch.inference_mode():
-            out = module(x)
-        if is_cuda:
-            torch.cuda.synchronize(device)
-        return out
-
-    run.input_shape = tuple(int(s) for s in input_shape)  # type: ignore[attr-defined]
-    run.dtype = str(dtype).replace("torch.", "")  # type: ignore[attr-defined]
-    return run
+    directory = Path(export_dir) if export_dir is not None else latest(
+        workdir, "exports", "run `taslora export --onnx` first")
+    folded, base = directory / MODEL_ONNX, baseline_onnx(directory)
+    if not folded.exists() or not base.exists():
+        raise FileNotFoundError(
+            f"{directory} lacks {MODEL_ONNX} or {BASELINE_ONNX}; re-run `taslora export --onnx`")
+    config_path = directory / MODEL_CONFIG
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    f = config.get("flops_macs")
+    structure = structural_compare(folded, base, flops_a=f, flops_b=f)
+    shape = tuple(config.get("input_shape", ())) or None
+    res = interleaved_latency(ort_runner(base, batch, shape, device=device, threads=threads),
+                              ort_runner(folded, batch, shape, device=device, threads=threads),
+                              warmup_s=warmup_s, iters=iters)
+    ok_lat = within_tolerance(res, tolerance, two_sided=True)
+    latency = {**res, "runtime": f"onnxruntime-{device}", "batch": batch, "tolerance": tolerance,
+               "within_tolerance": ok_lat}
+    report_path = atomic_write_json(directory / OVERHEAD_REPORT, {"structure": structure, "latency": latency})
+    return OverheadCheck(directory, structure, latency, report_path)

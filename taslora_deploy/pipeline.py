@@ -1,5 +1,8 @@
 """`taslora export`: fold -> parity -> safetensors -> ONNX -> zero-overhead checks -> TensorRT, in one folder.
 
+:func:`export` is the library verb: it resolves the subnet and checkpoint (defaults from the workspace), opens
+an ``exports/`` run folder, runs the steps (:func:`run_export`) and returns an :class:`ExportResult`.
+
 Each step records its outcome in `report.json` (rewritten atomically after every step), so a failure keeps
 every artifact and result that came before it. Steps that fail are reported and make the run fail at the
 end; TensorRT runs last, so without it everything else is still written.
@@ -7,29 +10,48 @@ end; TensorRT runs last, so without it everything else is still written.
 
 from __future__ import annotations
 
+import json
+import os
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from taslora_core.checkpoint import atomic_write_json, file_sha256
+from taslora_core.atomic import atomic_write_json
+from taslora_core.checkpoint import SUPERNET_WEIGHTS, file_sha256
 from taslora_core.complexity import flops, params
-from taslora_core.run_io import LoadedCheckpoint, supernet_dir_of
+from taslora_core.mole import MOLE_WEIGHTS
+from taslora_core.run_io import LoadedCheckpoint, load_checkpoint, resolve_mole, supernet_dir_of
 from taslora_core.subnet import Subnet
+from taslora_core.workspace import DEFAULT_WORKDIR, latest, new_run
+from taslora_deploy.artifacts import (
+    MODEL_CONFIG,
+    MODEL_FP16_ONNX,
+    MODEL_FP16_PLAN,
+    MODEL_ONNX,
+    MODEL_PLAN,
+    MODEL_WEIGHTS,
+    REPORT,
+    TIMING_CACHE,
+    baseline_onnx,
+)
 from taslora_deploy.fold import FoldResult, UnmergedMoLEViT, check_parity, fold_subnet
 from taslora_deploy.standalone import StandaloneViT, save_standalone
 
-REPORT = "report.json"
+__all__ = ["ExportOptions", "ExportResult", "export", "run_export", "source_hashes", "REPORT"]
+
+SEARCH_RESULT = "best.json"  # what `taslora search` writes; the default subnet of an export
+LATENCY_MODES = ("strict", "report")
+REAL_IMAGES = 16
 
 
 @dataclass
 class ExportOptions:
     """What `taslora export` does."""
 
-    out: Path
     onnx: bool = True
     trt: bool = False
     fp16: bool = False
@@ -47,71 +69,195 @@ class ExportOptions:
     trt_max_batch: int = 64
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.latency_mode not in LATENCY_MODES:
+            raise ValueError(f"latency mode must be strict or report, not '{self.latency_mode}'")
+
 
 @dataclass
-class ExportReport:
-    """Outcome of every step; written to report.json after each."""
+class ExportResult:
+    """Outcome of an export: where everything is, the parity numbers, the overhead verdicts, failed steps.
 
-    path: Path
-    data: dict[str, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
+    ``report`` is the content of report.json; the properties read the numbers a caller usually wants.
+    """
+
+    out: Path
+    report: dict[str, Any]
+    failures: dict[str, str]  # step -> one-line error
+    artifacts: dict[str, Path]  # file name relative to `out` -> path, for the files the steps wrote
+    subnet_path: Path | None = None
+    ckpt_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No step failed."""
+        return not self.failures
+
+    @property
+    def report_path(self) -> Path:
+        """report.json of the export."""
+        return self.out / REPORT
+
+    def _step(self, name: str) -> dict[str, Any]:
+        entry = self.report.get(name)
+        return entry if isinstance(entry, dict) and entry.get("ok") else {}
+
+    @property
+    def fold_parity_max_diff(self) -> float | None:
+        """Worst |folded - run-time MoLE| over references and inputs (None when the step failed)."""
+        diffs = [v for ref in self._step("parity").get("max_abs_diff", {}).values() for v in ref.values()]
+        return max(diffs) if diffs else None
+
+    @property
+    def onnx_parity_max_diff(self) -> float | None:
+        """Worst |onnxruntime - torch| of the folded ONNX model (None when not exported)."""
+        return self._step("onnx").get("parity", {}).get("max_abs_diff")
+
+    @property
+    def same_structure(self) -> bool | None:
+        """Folded and no-LoRA ONNX graphs have the same ops, parameters and FLOPs (None when not checked)."""
+        entry = self.report.get("zero_overhead_structure")
+        return None if entry is None else bool(entry.get("ok"))
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """Median folded/baseline latency ratio on onnxruntime (None when not measured)."""
+        return self._step("zero_overhead_latency").get("ratio_median")
+
+    @property
+    def latency_within_tolerance(self) -> bool | None:
+        """The latency ratio is within 1 +- tolerance (None when not measured)."""
+        return self._step("zero_overhead_latency").get("within_tolerance")
+
+
+class _StepRecorder:
+    """Outcome of every step; report.json is rewritten after each."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.data: dict[str, Any] = {}
+        self.failures: dict[str, str] = {}
+        self.artifacts: dict[str, Path] = {}
+
+    def run(self, step: str, fn: Callable[[], Any], writes: tuple[Path, ...] = ()) -> Any:
+        """Run one step; record its result (and the files it wrote) or its failure. None when it failed."""
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 - every failure is recorded; later steps still run
+            line = " ".join(str(err).split()) or type(err).__name__
+            self.failures[step] = line
+            self.data[step] = {"ok": False, "error": line, "type": type(err).__name__,
+                               "trace": traceback.format_exc(limit=3)[-2000:]}
+            self.save()
+            return None
+        self.artifacts.update({str(p.relative_to(self.out)): p for p in writes})
+        self.record(step, result)
+        return result
 
     def record(self, step: str, value: Any) -> None:
         """Store a step's result and rewrite the report."""
         self.data[step] = value
         self.save()
 
-    def fail(self, step: str, err: BaseException) -> None:
-        """Store a step's failure (one line plus the traceback tail) and rewrite the report."""
-        line = " ".join(str(err).split()) or type(err).__name__
-        self.failures.append(f"{step}: {line}")
-        self.data[step] = {"ok": False, "error": line, "type": type(err).__name__,
-                           "trace": traceback.format_exc(limit=3)[-2000:]}
-        self.save()
-
     def save(self) -> None:
         """Atomically rewrite report.json."""
-        atomic_write_json(self.path, {**self.data, "failures": self.failures, "ok": not self.failures})
+        lines = [f"{step}: {line}" for step, line in self.failures.items()]
+        atomic_write_json(self.out / REPORT, {**self.data, "failures": lines, "ok": not lines})
+        self.artifacts[REPORT] = self.out / REPORT
+
+    def result(self, **paths: Path | None) -> ExportResult:
+        """The typed outcome of the steps so far."""
+        return ExportResult(self.out, dict(self.data), dict(self.failures), dict(self.artifacts), **paths)
 
 
 def source_hashes(ckpt: LoadedCheckpoint) -> dict[str, str]:
     """SHA-256 of the checkpoint files the export came from."""
     out: dict[str, str] = {}
     if ckpt.kind == "mole":
-        out["mole.safetensors"] = file_sha256(ckpt.path / "mole.safetensors")
-        out["supernet.safetensors"] = file_sha256(supernet_dir_of(ckpt.path, ckpt.meta) / "supernet.safetensors")
+        out[MOLE_WEIGHTS] = file_sha256(ckpt.path / MOLE_WEIGHTS)
+        out[SUPERNET_WEIGHTS] = file_sha256(supernet_dir_of(ckpt.path, ckpt.meta) / SUPERNET_WEIGHTS)
     else:
-        out["supernet.safetensors"] = file_sha256(ckpt.path / "supernet.safetensors")
+        out[SUPERNET_WEIGHTS] = file_sha256(ckpt.path / SUPERNET_WEIGHTS)
     return out
 
 
-def _run_step(report: ExportReport, step: str, fn: Callable[[], Any]) -> Any:
-    try:
-        result = fn()
-    except Exception as err:  # noqa: BLE001 - every failure is recorded; later steps still run
-        report.fail(step, err)
-        return None
-    report.record(step, result)
+# --------------------------------------------------------------------------- the verb
+
+
+def export(
+    subnet: str | os.PathLike | None = None,
+    ckpt: str | os.PathLike | None = None,
+    *,
+    workdir: str | os.PathLike = DEFAULT_WORKDIR,
+    out: str | os.PathLike | None = None,
+    options: ExportOptions | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export a subnet of a checkpoint into a run folder and return the typed outcome.
+
+    ``subnet``: a subnet JSON (default: best.json of the workspace's latest search). ``ckpt``: a MoLE or
+    supernet run folder (default: the checkpoint the search recorded, else the latest MoLE run). ``out``:
+    the output folder (default: a new ``exports/`` run in ``workdir``, named ``export`` or ``no-lora``).
+    Bad input (missing files, a subnet outside the space) raises before any folder is created; a failing
+    step does not raise: it is listed in ``result.failures`` and the artifacts written before it stay.
+    """
+    options = options or ExportOptions()
+    workdir = Path(workdir)
+    subnet_path = Path(subnet) if subnet is not None else latest(
+        workdir, "searches", "run `taslora search --flops ...` first or pass --subnet FILE") / SEARCH_RESULT
+    if not subnet_path.exists():
+        raise FileNotFoundError(f"subnet file {subnet_path} does not exist; pass --subnet FILE")
+    doc = json.loads(subnet_path.read_text()) if subnet_path.suffix == ".json" else {}
+    ckpt_path = Path(ckpt) if ckpt is not None else (Path(doc["ckpt"]) if doc.get("ckpt") else resolve_mole(workdir, None))
+    log(f"subnet: {subnet_path}")
+    log(f"checkpoint: {ckpt_path}")
+    loaded = load_checkpoint(ckpt_path)
+    chosen = Subnet.load(subnet_path)
+    if loaded.mole is not None and not options.no_lora:
+        chosen.check_in_space(loaded.supernet.space)
+    else:
+        chosen.check_fits(loaded.supernet.space)
+    out_dir = Path(out) if out is not None else new_run(workdir, "exports", "no-lora" if options.no_lora else "export")
+    log(f"output: {out_dir}")
+    result = run_export(loaded, chosen, out_dir, options, _real_images(loaded.data, log), log=log)
+    result.subnet_path, result.ckpt_path = subnet_path, ckpt_path
     return result
+
+
+def _real_images(data: dict[str, Any] | None, log: Callable[[str], None], n: int = REAL_IMAGES) -> torch.Tensor | None:
+    """The first `n` test images of the data a checkpoint was trained on (None when unavailable)."""
+    if not data:
+        return None
+    from taslora_core.data import DataConfig, build_data, make_loaders
+
+    try:
+        cfg = DataConfig(**data)
+        bundle = build_data(cfg, val_size=n)
+        images, _ = next(iter(make_loaders(bundle, cfg, batch_size=n, num_workers=0).test))
+        return images[:n]
+    except Exception as err:  # noqa: BLE001 - real images are a bonus check; say why they are missing
+        log(f"note: no real images for the parity check ({' '.join(str(err).split())})")
+        return None
 
 
 def run_export(
     ckpt: LoadedCheckpoint,
     subnet: Subnet,
+    out: Path,
     options: ExportOptions,
     real_images: torch.Tensor | None = None,
     log: Callable[[str], None] = print,
-) -> ExportReport:
-    """Run every export step for `subnet` of `ckpt` into `options.out`; see the module docstring."""
-    out = options.out
+) -> ExportResult:
+    """Run every export step for `subnet` of an opened checkpoint into `out`; see the module docstring."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = ExportReport(out / REPORT)
+    steps = _StepRecorder(out)
     space = ckpt.supernet.space
     supernet = ckpt.supernet.eval()
     mole = None if options.no_lora or ckpt.mole is None else ckpt.mole.eval()
     torch.manual_seed(options.seed)
-    report.record("source", {"ckpt": str(ckpt.path), "kind": ckpt.kind, "sha256": source_hashes(ckpt),
-                             "subnet": subnet.to_dict(), "space": space.name, "lora": mole is not None})
+    steps.record("source", {"ckpt": str(ckpt.path), "kind": ckpt.kind, "sha256": source_hashes(ckpt),
+                            "subnet": subnet.to_dict(), "space": space.name, "lora": mole is not None})
 
     # 1. router once, fold, materialise (and the no-LoRA baseline for the checks)
     folded: FoldResult = fold_subnet(supernet, subnet, mole)
@@ -122,68 +268,72 @@ def run_export(
     # 2. parity with the MoLE supernet applied at run time, on random and real images
     inputs = {"random": torch.randn(8, *shape, generator=torch.Generator().manual_seed(options.seed))}
     if real_images is not None:
-        inputs["real"] = real_images[:16]
+        inputs["real"] = real_images[:REAL_IMAGES]
     references: dict[str, Any] = {"supernet_runtime": lambda x: supernet(x, subnet, mole.deltas(subnet) if mole else None)}
     if mole is not None:
         references["unmerged_lora_branches"] = UnmergedMoLEViT(supernet, subnet, mole)
-    parity = _run_step(report, "parity", lambda: {
+    parity = steps.run("parity", lambda: {
         "max_abs_diff": check_parity(folded.model, references, inputs, options.parity_tolerance),
         "tolerance": options.parity_tolerance, "ok": True})
     if parity is None:
-        log(f"parity FAILED: {report.failures[-1]}")
+        log(f"parity FAILED: parity: {steps.failures['parity']}")
 
     # 3. safetensors + config.json
     routing = folded.routing.tolist() if folded.routing is not None else None
     config_extra = {
         "routing": routing, "routing_entropy": folded.routing_entropy(), "lora_folded": mole is not None,
-        "source": report.data["source"], "flops_autoformer": flops(space, subnet, "autoformer"),
+        "source": steps.data["source"], "flops_autoformer": flops(space, subnet, "autoformer"),
         "flops_macs": flops(space, subnet, "macs"), "params": params(space, subnet),
     }
-    _run_step(report, "standalone", lambda: {"dir": str(save_standalone(out, folded.model, config_extra)), "ok": True})
-    log(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    steps.run("standalone", lambda: {"dir": str(save_standalone(out, folded.model, config_extra)), "ok": True},
+              writes=(out / MODEL_WEIGHTS, out / MODEL_CONFIG))
+    log(f"wrote {out / MODEL_WEIGHTS} and {out / MODEL_CONFIG}")
 
-    onnx_path = out / "model.onnx"
-    base_onnx = out / "baseline" / "model.onnx"
+    onnx_path, base_onnx = out / MODEL_ONNX, baseline_onnx(out)
     if options.onnx:
-        _export_onnx_steps(report, folded.model, baseline, onnx_path, base_onnx, options, inputs, log)
+        _export_onnx_steps(steps, folded.model, baseline, onnx_path, base_onnx, options, inputs, log)
         if options.overhead and onnx_path.exists() and base_onnx.exists():
-            _overhead_steps(report, ckpt, subnet, folded.model, baseline, mole, onnx_path, base_onnx, options, log)
+            _overhead_steps(steps, ckpt, subnet, folded.model, baseline, mole, onnx_path, base_onnx, options, log)
     if options.trt:
-        _trt_steps(report, folded.model, onnx_path, options, log)
-    report.save()
-    return report
+        _trt_steps(steps, folded.model, onnx_path, options, log)
+    steps.save()
+    return steps.result()
 
 
-def _export_onnx_steps(report, model: StandaloneViT, baseline: StandaloneViT, onnx_path: Path, base_onnx: Path,
-                       options: ExportOptions, inputs: dict[str, torch.Tensor], log) -> None:
-    from taslora_deploy.onnx_export import check_onnx_parity, export_onnx
+def _export_onnx_steps(steps: _StepRecorder, model: StandaloneViT, baseline: StandaloneViT, onnx_path: Path,
+                       base_onnx: Path, options: ExportOptions, inputs: dict[str, torch.Tensor], log) -> None:
+    from taslora_deploy.onnx_export import export_onnx
+    from taslora_deploy.ort_parity import check_onnx_parity
 
     shape = model.input_shape
 
     def export_main() -> dict[str, Any]:
         export_onnx(model, onnx_path, input_shape=shape, opset=options.opset)
-        real = inputs.get("real")
         parity = check_onnx_parity(model, onnx_path, shape, batch_sizes=(1, 7), atol=options.onnx_tolerance,
-                                   inputs=real, seed=options.seed)
+                                   inputs=inputs.get("real"), seed=options.seed)
         return {"path": str(onnx_path), "opset": options.opset, "parity": parity, "ok": True}
 
-    if _run_step(report, "onnx", export_main) is not None:
+    if steps.run("onnx", export_main, writes=(onnx_path,)) is not None:
         log(f"wrote {onnx_path} (opset {options.opset}, dynamic batch; onnxruntime parity <= {options.onnx_tolerance:g})")
-    _run_step(report, "onnx_baseline", lambda: {
-        "path": str(export_onnx(baseline, base_onnx, input_shape=shape, opset=options.opset)), "ok": True})
+    steps.run("onnx_baseline", lambda: {
+        "path": str(export_onnx(baseline, base_onnx, input_shape=shape, opset=options.opset)), "ok": True},
+        writes=(base_onnx,))
     if options.fp16:
-        half = onnx_path.with_name("model_fp16.onnx")
-        _run_step(report, "onnx_fp16", lambda: {
-            "path": str(export_onnx(model, half, input_shape=shape, opset=options.opset, dtype=torch.float16)), "ok": True})
+        half = onnx_path.with_name(MODEL_FP16_ONNX)
+        steps.run("onnx_fp16", lambda: {
+            "path": str(export_onnx(model, half, input_shape=shape, opset=options.opset, dtype=torch.float16)),
+            "ok": True}, writes=(half,))
 
 
-def _overhead_steps(report, ckpt, subnet, model, baseline, mole, onnx_path, base_onnx, options: ExportOptions, log) -> None:
-    from taslora_deploy.overhead import (assert_same_structure, interleaved_latency, ort_runner, torch_runner,
-                                         within_tolerance)
+def _overhead_steps(steps: _StepRecorder, ckpt, subnet, model, baseline, mole, onnx_path, base_onnx,
+                    options: ExportOptions, log) -> None:
+    from taslora_deploy.overhead import assert_same_structure, within_tolerance
+    from taslora_deploy.runners import ort_runner, torch_runner
+    from taslora_deploy.timing import interleaved_latency
 
     space = ckpt.supernet.space
     f = flops(space, subnet, "macs")
-    _run_step(report, "zero_overhead_structure", lambda: {
+    steps.run("zero_overhead_structure", lambda: {
         **assert_same_structure(onnx_path, base_onnx, flops_a=f, flops_b=f),
         "params_folded": sum(p.numel() for p in model.parameters()),
         "params_baseline": sum(p.numel() for p in baseline.parameters()), "ok": True})
@@ -203,7 +353,7 @@ def _overhead_steps(report, ckpt, subnet, model, baseline, mole, onnx_path, base
                 "re-run `taslora check-overhead` on a quiet machine")
         return out
 
-    lat = _run_step(report, "zero_overhead_latency", latency)
+    lat = steps.run("zero_overhead_latency", latency)
     if lat is not None:
         log(f"latency folded/baseline (onnxruntime, batch {options.latency_batch}): median ratio {lat['ratio_median']:.4f}")
     if mole is not None:
@@ -216,24 +366,24 @@ def _overhead_steps(report, ckpt, subnet, model, baseline, mole, onnx_path, base
             return {"runtime": "torch-eager-cpu", "batch": b, "a": "folded", "b": "unmerged MoLE (router + LoRA branches at run time)",
                     **res, "params_unmerged": sum(p.numel() for p in um.parameters()), "ok": True}
 
-        saved = _run_step(report, "unmerged_vs_folded", unmerged)
+        saved = steps.run("unmerged_vs_folded", unmerged)
         if saved is not None:
             log(f"unmerged MoLE / folded latency (torch eager, batch {options.latency_batch}): {saved['ratio_median']:.3f}x")
 
 
-def _trt_steps(report, model: StandaloneViT, onnx_path: Path, options: ExportOptions, log) -> None:
+def _trt_steps(steps: _StepRecorder, model: StandaloneViT, onnx_path: Path, options: ExportOptions, log) -> None:
     from taslora_deploy.trt_engine import build_engine, compare_trt_to_ort, require_tensorrt
 
-    def build(fp16: bool) -> dict[str, Any]:
+    def build(fp16: bool, plan: Path) -> dict[str, Any]:
         require_tensorrt()
-        src = onnx_path.with_name("model_fp16.onnx") if fp16 else onnx_path
-        plan = onnx_path.with_name("model_fp16.plan" if fp16 else "model.plan")
+        src = onnx_path.with_name(MODEL_FP16_ONNX) if fp16 else onnx_path
         build_engine(src, plan, model.input_shape, max_batch=options.trt_max_batch,
-                     timing_cache_path=onnx_path.with_name("timing.cache"))
+                     timing_cache_path=onnx_path.with_name(TIMING_CACHE))
         cmp = compare_trt_to_ort(plan, onnx_path, model.input_shape, batch_sizes=(1, 8), fp16=fp16)
         return {"plan": str(plan), "compare": cmp, "ok": True}
 
-    if _run_step(report, "tensorrt", lambda: build(False)) is not None:
-        log(f"wrote {onnx_path.with_name('model.plan')}")
+    plan, plan_fp16 = onnx_path.with_name(MODEL_PLAN), onnx_path.with_name(MODEL_FP16_PLAN)
+    if steps.run("tensorrt", lambda: build(False, plan), writes=(plan,)) is not None:
+        log(f"wrote {plan}")
     if options.fp16:
-        _run_step(report, "tensorrt_fp16", lambda: build(True))
+        steps.run("tensorrt_fp16", lambda: build(True, plan_fp16), writes=(plan_fp16,))

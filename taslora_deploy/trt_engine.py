@@ -13,16 +13,15 @@ reason.  Written against the TensorRT 10.12+ / 11.x Python API:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from taslora_core.checkpoint import atomic_write
-
-from taslora_deploy.onnx_export import ParityError
+from taslora_core.atomic import atomic_write_bytes
+from taslora_deploy.errors import ParityError
+from taslora_deploy.onnx_export import OUTPUT_NAME
 
 __all__ = [
     "TensorRTUnavailable",
@@ -83,10 +82,6 @@ def require_tensorrt():
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _atomic_write_bytes(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(memoryview(data)))
 
 
 def _make_logger(trt):
@@ -232,9 +227,9 @@ def build_engine(
         raise EngineBuildError(
             f"build_serialized_network failed for {onnx_path}: " + ("; ".join(logger.errors) or "see TensorRT log")
         )
-    _atomic_write_bytes(plan_path, plan)
+    atomic_write_bytes(plan_path, memoryview(plan))
     if cache_path is not None:
-        _atomic_write_bytes(cache_path, config.get_timing_cache().serialize())
+        atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()))
     return plan_path
 
 
@@ -278,9 +273,9 @@ class TrtRunner:
             raise EngineBuildError(f"expected one engine input, got {self.input_names}")
         if not self.output_names:
             raise EngineBuildError("engine has no outputs")
-        if "logits" in self.output_names:  # put logits first
-            self.output_names.remove("logits")
-            self.output_names.insert(0, "logits")
+        if OUTPUT_NAME in self.output_names:  # put logits first
+            self.output_names.remove(OUTPUT_NAME)
+            self.output_names.insert(0, OUTPUT_NAME)
         self.input_name = self.input_names[0]
         self.input_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
         self.output_dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in self.output_names}
@@ -341,7 +336,7 @@ def compare_trt_to_ort(
     over all compared rows ``>= min_top1`` (default 0.99).  Raises
     :class:`ParityError` with the numbers when violated; returns the report.
     """
-    from taslora_deploy.onnx_export import ort_session
+    from taslora_deploy.ort_parity import ort_session
 
     runner = TrtRunner(plan)
     sess = ort_session(onnx_fp32, device="cpu")

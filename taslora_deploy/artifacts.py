@@ -1,0 +1,34 @@
+"""File names of an export folder: the one place they are spelled.
+
+An export folder (`exports/<run>/` in the workspace, or `--out`) holds::
+
+    model.safetensors + config.json   standalone PyTorch model (load_standalone)
+    model.onnx                        folded model, single file, dynamic batch
+    model_fp16.onnx                   half-precision twin (--fp16)
+    baseline/model.onnx               the no-LoRA subnet, for the zero-overhead checks
+    model.plan, model_fp16.plan       TensorRT engines (--trt), timing.cache
+    report.json                       every export step's outcome
+    overhead.json, bench.json         written by `check-overhead` and `bench`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "config.json"
+MODEL_ONNX = "model.onnx"
+MODEL_FP16_ONNX = "model_fp16.onnx"
+BASELINE_DIR = "baseline"
+BASELINE_ONNX = f"{BASELINE_DIR}/{MODEL_ONNX}"  # relative to the export folder
+MODEL_PLAN = "model.plan"
+MODEL_FP16_PLAN = "model_fp16.plan"
+TIMING_CACHE = "timing.cache"
+REPORT = "report.json"
+OVERHEAD_REPORT = "overhead.json"
+BENCH_RESULTS = "bench.json"
+
+
+def baseline_onnx(export_dir: str | Path) -> Path:
+    """The no-LoRA twin's ONNX file inside an export folder."""
+    return Path(export_dir) / BASELINE_ONNX

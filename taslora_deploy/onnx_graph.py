@@ -1,0 +1,181 @@
+"""Facts read from an ONNX file without running it: the graph input, op histograms, parameter counts, I/O.
+
+``onnx`` is imported lazily, so this module imports with numpy alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from taslora_deploy.errors import ExportError
+
+__all__ = ["onnx_input_info", "op_histogram", "initializer_param_count", "referenced_param_count",
+           "referenced_param_shapes", "io_signature", "default_opset_version", "value_info_dims", "dim_repr"]
+
+
+def default_opset_version(model) -> int | None:
+    """Opset of the default ONNX domain of a loaded model (None when absent)."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return None
+
+
+def dim_repr(dim) -> str:
+    """A graph dim as text: its size, its quoted symbol, or '?'."""
+    if dim.HasField("dim_value"):
+        return str(dim.dim_value)
+    if dim.HasField("dim_param"):
+        return repr(dim.dim_param)
+    return "?"
+
+
+def value_info_dims(vi) -> list:
+    """The dims of a tensor value info."""
+    return list(vi.type.tensor_type.shape.dim)
+
+
+def onnx_input_info(path: str | os.PathLike) -> tuple[str, tuple, Any]:
+    """(input name, dims with None for symbolic, numpy dtype) of the single graph input."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    if len(inputs) != 1:
+        raise ExportError(f"{path}: expected exactly one graph input, found {[i.name for i in inputs]}")
+    vi = inputs[0]
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in value_info_dims(vi))
+    elem = vi.type.tensor_type.elem_type
+    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    return vi.name, dims, np_dtype
+
+
+def _iter_graphs(graph):
+    """The graph and all nested subgraphs (If/Loop/Scan bodies)."""
+    import onnx
+
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _iter_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _iter_graphs(g)
+
+
+def _op_key(node) -> str:
+    if node.domain in ("", "ai.onnx"):
+        return node.op_type
+    return f"{node.domain}::{node.op_type}"
+
+
+def op_histogram(path: str | os.PathLike) -> dict[str, int]:
+    """Count of nodes per op type over the graph, its subgraphs and any model-local functions.
+
+    Ops outside the default ONNX domain are keyed ``"domain::OpType"``.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts: Counter[str] = Counter()
+    for g in _iter_graphs(model.graph):
+        counts.update(_op_key(n) for n in g.node)
+    for fn in model.functions:
+        counts.update(_op_key(n) for n in fn.node)
+        for n in fn.node:
+            for attr in n.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    for g in _iter_graphs(attr.g):
+                        counts.update(_op_key(x) for x in g.node)
+    return dict(sorted(counts.items()))
+
+
+def _is_float_tensor(t) -> bool:
+    import onnx
+
+    return t.data_type in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+        onnx.TensorProto.DOUBLE,
+    )
+
+
+def _numel(dims) -> int:
+    return int(np.prod([int(d) for d in dims], dtype=np.int64)) if len(dims) else 1
+
+
+def _float_initializers(model) -> dict[str, tuple[int, ...]]:
+    """name -> dims of every floating-point initializer (graph and subgraphs)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for g in _iter_graphs(model.graph):
+        for t in g.initializer:
+            if _is_float_tensor(t):
+                out[t.name] = tuple(int(d) for d in t.dims)
+        for s in g.sparse_initializer:
+            if _is_float_tensor(s.values):
+                out[s.values.name] = tuple(int(d) for d in s.dims)
+    return out
+
+
+def initializer_param_count(path: str | os.PathLike) -> int:
+    """Number of floating-point initializer elements stored in the file.
+
+    Integer initializers (shape / axes constants) are not parameters and are
+    excluded.  Note that the torch exporter's optimiser deduplicates initializers
+    with identical values (e.g. freshly initialised LayerNorm weights), so this
+    can be lower than the torch parameter count; see :func:`referenced_param_count`.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(_numel(d) for d in _float_initializers(model).values())
+
+
+def referenced_param_shapes(path: str | os.PathLike) -> list[tuple[int, ...]]:
+    """Shapes of floating-point initializers, once per node input that reads them (sorted).
+
+    Unlike the stored initializers this does not depend on whether the exporter
+    merged initializers that happen to hold identical values.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = _float_initializers(model)
+    shapes: list[tuple[int, ...]] = []
+    graphs = list(_iter_graphs(model.graph))
+    for g in graphs:
+        for n in g.node:
+            shapes.extend(inits[name] for name in n.input if name in inits)
+    outputs = {o.name for o in model.graph.output}
+    shapes.extend(inits[name] for name in outputs if name in inits)
+    return sorted(shapes)
+
+
+def referenced_param_count(path: str | os.PathLike) -> int:
+    """Floating-point initializer elements counted once per node input that reads them."""
+    return sum(_numel(s) for s in referenced_param_shapes(path))
+
+
+def io_signature(path: str | os.PathLike) -> dict[str, Any]:
+    """Names, element types and dims of the graph inputs (initializers excluded) and outputs."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    init_names = {i.name for i in model.graph.initializer}
+
+    def sig(vi):
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        return {"name": vi.name, "dtype": onnx.TensorProto.DataType.Name(tt.elem_type), "shape": dims}
+
+    return {
+        "inputs": [sig(v) for v in model.graph.input if v.name not in init_names],
+        "outputs": [sig(v) for v in model.graph.output],
+    }

@@ -1,0 +1,184 @@
+"""Wall-clock timing of zero-argument runners: the one timing loop of `bench`, `check-overhead` and latency lookups.
+
+A runner is a callable that does one inference and returns when it is done: it synchronises its own device
+(:func:`synchronize` for torch on CUDA; onnxruntime and TensorRT runners block until their outputs exist).
+Every timed loop here follows the same rules:
+
+- warm-up first (lazy initialisation, autotuning, compilation): at least ``min_calls`` rounds and until
+  ``seconds`` have passed;
+- each sample is ``time.perf_counter`` around ``inner`` consecutive calls, divided by ``inner``;
+- the garbage collector is paused while timing, so a collection does not land in one sample;
+- A/B comparisons interleave the two runners and alternate which goes first in each pair, so that drift of
+  the machine (clock, load, caches) hits both sides alike; the ratio is taken per pair.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Runner", "synchronize", "torch_threads", "warm_up", "time_calls", "time_pairs", "latency_stats",
+           "interleaved_latency", "pair_ratio_stats"]
+
+Runner = Callable[[], Any]
+"""One inference per call; returns when its work is finished."""
+
+_TINY_S = 1e-12  # perf_counter resolution guard for ratios
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (unchanged when None), restoring it afterwards."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
+def _gc_paused(collect: bool = False) -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    if collect:  # costs up to ~0.5 s with torch loaded on a busy machine: only before long A/B runs
+        gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def warm_up(runners: Sequence[Runner], seconds: float = 0.0, min_calls: int = 1) -> int:
+    """Call the runners in turn, at least ``min_calls`` rounds and until ``seconds`` passed; returns the rounds."""
+    perf = time.perf_counter
+    end = perf() + max(float(seconds), 0.0)
+    rounds = 0
+    while rounds < min_calls or perf() < end:
+        for run in runners:
+            run()
+        rounds += 1
+    return rounds
+
+
+def _timed(run: Runner, inner: int) -> float:
+    perf = time.perf_counter
+    t0 = perf()
+    for _ in range(inner):
+        run()
+    return (perf() - t0) / inner
+
+
+def time_calls(run: Runner, min_iters: int, min_time_s: float = 0.0, inner: int = 1) -> np.ndarray:
+    """Seconds per call of at least ``min_iters`` samples, sampling until ``min_time_s`` of timed calls passed."""
+    if min_iters < 1 or inner < 1:
+        raise ValueError("min_iters and inner must be >= 1")
+    perf = time.perf_counter
+    times: list[float] = []
+    with _gc_paused():
+        start = perf()
+        while len(times) < min_iters or perf() - start < min_time_s:
+            times.append(_timed(run, inner))
+    return np.asarray(times, dtype=np.float64)
+
+
+def time_pairs(run_a: Runner, run_b: Runner, iters: int, inner: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds per call of A and B over ``iters`` interleaved pairs (AB, BA, AB, ...)."""
+    if iters < 1 or inner < 1:
+        raise ValueError("iters and inner must be >= 1")
+    ta, tb = np.empty(iters), np.empty(iters)
+    with _gc_paused(collect=True):
+        for i in range(iters):
+            if i % 2 == 0:
+                ta[i] = _timed(run_a, inner)
+                tb[i] = _timed(run_b, inner)
+            else:
+                tb[i] = _timed(run_b, inner)
+                ta[i] = _timed(run_a, inner)
+    return ta, tb
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def latency_stats(times_s: Sequence[float] | np.ndarray, batch: int) -> dict[str, float]:
+    """trtexec-style statistics (ms) of per-call wall times in seconds, and throughput for ``batch`` images."""
+    t = np.asarray(times_s, dtype=np.float64) * 1e3
+    if t.size == 0:
+        raise ValueError("no timings")
+    p50, p90, p95, p99 = np.percentile(t, [50, 90, 95, 99])
+    mean = float(t.mean())
+    std = float(t.std(ddof=1)) if t.size > 1 else 0.0
+    total_s = float(t.sum() / 1e3)
+    return {
+        "iters": int(t.size),
+        "total_s": total_s,
+        "mean_ms": mean,
+        "median_ms": float(p50),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "min_ms": float(t.min()),
+        "max_ms": float(t.max()),
+        "std_ms": std,
+        "cv": std / mean if mean > 0 else 0.0,
+        "throughput_ips": float(batch * t.size / total_s) if total_s > 0 else 0.0,
+    }
+
+
+def _spread(values_ms: np.ndarray, side: str) -> dict[str, float]:
+    q10, q25, q50, q75, q90 = np.percentile(values_ms, [10, 25, 50, 75, 90])
+    return {
+        f"median_{side}_ms": float(q50),
+        f"mean_{side}_ms": float(values_ms.mean()),
+        f"min_{side}_ms": float(values_ms.min()),
+        f"p10_{side}_ms": float(q10),
+        f"p90_{side}_ms": float(q90),
+        f"iqr_{side}_ms": float(q75 - q25),
+    }
+
+
+def pair_ratio_stats(ta_s: np.ndarray, tb_s: np.ndarray) -> dict[str, float]:
+    """Spread of A and B (ms) and of the per-pair ratios B/A (median, p10, p90, IQR, ratio of medians)."""
+    ratios = np.maximum(tb_s, _TINY_S) / np.maximum(ta_s, _TINY_S)
+    r10, r25, r50, r75, r90 = np.percentile(ratios, [10, 25, 50, 75, 90])
+    a_ms, b_ms = ta_s * 1e3, tb_s * 1e3
+    return {
+        **_spread(a_ms, "a"),
+        **_spread(b_ms, "b"),
+        "ratio_median": float(r50),
+        "ratio_p10": float(r10),
+        "ratio_p90": float(r90),
+        "ratio_iqr": float(r75 - r25),
+        "ratio_of_medians": float(max(np.median(b_ms), _TINY_S) / max(np.median(a_ms), _TINY_S)),
+    }
+
+
+def interleaved_latency(run_a: Runner, run_b: Runner, warmup_s: float = 1.0, iters: int = 200, inner: int = 1) -> dict:
+    """Time two runners alternately (pairs AB, BA, AB, ...) after an alternating warm-up.
+
+    Report keys: ``median_a_ms``, ``median_b_ms`` (plus mean/min/p10/p90/iqr for each), ``ratio_median``
+    (median of per-pair ratios B/A), ``ratio_p10``, ``ratio_p90``, ``ratio_iqr``, ``ratio_of_medians``,
+    ``iters``, ``inner``, ``warmup_s``, ``warmup_pairs``.
+    """
+    if iters < 1 or inner < 1:
+        raise ValueError("iters and inner must be >= 1")
+    warm_pairs = warm_up([run_a, run_b], seconds=warmup_s)
+    ta, tb = time_pairs(run_a, run_b, iters, inner)
+    return {"iters": int(iters), "inner": int(inner), "warmup_s": float(warmup_s), "warmup_pairs": warm_pairs,
+            **pair_ratio_stats(ta, tb)}
