@@ -1,5 +1,30 @@
-"""taslora_deploy: fold experts, materialise standalone ViTs, export to ONNX/TensorRT, check and benchmark."""
+"""taslora_deploy: fold experts, materialise standalone ViTs, export to ONNX/TensorRT, check and benchmark.
+
+Library verbs (imported on first use, so `import taslora_deploy` stays light):
+`export` (-> ExportResult), `check_overhead` (-> OverheadCheck), `benchmark` (-> BenchResult).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from taslora_deploy.standalone import StandaloneViT, load_standalone, materialize, save_standalone
 
-__all__ = ["StandaloneViT", "load_standalone", "materialize", "save_standalone"]
+_VERBS = {
+    "export": "taslora_deploy.pipeline",
+    "ExportOptions": "taslora_deploy.pipeline",
+    "ExportResult": "taslora_deploy.pipeline",
+    "check_overhead": "taslora_deploy.overhead",
+    "OverheadCheck": "taslora_deploy.overhead",
+    "benchmark": "taslora_deploy.bench",
+    "BenchResult": "taslora_deploy.bench",
+}
+
+__all__ = ["StandaloneViT", "load_standalone", "materialize", "save_standalone", *_VERBS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VERBS:
+        return getattr(importlib.import_module(_VERBS[name]), name)
+    raise AttributeError(f"module 'taslora_deploy' has no attribute {name!r}")
