@@ -39,7 +39,7 @@ def collapse_cmd(
     from taslora_core.analysis import feature_collapse, sample_distinct
     from taslora_core.checkpoint import atomic_write_json
     from taslora_core.plots import plot_similarity_heatmaps
-    from taslora_core.search_fitness import load_val_data
+    from taslora_core.search.fitness import load_val_data
 
     if num_subnets < 2:
         raise fail("--num-subnets must be at least 2")

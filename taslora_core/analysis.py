@@ -9,7 +9,6 @@ entanglement makes channel c the same channel in both — by cosine similarity, 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,20 +19,13 @@ from taslora_core.evaluate import folded_tensors
 from taslora_core.mole import MoLEModel
 from taslora_core.slicing import LINEAR_LAYERS
 from taslora_core.space import SearchSpace
-from taslora_core.subnet import Subnet, sample_subnet
+from taslora_core.subnet import Subnet, sample_distinct as draw_distinct
 from taslora_core.supernet import Supernet
 
 
 def sample_distinct(space: SearchSpace, n: int, seed: int) -> list[Subnet]:
     """n distinct uniformly sampled subnets (fewer if the space is smaller)."""
-    rng = random.Random(seed)
-    seen: dict[tuple, Subnet] = {}
-    for _ in range(100 * n):
-        sub = sample_subnet(space, rng)
-        seen.setdefault(sub.key(), sub)
-        if len(seen) == n:
-            break
-    return list(seen.values())
+    return draw_distinct(space, n, seed)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,32 @@ def sample_subnet(space: SearchSpace, rng: random.Random) -> Subnet:
     heads = [rng.choice(space.num_heads) for _ in range(depth)]
     embed = rng.choice(space.embed_dims)
     return Subnet(embed_dim=embed, depth=depth, mlp_ratios=tuple(ratios), num_heads=tuple(heads))
+
+
+def sample_distinct(
+    space: SearchSpace,
+    n: int,
+    rng_or_seed: random.Random | int | str,
+    taken: set[tuple] | None = None,
+    accept: Callable[[Subnet], bool] | None = None,
+    max_tries: int | None = None,
+) -> list[Subnet]:
+    """Up to `n` distinct uniformly drawn subnets whose keys are not in `taken` (updated in place) and that
+    `accept` admits, in draw order; at most `max_tries` draws (default 100 * n), so fewer come back when the
+    space or the accepted region is small. A seed makes its own `random.Random`; a generator is drawn from."""
+    rng = rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
+    taken = set() if taken is None else taken
+    limit = 100 * n if max_tries is None else max_tries
+    out: list[Subnet] = []
+    tries = 0
+    while len(out) < n and tries < limit:
+        tries += 1
+        subnet = sample_subnet(space, rng)
+        if subnet.key() in taken or (accept is not None and not accept(subnet)):
+            continue
+        taken.add(subnet.key())
+        out.append(subnet)
+    return out
 
 
 def largest_subnet(space: SearchSpace) -> Subnet:

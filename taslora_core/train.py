@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +55,7 @@ from taslora_core.run_data import RecordedData, data_config_for, resolve_run_dat
 from taslora_core.run_data import describe_data as _describe_data
 from taslora_core.run_io import is_supernet_dir, load_checkpoint, resolve_mole, resolve_supernet
 from taslora_core.space import SearchSpace
-from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_subnet
+from taslora_core.subnet import Subnet, largest_subnet, sample_distinct, smallest_subnet
 from taslora_core.supernet import Supernet
 from taslora_core.train_loop import (
     TRAIN_STATE, LoopConfig, LoopResult, TrainingDiverged, TrainTask, autocast, load_train_state, run_loop,
@@ -173,16 +172,8 @@ def set_drop_path(supernet: Supernet, rate: float) -> None:
 def summary_subnets(space: SearchSpace, seed: int, count: int) -> list[tuple[str, Subnet]]:
     """Largest, smallest and `count` distinct random subnets (fixed by `seed`): what summary.json reports."""
     out = [("largest", largest_subnet(space)), ("smallest", smallest_subnet(space))]
-    seen = {sn.key() for _, sn in out}
-    rng = random.Random(f"summary:{seed}")
-    tries = 0
-    while len(out) < count + 2 and tries < 1000:
-        tries += 1
-        sn = sample_subnet(space, rng)
-        if sn.key() not in seen:
-            seen.add(sn.key())
-            out.append((f"random_{len(out) - 2}", sn))
-    return out
+    drawn = sample_distinct(space, count, f"summary:{seed}", taken={sn.key() for _, sn in out}, max_tries=1000)
+    return out + [(f"random_{i}", sn) for i, sn in enumerate(drawn)]
 
 
 def _data_config(cfg: TrainConfig, space: SearchSpace) -> D.DataConfig:

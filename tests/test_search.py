@@ -420,7 +420,7 @@ def test_cli_plain_supernet_top1_and_data_requirement(fresh_ws, tmp_path) -> Non
 def test_cli_resume_after_interrupt_equals_uninterrupted(cli_run, fresh_ws, monkeypatch, tmp_path) -> None:
     import taslora_cli.cmd_search  # noqa: F401
     from taslora_cli.app import app
-    from taslora_core import search_fitness
+    from taslora_core.search import fitness as search_fitness
 
     workdir = tmp_path / "ws"
     workdir.mkdir()
@@ -487,7 +487,7 @@ def test_search_beats_random_on_trained_fmnist(trained_workspace) -> None:
     best of 3 random-sampling seeds, under a FLOPs cap at 45% of the space's range (where the widest embed dim
     fits only with few layers, so it has to be found)."""
     from taslora_core.run_io import load_checkpoint
-    from taslora_core.search_fitness import CheckpointFitness, load_val_data
+    from taslora_core.search.fitness import CheckpointFitness, load_val_data
 
     ckpt = load_checkpoint(trained_workspace["mole_dir"])
     space = ckpt.supernet.space

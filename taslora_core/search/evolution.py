@@ -1,7 +1,7 @@
 """Evolutionary architecture search under FLOPs/params bounds (AutoFormer's evolution, TAS-LoRA's defaults).
 
 The evolution knows nothing about models: it is given a `fitness_fn(subnet) -> dict` with at least a
-`"fitness"` entry, **lower is better** (the model-based fitness lives in `taslora_core.search_fitness`).
+`"fitness"` entry, **lower is better** (the model-based fitness lives in `taslora_core.search.fitness`).
 Everything else follows AutoFormer's `evolution.py` (`reference/autoformer.md` section 5):
 
 - a candidate is the flat tuple `Subnet.key()` = (depth, ratio_1..d, heads_1..d, embed);
@@ -28,313 +28,24 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taslora_core import complexity
-from taslora_core.checkpoint import atomic_write_json
+from taslora_core.atomic import atomic_write_json
+from taslora_core.search.config import InfeasibleConstraints, SearchConfig, SearchError
+from taslora_core.search.constraints import Constraints
+from taslora_core.search.measures import measure
+from taslora_core.search.operators import crossover, mutate, subnet_from_key
 from taslora_core.space import SearchSpace
-from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_subnet
+from taslora_core.subnet import Subnet, largest_subnet, sample_distinct, smallest_subnet
 
 STATE_FORMAT = "taslora-search-state"
 STATE_VERSION = 1
-METRICS = ("loss", "top1")
 
 FitnessFn = Callable[[Subnet], dict[str, Any]]
 Record = dict[str, Any]
-
-
-class SearchError(ValueError):
-    """Bad search settings or a search state that cannot be resumed."""
-
-
-class InfeasibleConstraints(SearchError):
-    """No subnet of the search space satisfies the constraints."""
-
-
-# ---------------------------------------------------------------------------------------------- config
-@dataclass
-class SearchConfig:
-    """All search options. Defaults are the paper's (population 50, 20 iterations, top-10 parents, ...)."""
-
-    population: int = 50
-    iterations: int = 20
-    parents: int = 10
-    mutation_num: int | None = None
-    """Mutants per generation; None means population // 2 (AutoFormer: 25 of 50)."""
-    crossover_num: int | None = None
-    """Crossover children per generation; None means population // 2."""
-    m_prob: float = 0.2
-    s_prob: float = 0.4
-    seed: int = 0
-    random_max_tries: int = 10000
-    """Cap on random draws per population fill (guards feasible-but-tiny regions)."""
-    crossover_pair_tries: int = 50
-    """AutoFormer's redraws for two parents of equal depth."""
-    # Fitness (used by the model-based fitness; the evolution itself only reads 'fitness').
-    metric: str = "loss"
-    val_subset: int | None = None
-    batch_size: int = 256
-    use_experts: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("mutation_num", "crossover_num"):
-            if getattr(self, name) is None:
-                setattr(self, name, int(self.population) // 2)
-        for name in ("population", "parents", "random_max_tries", "crossover_pair_tries", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise SearchError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("iterations", "mutation_num", "crossover_num"):
-            if int(getattr(self, name)) < 0:
-                raise SearchError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("m_prob", "s_prob"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
-        if self.metric not in METRICS:
-            raise SearchError(f"unknown metric '{self.metric}'; choose one of {', '.join(METRICS)}")
-        if self.val_subset is not None and self.val_subset < 1:
-            raise SearchError(f"val-subset must be positive, got {self.val_subset}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(doc: dict[str, Any]) -> "SearchConfig":
-        """Inverse of to_dict (unknown keys are ignored)."""
-        known = {f.name for f in fields(SearchConfig)}
-        return SearchConfig(**{k: v for k, v in doc.items() if k in known})
-
-    # Fields that decide which subnets get evaluated: a resumed run must use the saved values.
-    EVOLUTION_FIELDS = (
-        "population", "parents", "mutation_num", "crossover_num", "m_prob", "s_prob", "seed",
-        "random_max_tries", "crossover_pair_tries", "metric", "val_subset", "use_experts",
-    )
-
-
-# ---------------------------------------------------------------------------------------------- constraints
-@lru_cache(maxsize=1 << 16)
-def _flops_cached(space: SearchSpace, subnet: Subnet, counter: str) -> float:
-    return complexity.flops(space, subnet, counter)
-
-
-@lru_cache(maxsize=1 << 16)
-def _params_cached(space: SearchSpace, subnet: Subnet) -> int:
-    return complexity.params(space, subnet)
-
-
-def measure(space: SearchSpace, subnet: Subnet) -> dict[str, float]:
-    """FLOPs with both counters and params of a subnet (cached)."""
-    return {
-        "flops_autoformer": _flops_cached(space, subnet, "autoformer"),
-        "flops_macs": _flops_cached(space, subnet, "macs"),
-        "params": _params_cached(space, subnet),
-    }
-
-
-@dataclass(frozen=True)
-class Constraints:
-    """Upper/lower bounds on FLOPs (per image, by `counter`) and params. `None` = unbounded."""
-
-    flops_max: float | None = None
-    flops_min: float | None = None
-    params_max: float | None = None
-    params_min: float | None = None
-    counter: str = "autoformer"
-    latency_max_ms: float | None = None
-    latency_target: str | None = None
-    latency_fn: Callable[[Subnet], float] | None = field(default=None, compare=False, repr=False)
-    """Measured latency (ms) of a subnet on `latency_target`; needed when `latency_max_ms` is set. It is only
-    called for subnets that pass the FLOPs/params bounds (those are cheap, a measurement is not)."""
-
-    def __post_init__(self) -> None:
-        if self.counter not in complexity.COUNTERS:
-            raise SearchError(f"unknown FLOPs counter '{self.counter}'; choose one of {', '.join(complexity.COUNTERS)}")
-        for name in ("flops_max", "flops_min", "params_max", "params_min", "latency_max_ms"):
-            value = getattr(self, name)
-            if value is not None and (not math.isfinite(float(value)) or float(value) < 0):
-                raise SearchError(f"{name.replace('_', ' ')} must be a non-negative number, got {value}")
-        for what in ("flops", "params"):
-            lo, hi = getattr(self, f"{what}_min"), getattr(self, f"{what}_max")
-            if lo is not None and hi is not None and lo > hi:
-                raise SearchError(
-                    f"--min-{what} {complexity.format_amount(lo)} exceeds --{what} {complexity.format_amount(hi)}; "
-                    "swap or fix the bounds"
-                )
-
-    @property
-    def bounded(self) -> bool:
-        """True when at least one bound is set."""
-        return any(v is not None for v in (self.flops_max, self.flops_min, self.params_max, self.params_min,
-                                           self.latency_max_ms))
-
-    def latency_of(self, subnet: Subnet) -> float:
-        """Measured latency (ms) via `latency_fn`."""
-        if self.latency_fn is None:
-            raise SearchError("a latency bound needs a latency_fn (a measured-latency lookup) in the Constraints")
-        return float(self.latency_fn(subnet))
-
-    def cheap_satisfied(self, space: SearchSpace, subnet: Subnet) -> bool:
-        """The FLOPs and params bounds only (no latency measurement)."""
-        return Constraints.satisfied(self._without_latency(), space, subnet)
-
-    def _without_latency(self) -> "Constraints":
-        return Constraints(self.flops_max, self.flops_min, self.params_max, self.params_min, self.counter)
-
-    def flops_of(self, space: SearchSpace, subnet: Subnet) -> float:
-        """FLOPs of `subnet` by this constraint's counter."""
-        return _flops_cached(space, subnet, self.counter)
-
-    def satisfied(self, space: SearchSpace, subnet: Subnet) -> bool:
-        """True when `subnet` fits every bound (FLOPs checked first: it is the cheaper count)."""
-        if self.flops_max is not None or self.flops_min is not None:
-            f = self.flops_of(space, subnet)
-            if (self.flops_max is not None and f > self.flops_max) or (self.flops_min is not None and f < self.flops_min):
-                return False
-        if self.params_max is not None or self.params_min is not None:
-            p = _params_cached(space, subnet)
-            if (self.params_max is not None and p > self.params_max) or (self.params_min is not None and p < self.params_min):
-                return False
-        if self.latency_max_ms is not None:
-            return self.latency_of(subnet) <= self.latency_max_ms
-        return True
-
-    def extra_measures(self, subnet: Subnet) -> dict[str, float]:
-        """Measures beyond FLOPs/params recorded with each evaluation (the latency, when bounded by it)."""
-        if self.latency_max_ms is None:
-            return {}
-        return {"latency_ms": self.latency_of(subnet)}
-
-    def feasible_range(self, space: SearchSpace) -> dict[str, Any]:
-        """The FLOPs (by `counter`) and params span of the space: its smallest and largest subnet.
-
-        Every count grows with each choice (depth, embed, heads, ratio), so these two subnets bound all others.
-        """
-        lo, hi = smallest_subnet(space), largest_subnet(space)
-        out: dict[str, Any] = {
-            "counter": self.counter,
-            "flops": (self.flops_of(space, lo), self.flops_of(space, hi)),
-            "params": (_params_cached(space, lo), _params_cached(space, hi)),
-        }
-        if self.latency_max_ms is not None and self.latency_fn is not None:
-            out["latency_ms"] = (self.latency_of(lo), self.latency_of(hi))
-        return out
-
-    def find_feasible(self, space: SearchSpace, tries: int = 2000, seed: int = 0, latency_tries: int = 20) -> Subnet | None:
-        """A subnet that satisfies all bounds: the smallest, the largest, or one of `tries` random ones
-        (of which at most `latency_tries` that pass the cheap bounds get a latency measurement)."""
-        rng = random.Random(seed)  # its own generator: the check never shifts the search's random stream
-        candidates = [smallest_subnet(space), largest_subnet(space)] + [sample_subnet(space, rng) for _ in range(tries)]
-        measured = 0
-        for subnet in candidates:
-            if not self.cheap_satisfied(space, subnet):
-                continue
-            if self.latency_max_ms is None:
-                return subnet
-            if measured >= latency_tries:
-                return None
-            measured += 1
-            if self.latency_of(subnet) <= self.latency_max_ms:
-                return subnet
-        return None
-
-    def check_feasible(self, space: SearchSpace, tries: int = 2000) -> Subnet:
-        """Return a witness subnet, or raise InfeasibleConstraints with a one-line message giving the range."""
-        found = self.find_feasible(space, tries)
-        if found is None:
-            raise InfeasibleConstraints(
-                f"no subnet of search space '{space.name}' satisfies {self.describe()}; "
-                f"{self.describe_range(space)}; relax the bounds"
-            )
-        return found
-
-    def describe(self) -> str:
-        """'FLOPs (autoformer) <= 1.300G, params >= 5.000M' or 'no constraints'."""
-        fa = complexity.format_amount
-        parts = []
-        if self.flops_min is not None:
-            parts.append(f"FLOPs ({self.counter}) >= {fa(self.flops_min)}")
-        if self.flops_max is not None:
-            parts.append(f"FLOPs ({self.counter}) <= {fa(self.flops_max)}")
-        if self.params_min is not None:
-            parts.append(f"params >= {fa(self.params_min)}")
-        if self.params_max is not None:
-            parts.append(f"params <= {fa(self.params_max)}")
-        if self.latency_max_ms is not None:
-            parts.append(f"latency ({self.latency_target or 'measured'}, batch 1) <= {self.latency_max_ms:g} ms")
-        return ", ".join(parts) if parts else "no constraints"
-
-    def describe_range(self, space: SearchSpace) -> str:
-        """'the space spans FLOPs (autoformer) 8.284M .. 31.623M and params 147.210K .. 579.850K'."""
-        r = self.feasible_range(space)
-        fa = complexity.format_amount
-        text = (
-            f"the space spans FLOPs ({self.counter}) {fa(r['flops'][0])} .. {fa(r['flops'][1])} "
-            f"and params {fa(r['params'][0])} .. {fa(r['params'][1])}"
-        )
-        if "latency_ms" in r:
-            text += f" and latency {r['latency_ms'][0]:.3g} .. {r['latency_ms'][1]:.3g} ms ({self.latency_target})"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form (without the latency lookup function)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency_fn"}
-
-    @staticmethod
-    def from_dict(doc: dict[str, Any]) -> "Constraints":
-        """Inverse of to_dict."""
-        known = {f.name for f in fields(Constraints)}
-        return Constraints(**{k: v for k, v in doc.items() if k in known})
-
-
-# ---------------------------------------------------------------------------------------------- encoding
-def subnet_from_key(key: Sequence[Any]) -> Subnet:
-    """Decode AutoFormer's flat candidate tuple (depth, ratios..., heads..., embed)."""
-    depth = int(key[0])
-    if len(key) != 2 * depth + 2:
-        raise SearchError(f"candidate {tuple(key)} has {len(key)} genes; depth {depth} needs {2 * depth + 2}")
-    return Subnet(
-        embed_dim=int(key[-1]), depth=depth,
-        mlp_ratios=tuple(float(r) for r in key[1:1 + depth]),
-        num_heads=tuple(int(h) for h in key[1 + depth:1 + 2 * depth]),
-    )
-
-
-def mutate(space: SearchSpace, parent: Subnet, rng: random.Random, m_prob: float, s_prob: float) -> Subnet:
-    """AutoFormer's mutation: depth (s_prob; extend with random genes or truncate), each ratio (m_prob),
-    each head count (m_prob), then the embed dim (s_prob)."""
-    depth = parent.depth
-    ratios, heads = list(parent.mlp_ratios), list(parent.num_heads)
-    if rng.random() < s_prob:
-        new_depth = rng.choice(space.depths)
-        if new_depth > depth:
-            extra = new_depth - depth
-            ratios += [rng.choice(space.mlp_ratios) for _ in range(extra)]
-            heads += [rng.choice(space.num_heads) for _ in range(extra)]
-        else:
-            ratios, heads = ratios[:new_depth], heads[:new_depth]
-        depth = new_depth
-    for i in range(depth):
-        if rng.random() < m_prob:
-            ratios[i] = rng.choice(space.mlp_ratios)
-    for i in range(depth):
-        if rng.random() < m_prob:
-            heads[i] = rng.choice(space.num_heads)
-    embed = parent.embed_dim
-    if rng.random() < s_prob:
-        embed = rng.choice(space.embed_dims)
-    return Subnet(embed_dim=embed, depth=depth, mlp_ratios=tuple(ratios), num_heads=tuple(heads))
-
-
-def crossover(p1: Subnet, p2: Subnet, rng: random.Random) -> Subnet:
-    """Uniform crossover of two parents of equal depth: each gene of the flat tuple 50/50 from either."""
-    if p1.depth != p2.depth:
-        raise SearchError(f"crossover needs parents of equal depth, got {p1.depth} and {p2.depth}")
-    genes = [a if rng.random() < 0.5 else b for a, b in zip(p1.key(), p2.key())]
-    return subnet_from_key(genes)
 
 
 def _rng_to_json(state: tuple) -> list:
@@ -352,7 +63,6 @@ def _sort_value(record: Record) -> float:
     return value if not math.isnan(value) else math.inf  # NaN never wins and keeps the order total
 
 
-# ---------------------------------------------------------------------------------------------- search
 @dataclass
 class SearchResult:
     """The outcome: the best record, every evaluation in order, and the final top-k (best first)."""
@@ -434,22 +144,17 @@ class EvolutionSearch:
         self.history.append(record)
         return record
 
-    def _evaluate_all(self, subnets: list[Subnet], generation: int) -> None:
+    def evaluate_all(self, subnets: list[Subnet], generation: int) -> None:
+        """Evaluate each subnet (once ever) as part of `generation`."""
         for subnet in subnets:
             self._evaluate(subnet, generation)
 
     # ------------------------------------------------------------------ candidate generation
     def random_fill(self, num: int, taken: set[tuple]) -> list[Subnet]:
         """Up to `num` new random legal subnets (capped at `random_max_tries` draws)."""
-        out: list[Subnet] = []
-        tries = 0
-        while len(out) < num and tries < self.config.random_max_tries:
-            tries += 1
-            subnet = sample_subnet(self.space, self.rng)
-            if self.legal(subnet, taken):
-                taken.add(subnet.key())
-                out.append(subnet)
-        if len(out) < num:
+        tries = self.config.random_max_tries
+        out = sample_distinct(self.space, num, self.rng, taken=taken, accept=self.legal, max_tries=tries)
+        if len(out) < num:  # the draws ran out (the sampler stops early only when it has `num`)
             self._note(
                 f"random sampling found only {len(out)} of {num} new subnets within the constraints after "
                 f"{tries} draws (the feasible region is small or exhausted); continuing with a smaller population"
@@ -597,7 +302,7 @@ class EvolutionSearch:
                         f"found no subnet of search space '{self.space.name}' that satisfies "
                         f"{self.constraints.describe()}; {self.constraints.describe_range(self.space)}"
                     )
-                self._evaluate_all(population, 0)
+                self.evaluate_all(population, 0)
                 self.population = [s.key() for s in population]
                 self.started = True
                 self._save(target)
@@ -610,7 +315,7 @@ class EvolutionSearch:
                 children = self.crossover(taken)
                 randoms = self.random_fill(max(cfg.population - len(mutants) - len(children), 0), taken)
                 population = mutants + children + randoms
-                self._evaluate_all(population, generation)
+                self.evaluate_all(population, generation)
                 self.population = [s.key() for s in population]
                 self.next_iteration += 1
                 self._save(target)
@@ -662,16 +367,3 @@ class EvolutionSearch:
             "pop_median": statistics.median(values) if values else math.nan,
             "best": self.cache[best_key[0]] if best_key else None,
         })
-
-
-# ---------------------------------------------------------------------------------------------- baseline
-def random_search(
-    space: SearchSpace, fitness_fn: FitnessFn, constraints: Constraints, num: int, seed: int = 0,
-    max_tries: int = 100000,
-) -> list[Record]:
-    """Baseline: evaluate `num` distinct random subnets that satisfy the constraints; records in order."""
-    search = EvolutionSearch(space, fitness_fn, constraints, SearchConfig(seed=seed, population=max(num, 1),
-                                                                            random_max_tries=max_tries))
-    subnets = search.random_fill(num, set())
-    search._evaluate_all(subnets, 0)
-    return search.history

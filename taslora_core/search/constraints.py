@@ -1,0 +1,140 @@
+"""`Constraints`: the search's typed budget (FLOPs/params upper and lower bounds, the FLOPs counter, a latency
+budget and its target) and the bounds check. Latency, feasibility and messages live in their own modules; the
+methods here that name them only forward, so `constraints.describe()` etc. keep working."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from taslora_core import complexity
+from taslora_core.search import feasible, latency, measures, messages
+from taslora_core.search.config import SearchError
+from taslora_core.space import SearchSpace
+from taslora_core.subnet import Subnet
+
+DEFAULT_LATENCY_TARGET = "torch-cpu"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Upper/lower bounds on FLOPs (per image, by `counter`) and params. `None` = unbounded."""
+
+    flops_max: float | None = None
+    flops_min: float | None = None
+    params_max: float | None = None
+    params_min: float | None = None
+    counter: str = "autoformer"
+    latency_max_ms: float | None = None
+    latency_target: str | None = None
+    latency_fn: latency.LatencyFn | None = field(default=None, compare=False, repr=False)
+    """Measured latency (ms) of a subnet on `latency_target`; needed when `latency_max_ms` is set. It is only
+    called for subnets that pass the FLOPs/params bounds (those are cheap, a measurement is not)."""
+
+    def __post_init__(self) -> None:
+        if self.counter not in complexity.COUNTERS:
+            raise SearchError(f"unknown FLOPs counter '{self.counter}'; choose one of {', '.join(complexity.COUNTERS)}")
+        for name in ("flops_max", "flops_min", "params_max", "params_min", "latency_max_ms"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(float(value)) or float(value) < 0):
+                raise SearchError(f"{name.replace('_', ' ')} must be a non-negative number, got {value}")
+        for what in ("flops", "params"):
+            lo, hi = getattr(self, f"{what}_min"), getattr(self, f"{what}_max")
+            if lo is not None and hi is not None and lo > hi:
+                raise SearchError(
+                    f"--min-{what} {complexity.format_amount(lo)} exceeds --{what} {complexity.format_amount(hi)}; "
+                    "swap or fix the bounds"
+                )
+
+    @staticmethod
+    def from_amounts(flops: str | float | None = None, params: str | float | None = None,
+                     min_flops: str | float | None = None, min_params: str | float | None = None,
+                     counter: str = "autoformer", latency_budget: float | None = None,
+                     target: str = DEFAULT_LATENCY_TARGET) -> "Constraints":
+        """Constraints from the command line's amounts ('1.3G', '6M', numbers); the target is kept only with a
+        latency budget. A malformed amount raises SearchError naming its option."""
+
+        def amount(option: str, value: str | float | None) -> float | None:
+            if value is None:
+                return None
+            try:
+                return complexity.parse_amount(value)
+            except ValueError as err:
+                raise SearchError(f"--{option}: {err}") from None
+
+        return Constraints(flops_max=amount("flops", flops), flops_min=amount("min-flops", min_flops),
+                           params_max=amount("params", params), params_min=amount("min-params", min_params),
+                           counter=counter, latency_max_ms=latency_budget,
+                           latency_target=target if latency_budget is not None else None)
+
+    @property
+    def bounded(self) -> bool:
+        """True when at least one bound is set."""
+        return any(v is not None for v in (self.flops_max, self.flops_min, self.params_max, self.params_min,
+                                           self.latency_max_ms))
+
+    # ------------------------------------------------------------------ bounds check
+    def flops_of(self, space: SearchSpace, subnet: Subnet) -> float:
+        """FLOPs of `subnet` by this constraint's counter."""
+        return measures.flops_of(space, subnet, self.counter)
+
+    def cheap_satisfied(self, space: SearchSpace, subnet: Subnet) -> bool:
+        """The FLOPs and params bounds only (no latency measurement)."""
+        if self.flops_max is not None or self.flops_min is not None:
+            f = self.flops_of(space, subnet)
+            if (self.flops_max is not None and f > self.flops_max) or (self.flops_min is not None and f < self.flops_min):
+                return False
+        if self.params_max is not None or self.params_min is not None:
+            p = measures.params_of(space, subnet)
+            if (self.params_max is not None and p > self.params_max) or (self.params_min is not None and p < self.params_min):
+                return False
+        return True
+
+    def satisfied(self, space: SearchSpace, subnet: Subnet) -> bool:
+        """True when `subnet` fits every bound (FLOPs checked first, the latency last: it is the dearest)."""
+        if not self.cheap_satisfied(space, subnet):
+            return False
+        if self.latency_max_ms is not None:
+            return self.latency_of(subnet) <= self.latency_max_ms
+        return True
+
+    # ------------------------------------------------------------------ forwarded to the modules of each job
+    def latency_of(self, subnet: Subnet) -> float:
+        """Measured latency (ms) via `latency_fn` (see `search.latency`)."""
+        return latency.latency_of(self, subnet)
+
+    def extra_measures(self, subnet: Subnet) -> dict[str, float]:
+        """Measures beyond FLOPs/params recorded with each evaluation (see `search.latency`)."""
+        return latency.extra_measures(self, subnet)
+
+    def feasible_range(self, space: SearchSpace) -> dict[str, Any]:
+        """The FLOPs/params (and latency) span of the space (see `search.measures.space_range`)."""
+        return measures.space_range(self, space)
+
+    def find_feasible(self, space: SearchSpace, tries: int = 2000, seed: int = 0, latency_tries: int = 20) -> Subnet | None:
+        """A subnet that satisfies all bounds, or None (see `search.feasible`)."""
+        return feasible.find_feasible(self, space, tries, seed, latency_tries)
+
+    def check_feasible(self, space: SearchSpace, tries: int = 2000) -> Subnet:
+        """A witness subnet, or InfeasibleConstraints naming the space's range (see `search.feasible`)."""
+        return feasible.check_feasible(self, space, tries)
+
+    def describe(self) -> str:
+        """'FLOPs (autoformer) <= 1.300G, params >= 5.000M' or 'no constraints' (see `search.messages`)."""
+        return messages.describe(self)
+
+    def describe_range(self, space: SearchSpace) -> str:
+        """'the space spans FLOPs (autoformer) ... and params ...' (see `search.messages`)."""
+        return messages.describe_range(self, space)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (without the latency lookup function)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency_fn"}
+
+    @staticmethod
+    def from_dict(doc: dict[str, Any]) -> "Constraints":
+        """Inverse of to_dict."""
+        known = {f.name for f in fields(Constraints)}
+        return Constraints(**{k: v for k, v in doc.items() if k in known})
