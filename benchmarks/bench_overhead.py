@@ -27,22 +27,15 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from taslora_core.mole import MoLEConfig, MoLEModel  # noqa: E402
-from taslora_core.router import RouterConfig  # noqa: E402
-from taslora_core.space import SearchSpace  # noqa: E402
 from taslora_core.subnet import sample_subnet  # noqa: E402
-from taslora_core.supernet import Supernet  # noqa: E402
+from taslora_core.testing import random_mole  # noqa: E402
 from taslora_deploy.fold import UnmergedMoLEViT, fold_subnet  # noqa: E402
 from taslora_deploy.overhead import interleaved_latency, ort_runner, torch_runner  # noqa: E402
 
 
 def _models(space_name: str, seed: int, device: str):
-    torch.manual_seed(seed)
-    sup = Supernet(SearchSpace.preset(space_name)).eval()
-    mole = MoLEModel(sup, MoLEConfig(router=RouterConfig(init="random", random_init_std=0.5))).eval()
-    with torch.no_grad():
-        for p in mole.experts.parameters():
-            p.normal_(0, 0.05)
+    mole = random_mole(space_name, seed, expert_std=0.05)
+    sup = mole.supernet
     sub = sample_subnet(sup.space, random.Random(seed))
     folded = fold_subnet(sup, sub, mole).model
     base = fold_subnet(sup, sub).model

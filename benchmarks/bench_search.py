@@ -29,37 +29,14 @@ from pathlib import Path
 import torch
 
 from taslora_core import complexity
-from taslora_core import data as D
-from taslora_core import workspace
 from taslora_core.evaluate import evaluate, folded_tensors
 from taslora_core.run_io import load_checkpoint
 from taslora_core.search import Constraints, EvolutionSearch, SearchConfig
-from taslora_core.search_fitness import CheckpointFitness, load_val_data
-from taslora_core.space import SearchSpace
+from taslora_core.search.fitness import CheckpointFitness, load_val_data
 from taslora_core.subnet import largest_subnet, sample_subnet, smallest_subnet
+from taslora_core.testing import random_mole, save_mole_workspace
 
 DEFAULT_EVALS = 50 + 20 * 50
-
-
-def fresh_checkpoint(root: Path) -> Path:
-    """A fresh-weights fmnist MoLE checkpoint laid out like a training run; returns the MoLE folder."""
-    from taslora_core.checkpoint import save_supernet
-    from taslora_core.mole import MoLEModel, save_mole
-    from taslora_core.supernet import Supernet
-
-    torch.manual_seed(0)
-    space = SearchSpace.preset("fmnist")
-    supernet = Supernet(space)
-    mole = MoLEModel(supernet)
-    cfg = D.DataConfig.fmnist()
-    split = D.make_split(60000, 10000, 0, data="fmnist")
-    sdir = workspace.new_run(root, "supernets", "bench")
-    D.save_split(sdir / "split.json", split)
-    save_supernet(sdir, supernet, {"data": cfg.to_dict(), "split": "split.json"})
-    mdir = workspace.new_run(root, "mole", "bench")
-    D.save_split(mdir / "split.json", split)
-    save_mole(mdir, mole, {"supernet_dir": str(sdir.resolve()), "data": cfg.to_dict(), "split": "split.json"})
-    return mdir
 
 
 def _sync() -> None:
@@ -122,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir = args.ckpt
     if ckpt_dir is None:
         tmp = tempfile.TemporaryDirectory()
-        ckpt_dir = fresh_checkpoint(Path(tmp.name))
+        ckpt_dir = save_mole_workspace(Path(tmp.name), random_mole("fmnist", expert_std=None, router_std=None),
+                                       name="bench").mole_dir
     ckpt = load_checkpoint(ckpt_dir, device=args.device)
     t = time.perf_counter()
     val = load_val_data(ckpt, batch_size=args.batch_size, device=args.device)

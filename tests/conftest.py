@@ -4,7 +4,10 @@
   (`taslora supernet train`, then `taslora train`), returned as {"workdir", "supernet_dir", "mole_dir"}. It is
   trained just enough that the MoLE experts beat the bare supernet on the held-out split (see
   tests/test_train.py::test_mole_improves_validation_loss_over_frozen_supernet).
-- `requires_fmnist`, `requires_cuda`, `requires_trt`: skip markers.
+- Markers `gpu` and `trt` (pyproject.toml): a test marked with them is skipped, with the reason, where CUDA
+  (or TensorRT + CUDA, as `taslora_deploy.trt_engine.tensorrt_status` sees it) is missing; where present it runs.
+  `without_cuda` / `without_trt` mark the tests that cover machines lacking them (skipped where present).
+- `requires_fmnist`: skip marker; `requires_cuda` / `requires_trt` are the `gpu` / `trt` markers.
 - `run_cli(args)`: run `taslora ARGS` in-process (typer's CliRunner) and return the result.
 - `cli_subprocess(args)`: the argv of a `taslora` subprocess (same interpreter).
 """
@@ -17,7 +20,6 @@ import os
 # several-fold; passive waiting avoids that. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import importlib.util  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -26,17 +28,29 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from taslora_core import data as D  # noqa: E402
+from taslora_deploy.trt_engine import tensorrt_status  # noqa: E402
 
 FMNIST_OK = all(
     (D.fmnist_root() / f"{p}-{k}-ubyte.gz").is_file() for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")
 )
 
 requires_fmnist = pytest.mark.skipif(not FMNIST_OK, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-requires_trt = pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("tensorrt") is None,
-    reason="needs TensorRT and a CUDA device",
-)
+CUDA_OK = torch.cuda.is_available()
+TRT_OK, TRT_REASON = tensorrt_status()
+without_cuda = pytest.mark.skipif(CUDA_OK, reason="a CUDA device is present; this covers machines without one")
+without_trt = pytest.mark.skipif(TRT_OK, reason="TensorRT and CUDA are present; this covers machines without them")
+requires_cuda, requires_trt = pytest.mark.gpu, pytest.mark.trt  # the markers skip by themselves (hook below)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without CUDA and `trt` tests without TensorRT + CUDA, saying why."""
+    skips = {"gpu": None if CUDA_OK else pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)"),
+             "trt": None if TRT_OK else pytest.mark.skip(reason=f"needs TensorRT and CUDA: {TRT_REASON}")}
+    for item in items:
+        for marker, skip in skips.items():
+            if skip is not None and item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)
+
 
 # The recipe of the shared workspace (kept here so tests can refer to it).
 TRAINED_SUPERNET_ARGS = [

@@ -7,20 +7,18 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from rich.table import Table
 
+from conftest import without_trt
 from tiny_vit import TinyViT
 from taslora_deploy.bench import bench, bench_table, environment, latency_stats, write_json
 from taslora_deploy.onnx_export import export_onnx
-from taslora_deploy.trt_engine import TensorRTUnavailable, tensorrt_status
+from taslora_deploy.trt_engine import TensorRTUnavailable, build_engine
 
 SHAPE = (3, 16, 16)
 FAST = dict(warmup_s=0.02, min_iters=5, min_time_s=0.02)
 STAT_KEYS = ("mean_ms", "median_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "std_ms",
              "cv", "throughput_ips", "iters")
-
-
 
 
 def _model() -> TinyViT:
@@ -104,12 +102,21 @@ def test_bench_bad_artifacts(tmp_path):
         bench(42, **FAST)
 
 
-@pytest.mark.skipif(tensorrt_status()[0], reason="TensorRT is available here; this covers machines without it")
+@without_trt
 def test_bench_plan_without_tensorrt(tmp_path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"not a plan")
     with pytest.raises(TensorRTUnavailable):
         bench(plan, device="cuda", **FAST)
+
+
+@pytest.mark.trt
+def test_bench_tensorrt_plan(onnx_path, tmp_path):
+    plan = build_engine(onnx_path, tmp_path / "tiny.plan", SHAPE, max_batch=8)
+    results = bench(plan, batch_sizes=(1, 4), device="cuda", **FAST)
+    for r, b in zip(results, (1, 4), strict=True):
+        _check_result(r, b)
+        assert r["runtime"] == "tensorrt" and r["provider"] == "TensorRT" and r["artifact"] == str(plan)
 
 
 def test_latency_stats_and_environment():

@@ -9,9 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from conftest import without_cuda
 from tiny_vit import TinyViT
 from taslora_deploy.onnx_export import (
     ExportError,
@@ -137,19 +136,17 @@ def test_perturbed_model_fails_parity(model, exported):
     assert "max abs diff" in msg and "5.000e-02" in msg
 
 
+@without_cuda
 def test_ort_session_cuda_is_a_clear_error_here(exported):
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present; this test covers CPU-only machines")
     with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider"):
         ort_session(exported, device="cuda")
 
 
+@without_cuda
 def test_ort_session_detects_silent_cpu_fallback(exported, monkeypatch):
     """onnxruntime silently runs on CPU when the CUDA EP cannot load; that must raise."""
     import onnxruntime as ort
 
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present; this test covers CPU-only machines")
     real = ort.get_available_providers()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
     with warnings.catch_warnings():

@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import FMNIST_OK, requires_fmnist, without_cuda
 from taslora_core import complexity
 from taslora_core import data as D
 from taslora_core import workspace
@@ -23,6 +24,7 @@ from taslora_core.search import (
 )
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_subnet
+from taslora_core.testing import random_mole, save_mole_workspace
 
 SPACE = SearchSpace.preset("fmnist")
 SMALL = dict(population=12, iterations=4, parents=4, mutation_num=6, crossover_num=6)
@@ -44,9 +46,7 @@ def pcap(frac: float) -> float:
 def amount(value: float) -> str:
     """A CLI amount in K ('5123K'), at or below `value`."""
     return f"{int(value / 1e3)}K"
-FMNIST_OK = all((Path(D.FMNIST_ROOT) / f"{p}-{k}-ubyte.gz").is_file()
-                for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
-needs_fmnist = pytest.mark.skipif(not FMNIST_OK, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
 
 # ---------------------------------------------------------------------------------------------- synthetic fitness
 TARGET = Subnet(80, 5, (3.0, 2.0, 3.0, 2.0, 3.0), (3, 2, 3, 3, 2))  # a mid-sized subnet; feasible at cap(0.75)
@@ -174,9 +174,24 @@ def test_latency_table_measures_once_and_caches(tmp_path: Path) -> None:
     assert again(small) == a and again.measured == 0
     with pytest.raises(LatencyUnavailable):
         check_target("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(LatencyUnavailable, match="CUDA"):
-            check_target("torch-cuda")
+
+
+@without_cuda
+def test_latency_on_cuda_without_a_device_is_a_clear_error() -> None:
+    from taslora_deploy.latency_lookup import LatencyUnavailable, check_target
+
+    with pytest.raises(LatencyUnavailable, match="needs a CUDA device"):
+        check_target("torch-cuda")
+
+
+@pytest.mark.gpu
+def test_latency_table_measures_on_cuda() -> None:
+    from taslora_core.supernet import Supernet
+    from taslora_deploy.latency_lookup import LatencyTable
+
+    table = LatencyTable(Supernet(SPACE), "torch-cuda", warmup=1, iters=3)
+    small = smallest_subnet(SPACE)
+    assert table(small) > 0 and table.measured == 1
 
 
 # ---------------------------------------------------------------------------------------------- determinism
@@ -234,11 +249,16 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
 def test_mutation_and_crossover_stay_in_space() -> None:
     rng = random.Random(0)
     depths_seen = set()
-    for _ in range(300):
+    n, depth_changed, embed_changed, genes_compared, genes_changed = 300, 0, 0, 0, 0
+    for _ in range(n):
         parent = sample_subnet(SPACE, rng)
         child = mutate(SPACE, parent, rng, m_prob=0.2, s_prob=0.4)
         assert child.in_space(SPACE) and len(child.key()) == 2 * child.depth + 2
-        assert child.mlp_ratios[: min(child.depth, parent.depth)] is not None
+        depth_changed += child.depth != parent.depth
+        embed_changed += child.embed_dim != parent.embed_dim
+        for b in range(min(child.depth, parent.depth)):  # the genes both share
+            genes_compared += 2
+            genes_changed += (child.mlp_ratios[b] != parent.mlp_ratios[b]) + (child.num_heads[b] != parent.num_heads[b])
         depths_seen.add(child.depth)
         other = sample_subnet(SPACE, rng)
         while other.depth != parent.depth:
@@ -248,6 +268,10 @@ def test_mutation_and_crossover_stay_in_space() -> None:
         assert all(g in (a, b) for g, a, b in zip(kid.key(), parent.key(), other.key()))
         assert subnet_from_key(kid.key()) == kid
     assert depths_seen == set(SPACE.depths)
+    # a gene is redrawn with m_prob, depth and embed dim with s_prob; a redraw keeps the value with 1/choices
+    assert genes_changed / genes_compared == pytest.approx(0.2 * (1 - 1 / len(SPACE.num_heads)), abs=0.03)
+    assert depth_changed / n == pytest.approx(0.4 * (1 - 1 / len(SPACE.depths)), abs=0.08)
+    assert embed_changed / n == pytest.approx(0.4 * (1 - 1 / len(SPACE.embed_dims)), abs=0.08)
     # mutation with probability 0 is the identity; extension appends genes, truncation keeps the prefix
     p = Subnet(64, 4, (2.0, 3.0, 2.0, 3.0), (2, 3, 3, 2))
     assert mutate(SPACE, p, rng, 0.0, 0.0) == p
@@ -276,31 +300,10 @@ def test_search_beats_random_on_synthetic_fitness() -> None:
 
 # ---------------------------------------------------------------------------------------------- model-based
 def _fresh_workspace(root: Path) -> dict:
-    """A MoLE checkpoint with fresh (untrained) weights and a saved fmnist split, laid out like a training run.
-    The head and the experts' U get larger random values so that subnets differ clearly in loss."""
-    from taslora_core.checkpoint import save_supernet
-    from taslora_core.mole import MoLEModel, save_mole
-    from taslora_core.supernet import Supernet
-
-    torch.manual_seed(0)
-    supernet = Supernet(SPACE)
-    with torch.no_grad():
-        supernet.head.weight.normal_(0, 0.5)
-    mole = MoLEModel(supernet)
-    with torch.no_grad():
-        for block in mole.experts.blocks:
-            for name, p in block.items():
-                if name.endswith("_U"):
-                    p.normal_(0, 0.05)
-    cfg = D.DataConfig.fmnist()
-    split = D.make_split(60000, 10000, 0, data="fmnist")
-    sdir = workspace.new_run(root, "supernets", "fresh")
-    D.save_split(sdir / "split.json", split)
-    save_supernet(sdir, supernet, {"data": cfg.to_dict(), "split": "split.json"})
-    mdir = workspace.new_run(root, "mole", "fresh")
-    D.save_split(mdir / "split.json", split)
-    save_mole(mdir, mole, {"supernet_dir": str(sdir.resolve()), "data": cfg.to_dict(), "split": "split.json"})
-    return {"workdir": root, "supernet_dir": sdir, "mole_dir": mdir}
+    """A MoLE checkpoint with fresh weights and a saved fmnist split, laid out like a training run. The head and
+    the experts' U get larger random values so that subnets differ clearly in loss."""
+    ws = save_mole_workspace(root, random_mole("fmnist", head_std=0.5, expert_std=0.05, up_only=True, router_std=None))
+    return {"workdir": ws.workdir, "supernet_dir": ws.supernet_dir, "mole_dir": ws.mole_dir}
 
 
 CLI_FLOPS = amount(cap(0.75))
@@ -335,7 +338,7 @@ def cli_run(fresh_ws) -> dict:
     return {"proc": proc, "best": Path(proc.stdout.splitlines()[-1])}
 
 
-@needs_fmnist
+@requires_fmnist
 def test_cli_end_to_end(cli_run, fresh_ws) -> None:
     proc, best_path = cli_run["proc"], cli_run["best"]
     assert proc.stdout.endswith(f"{best_path}\n") and best_path.is_file()
@@ -369,7 +372,7 @@ def test_cli_end_to_end(cli_run, fresh_ws) -> None:
     assert workspace.latest(fresh_ws["workdir"], "searches", "") == run
 
 
-@needs_fmnist
+@requires_fmnist
 def test_cli_infeasible_exits_2_with_range(fresh_ws) -> None:
     import taslora_cli.cmd_search  # noqa: F401  (registers the command)
     from taslora_cli.app import app
@@ -386,7 +389,7 @@ def test_cli_infeasible_exits_2_with_range(fresh_ws) -> None:
     assert res.exit_code == 2 and "exceeds" in (res.stderr or res.output)
 
 
-@needs_fmnist
+@requires_fmnist
 def test_cli_plain_supernet_top1_and_data_requirement(fresh_ws, tmp_path) -> None:
     """AutoFormer's search: a plain supernet checkpoint, ranked by top-1; an imported supernet without recorded
     data needs --data and gets a split carved with the seed."""
@@ -416,7 +419,7 @@ def test_cli_plain_supernet_top1_and_data_requirement(fresh_ws, tmp_path) -> Non
     assert split["seed"] == 3 and len(split["val_indices"]) == 10000
 
 
-@needs_fmnist
+@requires_fmnist
 def test_cli_resume_after_interrupt_equals_uninterrupted(cli_run, fresh_ws, monkeypatch, tmp_path) -> None:
     import taslora_cli.cmd_search  # noqa: F401
     from taslora_cli.app import app
@@ -456,7 +459,7 @@ def test_cli_resume_after_interrupt_equals_uninterrupted(cli_run, fresh_ws, monk
     assert res.exit_code == 2
 
 
-@needs_fmnist
+@requires_fmnist
 def test_ddp_two_processes_equal_one(cli_run, fresh_ws, tmp_path) -> None:
     """torchrun with 2 CPU processes: same subnets evaluated, same ranking, fitness within 1e-5."""
     workdir = tmp_path / "ws"

@@ -211,7 +211,6 @@ def test_safetensors_round_trip(fmnist_model, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_supernet_runs_on_cuda(fmnist_model):
     model = Supernet(fmnist_model.space).cuda().eval()
     model.load_state_dict(fmnist_model.state_dict())
