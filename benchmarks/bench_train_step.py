@@ -8,8 +8,11 @@ Both steps are `taslora_core.train_loop.train_step` (forward, loss, backward, gr
 step) exactly as training runs them: the plain step trains every supernet weight with AutoFormer's AdamW; the
 MoLE step trains experts (AdamW) and router (SGD, past warm-up) on the frozen supernet. Each round samples one
 subnet and times both steps on it, alternating which runs first. "router+merge" is the router forward plus the
-merge of the routed experts into per-layer weight updates (`MoLEModel.deltas`), alone (forward) and with its
-backward pass, timed in the same rounds; its share is relative to the MoLE step. Prints a markdown table.
+merge of the routed experts into per-layer weight updates (`MoLEModel.deltas`: one batched matmul per layer and
+sliced shape), alone (forward) and with its backward pass, timed in the same rounds; its share is relative to
+the MoLE step. The same rounds also time the merge as it was before batching (one matmul per block and layer,
+the reference of tests/test_merge.py) with its backward pass, so old and new shares are side by side.
+Prints a markdown table.
 Numbers are medians over the rounds. For stable CPU numbers on a shared machine run with
 OMP_WAIT_POLICY=PASSIVE (set below when not already set).
 """
@@ -22,10 +25,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import importlib.util  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from timm.loss import LabelSmoothingCrossEntropy  # noqa: E402
@@ -38,6 +43,14 @@ from taslora_core.subnet import sample_subnet  # noqa: E402
 from taslora_core.supernet import Supernet  # noqa: E402
 from taslora_core.train import MoLETask, SupernetTask  # noqa: E402
 from taslora_core.train_loop import autocast, train_step  # noqa: E402
+
+
+def _per_layer_reference():
+    """`reference_deltas(experts, subnet, probs)` of tests/test_merge.py: the merge before batching."""
+    spec = importlib.util.spec_from_file_location("test_merge", Path(__file__).resolve().parents[1] / "tests" / "test_merge.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.reference_deltas
 
 
 def _sync(device: torch.device) -> None:
@@ -70,7 +83,8 @@ def bench(space_name: str, batch: int, steps: int, warmup: int, device: torch.de
     images = torch.randn(batch, space.in_chans, space.img_size, space.img_size, generator=gen).to(device)
     labels = torch.randint(0, space.num_classes, (batch,), generator=gen).to(device)
     rng = random.Random(seed)
-    rows: dict[str, list[float]] = {"plain": [], "mole": [], "merge_fwd": [], "merge_fwd_bwd": []}
+    per_layer_deltas = _per_layer_reference()
+    rows: dict[str, list[float]] = {"plain": [], "mole": [], "merge_fwd": [], "merge_fwd_bwd": [], "old_merge_fwd_bwd": []}
     plain_net.train()
     model.train()
     for i in range(total):
@@ -88,10 +102,13 @@ def bench(space_name: str, batch: int, steps: int, warmup: int, device: torch.de
             with torch.no_grad(), autocast(ctx, amp):
                 model.deltas(sn)
 
-        def merge_fwd_bwd() -> None:
+        def merge_fwd_bwd(merge=lambda: model.deltas(sn)) -> None:
             with autocast(ctx, amp):
-                deltas = model.deltas(sn)
+                deltas = merge()
             torch.autograd.backward(list(deltas.values()), [torch.ones_like(d) for d in deltas.values()])
+
+        def old_merge_fwd_bwd() -> None:
+            merge_fwd_bwd(lambda: per_layer_deltas(model.experts, sn, model.routing(sn)))
 
         order = [("plain", run_plain), ("mole", run_mole)]
         if i % 2:
@@ -99,8 +116,10 @@ def bench(space_name: str, batch: int, steps: int, warmup: int, device: torch.de
         timings = {name: _timed(fn, device) for name, fn in order}
         timings["merge_fwd"] = _timed(merge_fwd, device)
         mole.optim.zero_grad()
-        timings["merge_fwd_bwd"] = _timed(merge_fwd_bwd, device)
-        mole.optim.zero_grad()
+        merges = [("merge_fwd_bwd", merge_fwd_bwd), ("old_merge_fwd_bwd", old_merge_fwd_bwd)]
+        for name, fn in merges if i % 2 else reversed(merges):
+            timings[name] = _timed(fn, device)
+            mole.optim.zero_grad()
         if i >= warmup:
             for k, v in timings.items():
                 rows[k].append(v)
@@ -131,14 +150,17 @@ def main() -> None:
     print(f"\ntorch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
           f"{args.threads} threads, amp {'bf16' if args.amp else 'off'}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}\n")
     print("| space | batch | rounds | plain step (ms) | MoLE step (ms) | MoLE / plain | paired ratio (median) "
-          "| router+merge fwd (ms, % of MoLE step) | router+merge fwd+bwd (ms, %) | plain img/s | MoLE img/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| router+merge fwd (ms, % of MoLE step) | router+merge fwd+bwd (ms, %) "
+          "| per-layer merge before batching, fwd+bwd (ms, %) | new / old merge | plain img/s | MoLE img/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         m = r["median"]
         print(f"| {r['space']} | {r['batch']} | {r['steps']} | {1e3 * m['plain']:.1f} | {1e3 * m['mole']:.1f} | "
               f"{r['ratio_of_medians']:.3f} | {r['median_paired_ratio']:.3f} | "
               f"{1e3 * m['merge_fwd']:.2f} ({100 * m['merge_fwd'] / m['mole']:.1f}%) | "
               f"{1e3 * m['merge_fwd_bwd']:.2f} ({100 * m['merge_fwd_bwd'] / m['mole']:.1f}%) | "
+              f"{1e3 * m['old_merge_fwd_bwd']:.2f} ({100 * m['old_merge_fwd_bwd'] / m['mole']:.1f}%) | "
+              f"{m['merge_fwd_bwd'] / m['old_merge_fwd_bwd']:.2f} | "
               f"{r['batch'] / m['plain']:.0f} | {r['batch'] / m['mole']:.0f} |")
 
 

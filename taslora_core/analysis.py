@@ -91,6 +91,16 @@ def feature_collapse(
     return CollapseResult(subnets, cosine_matrix(plain), cosine_matrix(routed) if routed else None)
 
 
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the distributions in the last dim, with 0 log 0 = 0 (no clamp needed)."""
+    return -torch.special.xlogy(probs, probs).sum(-1)
+
+
+def routing_entropy(probs: torch.Tensor) -> float:
+    """Mean entropy (nats, in float64) of routing distributions (..., K) over blocks and layers; max is log K."""
+    return float(entropy(probs.detach().double()).mean())
+
+
 @dataclass
 class RoutingStats:
     """Mean routing distribution per (group, layer) over the blocks of sampled subnets."""
@@ -100,8 +110,7 @@ class RoutingStats:
 
     def entropy(self) -> torch.Tensor:
         """(G, 4) entropy (nats) of the mean distributions."""
-        p = self.mean_probs.clamp_min(1e-12)
-        return -(p * p.log()).sum(-1)
+        return entropy(self.mean_probs)
 
     def top_share(self) -> torch.Tensor:
         """(G, 4) probability mass of the most used expert."""

@@ -1,36 +1,33 @@
 """Mixture of LoRA experts (MoLE) on the four linear layers of every supernet block, and the MoLE model.
 
-Expert k of a layer is E_k = (alpha / r) U_k D_k (the paper: alpha = 1, i.e. U_k D_k / r) with U_k (out_super, r) starting at zero and D_k (r, in_super) at
-LoRA's usual small random init. The experts of a layer are stored concatenated, U (out_super, K*r) and
-D (K*r, in_super), so the routed merge is one matmul on the *sliced* factors:
+Expert k of a layer is E_k = (alpha / r) U_k D_k (the paper: alpha = 1, i.e. U_k D_k / r) with U_k (out_super, r)
+starting at zero and D_k (r, in_super) at LoRA's usual small random init. The experts of a layer are stored
+concatenated, U (out_super, K*r) and D (K*r, in_super), so the routed merge is one matmul on the *sliced* factors:
 
     delta = slice_rows(U) * (p_k * alpha / r repeated r times) @ slice_cols(D)
 
-computed once per subnet (per training step), never per token, and added to the sliced supernet weight.
+computed once per subnet (per training step), never per token, and added to the sliced supernet weight. The
+blocks of a subnet whose layer has the same sliced shape are merged together in one batched matmul.
+`column_scale` and `LoRAExperts.sliced_factors` are the one home of the scale and of the U/D slicing; the
+run-time LoRA branches of `taslora_deploy.fold.UnmergedMoLEViT` use them too. Checkpoint files: `mole_io`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from taslora_core import slicing
-from taslora_core.checkpoint import CheckpointError, atomic_save_safetensors, atomic_write_json, check_state_keys
 from taslora_core.router import Router, RouterConfig
-from taslora_core.slicing import LINEAR_LAYERS, Deltas, block_dims
+from taslora_core.slicing import LINEAR_LAYERS, BlockDims, Deltas, block_dims
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_core.supernet import Supernet
-
-MOLE_WEIGHTS = "mole.safetensors"
-MOLE_CONFIG = "mole.json"
 
 
 @dataclass(frozen=True)
@@ -65,6 +62,12 @@ def _io_dims(space: SearchSpace, layer: str) -> tuple[int, int]:
     return {"qkv": (3 * e, e), "proj": (e, e), "fc1": (h, e), "fc2": (e, h)}[layer]
 
 
+def column_scale(probs: torch.Tensor, scale: float, rank: int) -> torch.Tensor:
+    """Per-column scale of the concatenated experts: (..., K) routing weights -> (..., K*r), p_k * alpha / r
+    repeated r times (`scale` is alpha / r)."""
+    return (probs * scale).repeat_interleave(rank, dim=-1)
+
+
 class LoRAExperts(nn.Module):
     """K rank-r experts for each of qkv/proj/fc1/fc2 of every supernet block."""
 
@@ -83,18 +86,39 @@ class LoRAExperts(nn.Module):
                 block[f"{layer}_D"] = nn.Parameter(d)
             self.blocks.append(block)
 
+    def column_scale(self, probs: torch.Tensor) -> torch.Tensor:
+        """(..., K) routing weights -> (..., K*r) scale of U's columns (see `column_scale`)."""
+        return column_scale(probs, self.scale, self.rank)
+
+    def sliced_factors(self, layer: str, blocks: Sequence[int], d: BlockDims) -> tuple[torch.Tensor, torch.Tensor]:
+        """U rows (n, out, K*r) and D columns (n, K*r, in) of `layer` in `blocks`, all sliced to dims `d`.
+
+        Every block listed must give the layer the same sliced shape (same heads for qkv/proj, same hidden
+        width for fc1/fc2). Stacking puts the blocks in dim 1 of U so that the slicing rule's row rule (dim 0,
+        qkv interleaving included) applies to all of them at once.
+        """
+        u = torch.stack([self.blocks[b][f"{layer}_U"] for b in blocks], dim=1)  # (out_super, n, K*r)
+        dn = torch.stack([self.blocks[b][f"{layer}_D"] for b in blocks])  # (n, K*r, in_super)
+        return slicing.rows(layer, u, d).transpose(0, 1), slicing.cols(layer, dn, d)
+
     def deltas(self, subnet: Subnet, probs: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
-        """Routed weight updates of the subnet's sliced shape; probs is (depth, 4, K)."""
+        """Routed weight updates of the subnet's sliced shape; probs is (depth, 4, K).
+
+        One batched matmul per (layer, sliced shape): the blocks of a subnet take few distinct shapes.
+        """
+        dims = [block_dims(self.space, subnet, b) for b in range(subnet.depth)]
+        scales = self.column_scale(probs[: subnet.depth])  # (depth, 4, K*r)
         out: dict[tuple[int, str], torch.Tensor] = {}
-        for b in range(subnet.depth):
-            d = block_dims(self.space, subnet, b)
-            params = self.blocks[b]
-            for i, layer in enumerate(LINEAR_LAYERS):
-                scale = (probs[b, i] * self.scale).repeat_interleave(self.rank)  # (K*r,)
-                u = slicing.rows(layer, params[f"{layer}_U"], d)
-                dn = slicing.cols(layer, params[f"{layer}_D"], d)
-                out[(b, layer)] = (u * scale) @ dn
-        return out
+        for i, layer in enumerate(LINEAR_LAYERS):
+            groups: dict[tuple[int, int], list[int]] = {}
+            for b, d in enumerate(dims):
+                groups.setdefault((slicing.out_features(layer, d), slicing.in_features(layer, d)), []).append(b)
+            for blocks in groups.values():
+                u, dn = self.sliced_factors(layer, blocks, dims[blocks[0]])
+                scale = scales[:, i] if len(blocks) == subnet.depth else scales[blocks, i]
+                merged = torch.bmm(u * scale.unsqueeze(1), dn)  # (n, out, in)
+                out.update(zip(((b, layer) for b in blocks), merged.unbind(0)))
+        return {(b, layer): out[(b, layer)] for b in range(subnet.depth) for layer in LINEAR_LAYERS}
 
 
 class MoLEModel(nn.Module):
@@ -137,32 +161,10 @@ class MoLEModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("supernet.")}
 
 
-def save_mole(directory: str | Path, model: MoLEModel, extra: dict[str, Any] | None = None) -> Path:
-    """Write `mole.safetensors` (experts + router) and `mole.json` (config, space, `extra`)."""
-    directory = Path(directory)
-    atomic_save_safetensors(directory / MOLE_WEIGHTS, model.trainable_state(), metadata={"format": "taslora-mole"})
-    atomic_write_json(
-        directory / MOLE_CONFIG,
-        {"format": "taslora-mole", "config": model.config.to_dict(), "space": model.space.to_dict(), **(extra or {})},
-    )
-    return directory
+def __getattr__(name: str) -> Any:
+    """Transitional alias: the checkpoint files moved to `taslora_core.mole_io`."""
+    if name in ("save_mole", "load_mole", "read_mole_config", "MOLE_WEIGHTS", "MOLE_CONFIG"):
+        from taslora_core import mole_io
 
-
-def read_mole_config(directory: str | Path) -> dict[str, Any]:
-    """The JSON written next to a MoLE checkpoint."""
-    path = Path(directory) / MOLE_CONFIG
-    if not path.exists():
-        raise CheckpointError(f"{directory} holds no MoLE checkpoint ({MOLE_CONFIG} missing); run `taslora train`")
-    return json.loads(path.read_text())
-
-
-def load_mole(directory: str | Path, supernet: Supernet) -> MoLEModel:
-    """Load experts + router saved by `save_mole` onto `supernet`."""
-    directory = Path(directory)
-    meta = read_mole_config(directory)
-    model = MoLEModel(supernet, MoLEConfig.from_dict(meta["config"]))
-    state = load_file(str(directory / MOLE_WEIGHTS))
-    expected = model.trainable_state()
-    check_state_keys(expected, state, str(directory / MOLE_WEIGHTS))
-    model.load_state_dict({**{f"supernet.{k}": v for k, v in supernet.state_dict().items()}, **state}, strict=True)
-    return model
+        return getattr(mole_io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

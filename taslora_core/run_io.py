@@ -17,7 +17,8 @@ from typing import Any
 import json
 
 from taslora_core.checkpoint import SPACE_JSON, SUPERNET_WEIGHTS, CheckpointError, file_sha256, load_supernet
-from taslora_core.mole import MOLE_CONFIG, MOLE_WEIGHTS, MoLEModel, load_mole, read_mole_config
+from taslora_core.mole import MoLEModel
+from taslora_core.mole_io import MOLE_CONFIG, MOLE_WEIGHTS, load_mole, read_mole_config
 from taslora_core.supernet import Supernet
 from taslora_core.workspace import latest
 

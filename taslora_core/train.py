@@ -48,7 +48,8 @@ from taslora_core.distributed import (
     DistContext, broadcast_object, broadcast_tensors, init_distributed, resolve_device, shutdown,
 )
 from taslora_core.evaluate import EvalResult, evaluate
-from taslora_core.mole import MoLEConfig, MoLEModel, save_mole
+from taslora_core.mole import MoLEConfig, MoLEModel
+from taslora_core.mole_io import save_mole
 from taslora_core.optim import finetune_optimizers, mole_optimizers, scaled_lr, supernet_optimizers
 from taslora_core.router import ROUTER_INITS, ROUTER_KINDS, RouterConfig
 from taslora_core.run_data import RecordedData, data_config_for, resolve_run_data

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from taslora_core import slicing
-from taslora_core.mole import MoLEModel
+from taslora_core.analysis import routing_entropy
+from taslora_core.mole import MoLEModel, column_scale
 from taslora_core.slicing import LINEAR_LAYERS, LINEAR_PATHS, block_dims
 from taslora_core.subnet import Subnet
 from taslora_core.supernet import Supernet
-from taslora_deploy.onnx_export import ParityError
+from taslora_deploy.errors import ParityError
 from taslora_deploy.standalone import StandaloneViT, materialize
 
 __all__ = ["FoldResult", "ParityError", "UnmergedMoLEViT", "check_parity", "fold_subnet"]
@@ -32,10 +32,7 @@ class FoldResult:
 
     def routing_entropy(self) -> float | None:
         """Mean entropy (nats) of the routing distributions."""
-        if self.routing is None:
-            return None
-        p = self.routing.clamp_min(1e-12)
-        return float(-(p * p.log()).sum(-1).mean())
+        return None if self.routing is None else routing_entropy(self.routing)
 
 
 @torch.no_grad()
@@ -61,7 +58,7 @@ class _LoRABranchLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         owner = self._owner[0]
-        scale = (owner.current_routing[self.block, self.layer] * owner.scale).repeat_interleave(owner.rank)
+        scale = column_scale(owner.current_routing[self.block, self.layer], owner.scale, owner.rank)
         return self.base(x) + ((x @ self.D.t()) * scale) @ self.U.t()
 
 
@@ -77,13 +74,11 @@ class UnmergedMoLEViT(nn.Module):
         self.current_routing = torch.empty(0)
         for b, block in enumerate(self.base.blocks):
             d = block_dims(supernet.space, subnet, b)
-            experts = mole.experts.blocks[b]
             for i, layer in enumerate(LINEAR_LAYERS):
                 parent_path, _, attr = LINEAR_PATHS[layer].rpartition(".")
                 parent = block.get_submodule(parent_path) if parent_path else block
-                u = slicing.rows(layer, experts[f"{layer}_U"], d)
-                dn = slicing.cols(layer, experts[f"{layer}_D"], d)
-                setattr(parent, attr, _LoRABranchLinear(getattr(parent, attr), u, dn, self, b, i))
+                u, dn = mole.experts.sliced_factors(layer, [b], d)
+                setattr(parent, attr, _LoRABranchLinear(getattr(parent, attr), u[0], dn[0], self, b, i))
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
