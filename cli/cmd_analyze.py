@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from taslora_cli.app import DEFAULT_WORKDIR_PATH, analyze_app, console, fail, handle_errors
+from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, analyze_app, console, fail, handle_errors
 
 
 def _load(ckpt: Path | None, workdir: Path):
@@ -32,7 +32,7 @@ def collapse_cmd(
     num_subnets: Annotated[int, typer.Option("--num-subnets", help="Number of distinct random subnets compared.")] = 8,
     val_subset: Annotated[int | None, typer.Option("--val-subset", help="Use the first N images of the validation split.")] = 2000,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for collapse.json and collapse.png (default: <ckpt>/analysis).")] = None,
-    workdir: Annotated[Path, typer.Option("--workdir", help="Workspace folder.")] = DEFAULT_WORKDIR_PATH,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR_PATH,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the subnet sample.")] = 0,
 ) -> None:
     """Penultimate-feature cosine similarity between sampled subnets, with and without the experts."""
@@ -74,7 +74,7 @@ def routing_cmd(
     ckpt: Annotated[Path | None, typer.Option("--ckpt", help="MoLE run folder (default: latest MoLE run).")] = None,
     num_subnets: Annotated[int, typer.Option("--num-subnets", help="Distinct random subnets whose blocks are averaged.")] = 200,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for routing.json and routing.png (default: <ckpt>/analysis).")] = None,
-    workdir: Annotated[Path, typer.Option("--workdir", help="Workspace folder.")] = DEFAULT_WORKDIR_PATH,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR_PATH,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the subnet sample.")] = 0,
 ) -> None:
     """How experts are used per architecture group and layer: entropy, top-expert share, own-expert share."""

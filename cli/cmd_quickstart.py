@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
-from taslora_cli.app import DEFAULT_WORKDIR_PATH, app, console, handle_errors, run_command
+from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, handle_errors, run_command
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def _plots(workdir: Path, supernet_dir: Path, mole_dir: Path, export_dir: Path) 
 def quickstart_cmd(
     fast: Annotated[bool, typer.Option("--fast", help="Smoke version (~2 minutes on 2 cores): tiny budgets, same steps.")] = False,
     flops_budget: Annotated[str, typer.Option("--flops", help="Search budget, AutoFormer FLOPs counter (the fmnist space spans 2.6M..10.5M).")] = "6M",
-    workdir: Annotated[Path, typer.Option("--workdir", help="Workspace folder (created if missing).")] = DEFAULT_WORKDIR_PATH,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR_PATH,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every step.")] = 0,
 ) -> None:
     """Train the fmnist supernet, train MoLE experts + router, search under a FLOPs budget, export and check it.

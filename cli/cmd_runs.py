@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from taslora_cli.app import DEFAULT_WORKDIR_PATH, app, console, handle_errors
+from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, handle_errors
 from taslora_core.workspace import KINDS, runs
 
 
@@ -41,7 +41,7 @@ def key_numbers(kind: str, path: Path) -> str:
 @app.command("runs")
 @handle_errors
 def runs_cmd(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Workspace folder.")] = DEFAULT_WORKDIR_PATH,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR_PATH,
     all_runs: Annotated[bool, typer.Option("--all", help="Also list unfinished runs (interrupted training, failed exports).")] = False,
 ) -> None:
     """List the supernets, MoLE runs, searches and exports of the workspace with their key numbers."""

@@ -25,7 +25,7 @@ more at the end with `finished: True`). `resume="latest"` continues the newest u
 (supernet training, or `train` with the given mode) in the workdir; `resume=PATH` continues that run folder
 (its mode comes from the run). A
 resumed run takes every setting from its own `train_config.json`; only runtime options (quiet, device,
-threads, workers, the test hook) come from the new call.
+threads, workers, workdir) come from the new call.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from taslora_core.train_loop import (
     TRAIN_STATE, LoopConfig, LoopResult, TrainingDiverged, TrainTask, autocast, load_train_state, run_loop,
     save_train_state,
 )
-from taslora_core.workspace import KINDS, WorkspaceError, new_run, runs
+from taslora_core.workspace import DEFAULT_WORKDIR, KINDS, WorkspaceError, new_run, runs
 
 __all__ = [
     "TrainConfig", "SupernetTrainConfig", "MoLETrainConfig", "RunResult", "EvalReport", "TrainingDiverged",
@@ -75,45 +75,64 @@ SPLIT_FILE = "split.json"
 SUMMARY = "summary.json"
 TRAIN_CONFIG = "train_config.json"
 # Options that belong to one invocation, not to the run: a resumed run takes them from the new call.
-RUNTIME_FIELDS = ("quiet", "device", "threads", "num_workers", "debug_nan_at_step", "workdir", "resume")
+RUNTIME_FIELDS = ("quiet", "device", "threads", "num_workers", "workdir")
 
 Log = Callable[[str], None]
 
 
 # ====================================================================== configuration
+SETTING_KEYS = ("help", "flag", "cli_type")
+
+
+def setting(default: Any, help: str, flag: str | None = None, cli_type: Any = None) -> Any:
+    """A config field with its command-line documentation: the single source of the option's default and help.
+
+    `help` (with units) documents the option; `flag` is its spelling when it is not `--<name-with-dashes>`
+    (e.g. "--amp/--no-amp"); `cli_type` is its command-line type when it differs from the field's (a str field
+    read as a Path). The CLI (`taslora_cli.config_options`) builds its options from this metadata; fields made
+    with plain defaults have no option of their own.
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, "cli_type": cli_type})
+
+
 @dataclass
 class TrainConfig:
     """Settings every training command shares."""
 
-    workdir: str = "taslora-runs"
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 128  # per rank
-    data: str = "fmnist"
-    val_size: int = 10000
-    val_subset: int | None = None  # evaluate on the first N held-out images only (epoch ends, summary)
-    train_subset: int | None = None
-    mixup: float | None = None  # None: the data preset's value
-    cutmix: float | None = None
-    smoothing: float | None = None
-    auto_augment: str | None = None  # "none" switches it off
-    re_prob: float | None = None
-    drop_path: float = 0.1
-    warmup_epochs: int = 1
-    weight_decay: float = 0.05
-    min_lr: float = 1e-5
-    device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA, off on CPU
-    threads: int | None = None
-    save_every_steps: int = 0
-    log_every: int = 10
-    clip_grad: float | None = None
-    eval_batch_size: int = 512
-    num_workers: int = 4
-    summary_subnets: int = 3  # random subnets evaluated in summary.json, besides the largest and smallest
-    name: str | None = None
-    quiet: bool = False
-    debug_nan_at_step: int | None = None  # TEST HOOK: make the loss NaN at this global step
+    workdir: str = str(DEFAULT_WORKDIR)  # the CLI's shared --workdir option
+    seed: int = 0  # the CLI's shared --seed option
+    epochs: int = setting(10, "Training epochs.")
+    batch_size: int = setting(128, "Images per step on each rank (total = this x ranks).")
+    data: str = setting(
+        "fmnist", "'fmnist' (Fashion-MNIST, Debian package) or an ImageNet-style folder PATH/{train,val}/<class>/*.")
+    val_size: int = setting(10000, "Held-out validation images carved from the training set (capped at 20%).")
+    val_subset: int | None = setting(None, "Evaluate on the first N held-out images only (epoch ends and summary).")
+    train_subset: int | None = setting(
+        None, "Train on the first N images of the (seeded, shuffled) training split only.")
+    # None: the data preset's value
+    mixup: float | None = setting(None, "Mixup alpha (default: the data preset's: 0 for fmnist, 0.8 for folders).")
+    cutmix: float | None = setting(None, "CutMix alpha (default: preset's: 0 fmnist, 1.0 folders).")
+    smoothing: float | None = setting(None, "Label smoothing (default: preset's 0.1).")
+    auto_augment: str | None = setting(  # "none" switches it off
+        None, "timm auto-augment policy for folder data, or 'none' (default: preset's rand-m9-mstd0.5-inc1 for folders).")
+    re_prob: float | None = setting(
+        None, "Random-erasing probability for folder data (default: preset's 0.25 for folders).")
+    drop_path: float = setting(0.1, "Max stochastic-depth rate (AutoFormer 0.1).")
+    warmup_epochs: int = setting(1, "Warm-up epochs.")
+    weight_decay: float = setting(0.05, "AdamW weight decay.")
+    min_lr: float = setting(1e-5, "Learning rate at the end of the cosine.")
+    device: str = setting("auto", "auto (CUDA if available), cpu, cuda or cuda:N.")
+    amp: bool | None = setting(None, "bf16 autocast (default: on for CUDA, off on CPU).", flag="--amp/--no-amp")
+    threads: int | None = setting(None, "torch CPU threads (default: torch's choice).")
+    save_every_steps: int = setting(0, "Also checkpoint every N steps (0: only at epoch ends).")
+    log_every: int = setting(10, "Write a metrics.jsonl step record every N steps.")
+    clip_grad: float | None = setting(
+        None, "Clip the gradient norm to this value (default: no clipping, as AutoFormer).")
+    eval_batch_size: int = setting(512, "Batch size of evaluation.")
+    num_workers: int = setting(4, "Data-loader workers for folder data.", flag="--workers")
+    summary_subnets: int = setting(3, "Random subnets evaluated in summary.json besides the largest and smallest.")
+    name: str | None = setting(None, "Suffix of the run folder name.")
+    quiet: bool = setting(False, "No progress bars.", flag="--quiet")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -121,7 +140,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "TrainConfig":
-        """Inverse of `to_dict` (unknown keys are ignored)."""
+        """Inverse of `to_dict` (unknown keys, e.g. options of older versions, are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in doc.items() if k in names})
 
@@ -130,29 +149,38 @@ class TrainConfig:
 class SupernetTrainConfig(TrainConfig):
     """`taslora supernet train`: AutoFormer's recipe (`autoformer.md` s6)."""
 
-    space: str = "fmnist"
-    lr: float = 5e-4  # base LR per 512 images; scaled by total batch / 512
-    warmup_lr: float = 1e-6
+    space: str = setting("fmnist", "Search space preset (fmnist, autoformer-t/s/b) or YAML.")
+    lr: float = setting(
+        5e-4, "Base learning rate per 512 images (AutoFormer 5e-4); the run uses lr x total batch / 512.")
+    warmup_lr: float = setting(1e-6, "Learning rate at the start of warm-up.")
 
 
 @dataclass
 class MoLETrainConfig(TrainConfig):
     """`taslora train`: experts + router on a frozen supernet (or a baseline, see `mode`)."""
 
-    supernet: str | None = None  # None: the newest supernet run of the workdir
-    mode: str = "mole"  # mole | single-lora | finetune
-    experts: int | None = None  # None: one per architecture group
-    rank: int = 8
-    lora_alpha: float = 1.0  # experts add (alpha / rank) U D; the paper's E = U D / r is 1
-    router: str = "lstm"
-    router_init: str = "group"
-    router_depth: bool = False
-    beta: float = 3.0
-    expert_lr: float = 5e-4  # also the LR of --mode finetune
-    router_lr: float = 0.1
-    warmup_start_lr: float = 1e-5
-    min_lr: float = 1e-6
-    momentum: float = 0.9
+    supernet: str | None = setting(
+        None, "Supernet run folder (default: the newest non-fine-tuned supernet run in --workdir).",
+        cli_type=Path | None)
+    mode: str = setting(
+        "mole", "mole (TAS-LoRA), single-lora (K=1 baseline) or finetune (full fine-tuning baseline; writes a "
+        "supernets run).")
+    experts: int | None = setting(None, "Experts K per layer (default: one per architecture group).")
+    rank: int = setting(8, "LoRA rank r of every expert.")
+    lora_alpha: float = setting(
+        1.0, "LoRA scale numerator: an expert adds (alpha / rank) U D (paper: 1, i.e. U D / r).")
+    router: str = setting("lstm", "Router core: lstm, gru or mlp (block-wise, no recurrence).")
+    router_init: str = setting("group", "group (group-wise init, TAS-LoRA) or random.")
+    router_depth: bool = setting(
+        False, "Feed the depth to the router too (groups then include depth).", flag="--router-depth/--no-router-depth")
+    beta: float = setting(3.0, "Group-wise init: bias of a group's own expert.")
+    expert_lr: float = setting(5e-4, "Experts' AdamW LR (also the LR of --mode finetune).")
+    router_lr: float = setting(0.1, "Router's SGD LR (momentum 0.9).")
+    warmup_start_lr: float = setting(1e-5, "Expert LR at the start of warm-up.")
+    warmup_epochs: int = setting(
+        1, "Epochs with the router frozen and the expert LR rising linearly from --warmup-start-lr (paper: 5 of 50).")
+    min_lr: float = setting(1e-6, "Expert LR at the end of the cosine (the router's goes to 0).")
+    momentum: float = 0.9  # the router's SGD momentum (no option)
 
 
 @dataclass
@@ -345,7 +373,7 @@ class MoLETask(TrainTask):
 def _loop_config(cfg: TrainConfig, amp: bool) -> LoopConfig:
     return LoopConfig(
         epochs=cfg.epochs, seed=cfg.seed, save_every_steps=cfg.save_every_steps, log_every=cfg.log_every,
-        amp=amp, clip_grad=cfg.clip_grad, quiet=cfg.quiet, debug_nan_at_step=cfg.debug_nan_at_step,
+        amp=amp, clip_grad=cfg.clip_grad, quiet=cfg.quiet,
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -41,7 +40,6 @@ from taslora_core.subnet import Subnet, sample_subnet
 TRAIN_STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
 STATE_FORMAT = "taslora-train-state"
-DEBUG_DUMP_ENV = "TASLORA_DEBUG_DUMP_DIR"  # TEST HOOK, see _debug_dump
 
 
 class TrainingDiverged(RuntimeError):
@@ -135,18 +133,12 @@ def train_step(
     ctx: DistContext,
     amp: bool = False,
     clip_grad: float | None = None,
-    inject_nan: bool = False,
 ) -> float:
-    """One optimisation step on `subnet` (learning rates already set by `task.optim.prepare`); returns the mean loss.
-
-    `inject_nan` is a TEST HOOK (the hidden `--debug-nan-at-step` option): it poisons the loss of this step.
-    """
+    """One optimisation step on `subnet` (learning rates already set by `task.optim.prepare`); returns the mean loss."""
     task.optim.zero_grad()
     with autocast(ctx, amp):
         logits = task.forward(images, subnet)
     loss = criterion(logits.float(), targets)
-    if inject_nan:
-        loss = loss * float("nan")
     loss.backward()
     mean_loss = all_reduce_grads(task.optim.trainable_params(), loss, ctx)
     if not math.isfinite(mean_loss):
@@ -220,7 +212,6 @@ class LoopConfig:
     amp: bool = False
     clip_grad: float | None = None
     quiet: bool = False
-    debug_nan_at_step: int | None = None  # TEST HOOK: poison the loss at this global step
 
 
 @dataclass
@@ -326,10 +317,7 @@ def run_loop(
                     images, targets = mixup_fn(images, targets)
                 t0 = time.perf_counter()
                 try:
-                    loss = train_step(
-                        task, images, targets, subnet, criterion, ctx, cfg.amp, cfg.clip_grad,
-                        inject_nan=cfg.debug_nan_at_step is not None and global_step == cfg.debug_nan_at_step,
-                    )
+                    loss = train_step(task, images, targets, subnet, criterion, ctx, cfg.amp, cfg.clip_grad)
                 except TrainingDiverged as err:
                     kept = (f"last good checkpoint {state_path} kept" if state_path.exists()
                             else "no checkpoint was written yet")
@@ -373,21 +361,7 @@ def run_loop(
         say(_epoch_line(epoch, cfg.epochs, record))
         if callback is not None:
             callback("epoch_end", {"epoch": epoch, "global_step": result.global_step, "val": val, "model": task.module})
-    _debug_dump(task, ctx)
     return result
-
-
-def _debug_dump(task: TrainTask, ctx: DistContext) -> None:
-    """TEST HOOK: with $TASLORA_DEBUG_DUMP_DIR set, every rank writes its trained tensors to rank<r>.safetensors
-    there (tests/test_ddp.py compares the ranks)."""
-    folder = os.environ.get(DEBUG_DUMP_ENV)
-    if not folder:
-        return
-    from safetensors.torch import save_file
-
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in task.model_state().items()},
-              str(Path(folder) / f"rank{ctx.rank}.safetensors"))
 
 
 def _epoch_line(epoch: int, epochs: int, record: dict[str, Any]) -> str:

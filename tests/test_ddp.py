@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -11,7 +12,6 @@ from safetensors.torch import load_file
 from conftest import requires_fmnist, subprocess_env
 from taslora_core.checkpoint import load_supernet
 from taslora_core.mole import MoLEConfig, MoLEModel
-from taslora_core.train_loop import DEBUG_DUMP_ENV
 
 pytestmark = requires_fmnist
 
@@ -19,10 +19,11 @@ pytestmark = requires_fmnist
 def test_two_rank_training_keeps_ranks_identical(trained_workspace, tmp_path) -> None:
     dump = tmp_path / "dump"
     env = subprocess_env()
-    env[DEBUG_DUMP_ENV] = str(dump)  # TEST HOOK: each rank writes its final trainable tensors there
+    # The entry point installs a training callback that writes each rank's final trainable tensors to `dump`.
+    entry = Path(__file__).with_name("ddp_rank_dump.py")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "taslora_cli.main", "train", "--supernet", str(trained_workspace["supernet_dir"]),
+        str(entry), str(dump), "train", "--supernet", str(trained_workspace["supernet_dir"]),
         "--epochs", "2", "--warmup-epochs", "1", "--train-subset", "512", "--batch-size", "32",
         "--expert-lr", "2e-3", "--val-subset", "128", "--summary-subnets", "0", "--threads", "1", "--quiet",
         "--workdir", str(tmp_path / "ws"),

@@ -25,7 +25,7 @@ from taslora_core.run_io import load_checkpoint, supernet_dir_of
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import sample_subnet
 from taslora_core.supernet import Supernet
-from taslora_core.train import MoLETrainConfig, train_mole
+from taslora_core.train import MoLETask, MoLETrainConfig, train_mole
 from taslora_core.train_loop import TRAIN_STATE
 
 pytestmark = requires_fmnist
@@ -178,9 +178,18 @@ def test_single_lora_and_finetune_modes_run(trained_workspace, tmp_path) -> None
 
 
 # ---------------------------------------------------------------------- NaN stop
-def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(trained_workspace, tmp_path) -> None:
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(trained_workspace, tmp_path, monkeypatch) -> None:
+    # Poison the logits of the 4th training step (global step index 3) from the test side.
+    real_forward, steps = MoLETask.forward, []
+
+    def forward_nan_at_step_3(self, images, subnet):
+        steps.append(len(steps))
+        logits = real_forward(self, images, subnet)
+        return logits * float("nan") if steps[-1] == 3 else logits
+
+    monkeypatch.setattr(MoLETask, "forward", forward_nan_at_step_3)
     res = run_cli(["train", "--supernet", trained_workspace["supernet_dir"], "--epochs", "1", "--train-subset", "256",
-                   "--batch-size", "32", "--save-every-steps", "2", "--debug-nan-at-step", "3", "--val-subset", "64",
+                   "--batch-size", "32", "--save-every-steps", "2", "--val-subset", "64",
                    "--quiet", "--workdir", tmp_path])
     assert res.exit_code == 3
     line = _one_line_error(res)
