@@ -1,4 +1,4 @@
-"""Checkpoint I/O: atomic writes, our safetensors supernet format, AutoFormer's official format.
+"""Checkpoint I/O: our safetensors supernet format, AutoFormer's official format (atomic writers re-exported).
 
 Nothing is unpickled without `weights_only=True`; AutoFormer's `args` (an argparse.Namespace) is the only
 extra class allowed, and only while reading an AutoFormer checkpoint.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,12 @@ from taslora_core.atomic import (  # noqa: F401  (re-exported: the writers' hist
     atomic_write_text,
 )
 from taslora_core.space import SearchSpace
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not match the model."""
+from taslora_core.state_check import (  # noqa: F401  (re-exported: their historical home)
+    CheckpointError,
+    check_state_keys,
+    load_state_strict,
+)
+from taslora_core.supernet import Supernet
 
 
 def load_torch(path: str | Path) -> Any:
@@ -48,28 +49,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------- key checks
-def check_state_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise CheckpointError naming missing, unexpected and mis-shaped keys."""
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    shapes = [
-        f"{k} {tuple(got[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in got and tuple(got[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
-            problems.append(f"{len(items)} {label}: {shown}")
-    if problems:
-        raise CheckpointError(
-            f"{source} does not match the supernet of this search space: {'; '.join(problems)}; "
-            "pass the --space the checkpoint was trained with"
-        )
 
 
 # ---------------------------------------------------------------------- AutoFormer format
@@ -97,24 +76,30 @@ def load_autoformer_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def load_autoformer_supernet(path: str | Path, space: SearchSpace | str) -> Supernet:
+    """A `Supernet` of `space` (a SearchSpace, preset name or YAML path) loaded strictly from an official
+    AutoFormer checkpoint (weights-only loading). `Supernet.from_autoformer_checkpoint` is an alias."""
+    space = SearchSpace.resolve(space) if isinstance(space, str) else space
+    model = Supernet(space)
+    load_state_strict(model, load_autoformer_state(path), source=str(path))
+    return model
+
+
 # ---------------------------------------------------------------------- our format
 SUPERNET_WEIGHTS = "supernet.safetensors"
 SPACE_JSON = "space.json"
 
 
-def save_supernet(directory: str | Path, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> Path:
+def save_supernet(directory: str | Path, model: Supernet, extra: dict[str, Any] | None = None) -> Path:
     """Write `supernet.safetensors` + `space.json` (plus `extra` fields) into `directory`."""
     directory = Path(directory)
-    space: SearchSpace = model.space  # type: ignore[assignment]
     atomic_save_safetensors(directory / SUPERNET_WEIGHTS, model.state_dict(), metadata={"format": "taslora-supernet"})
-    atomic_write_json(directory / SPACE_JSON, {"space": space.to_dict(), **(extra or {})})
+    atomic_write_json(directory / SPACE_JSON, {"space": model.space.to_dict(), **(extra or {})})
     return directory
 
 
-def load_supernet(directory: str | Path, device: str | torch.device = "cpu"):
+def load_supernet(directory: str | Path, device: str | torch.device = "cpu") -> Supernet:
     """Load a supernet saved by `save_supernet` (a directory, or the path of its safetensors file)."""
-    from taslora_core.supernet import Supernet
-
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -126,5 +111,5 @@ def load_supernet(directory: str | Path, device: str | torch.device = "cpu"):
         )
     space = SearchSpace.from_dict(json.loads(meta.read_text())["space"])
     model = Supernet(space)
-    model.load_state_dict_strict(load_file(str(weights)), source=str(weights))
+    load_state_strict(model, load_file(str(weights)), source=str(weights))
     return model.to(device)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from taslora_deploy.standalone import StandaloneViT, load_standalone, materialize, save_standalone
+from taslora_deploy.standalone import StandaloneViT, materialize
+from taslora_deploy.standalone_io import load_standalone, save_standalone
 
 _VERBS = {
     "export": "taslora_deploy.pipeline",

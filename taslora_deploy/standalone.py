@@ -2,66 +2,23 @@
 
 No slicing happens at run time: every layer is an ordinary `nn.Conv2d` / `nn.Linear` / `nn.LayerNorm` of
 the subnet's size and the relative-position index tables are precomputed buffers, so the model exports to
-ONNX/TensorRT as a static graph with a dynamic batch axis.
+ONNX/TensorRT as a static graph with a dynamic batch axis. Its layers and forward are the supernet's
+(`taslora_core.vit`), run on its own weights. Saving and loading: `taslora_deploy.standalone_io`.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from taslora_core import vit_ops
-from taslora_core.checkpoint import CheckpointError, atomic_save_safetensors, atomic_write_json, check_state_keys
 from taslora_core.slicing import Deltas, block_dims
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
-from taslora_core.supernet import RelPosTables
+from taslora_core.vit import Block, ModuleLayers, PatchEmbed, register_rel_index, vit_features
 
-MODEL_WEIGHTS = "model.safetensors"
-MODEL_CONFIG = "config.json"
-
-
-class Attention(nn.Module):
-    """Fused-qkv multi-head attention with AutoFormer's 2-D relative positions on keys and values."""
-
-    def __init__(self, embed: int, heads: int, head_dim: int, rel_rows: int | None) -> None:
-        super().__init__()
-        self.heads, self.head_dim = heads, head_dim
-        self.qkv = nn.Linear(embed, 3 * heads * head_dim)
-        if rel_rows is not None:
-            self.rel_pos_embed_k = RelPosTables(rel_rows, head_dim)
-            self.rel_pos_embed_v = RelPosTables(rel_rows, head_dim)
-        self.proj = nn.Linear(heads * head_dim, embed)
-        self.relative = rel_rows is not None
-
-    def forward(self, x: torch.Tensor, idx_v: torch.Tensor, idx_h: torch.Tensor) -> torch.Tensor:
-        rel_k = rel_v = None
-        if self.relative:
-            k, v = self.rel_pos_embed_k, self.rel_pos_embed_v
-            rel_k = vit_ops.rel_pos_embedding(k.embeddings_table_v, k.embeddings_table_h, idx_v, idx_h)
-            rel_v = vit_ops.rel_pos_embedding(v.embeddings_table_v, v.embeddings_table_h, idx_v, idx_h)
-        return self.proj(vit_ops.attention_core(self.qkv(x), self.heads, self.head_dim, rel_k, rel_v))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block."""
-
-    def __init__(self, embed: int, heads: int, head_dim: int, hidden: int, rel_rows: int | None) -> None:
-        super().__init__()
-        self.attn = Attention(embed, heads, head_dim, rel_rows)
-        self.attn_layer_norm = nn.LayerNorm(embed, eps=vit_ops.LN_EPS)
-        self.ffn_layer_norm = nn.LayerNorm(embed, eps=vit_ops.LN_EPS)
-        self.fc1 = nn.Linear(embed, hidden)
-        self.fc2 = nn.Linear(hidden, embed)
-
-    def forward(self, x: torch.Tensor, idx_v: torch.Tensor, idx_h: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_layer_norm(x), idx_v, idx_h)
-        return x + self.fc2(vit_ops.gelu(self.fc1(self.ffn_layer_norm(x))))
+__all__ = ["StandaloneViT", "materialize"]
 
 
 class StandaloneViT(nn.Module):
@@ -72,28 +29,22 @@ class StandaloneViT(nn.Module):
         subnet.check_fits(space)
         self.space, self.subnet = space, subnet
         e = subnet.embed_dim
-        rel_rows = space.rel_table_rows if space.relative_position else None
+        self.block_dims = [block_dims(space, subnet, b) for b in range(subnet.depth)]
         if space.abs_pos:
             self.pos_embed = nn.Parameter(torch.zeros(1, space.num_tokens, e))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(space.in_chans, e, space.patch_size, space.patch_size)
+        self.patch_embed = PatchEmbed(space.in_chans, e, space.patch_size)
         self.blocks = nn.ModuleList(
-            Block(e, d.heads, d.head_dim, d.hidden, rel_rows)
-            for d in (block_dims(space, subnet, b) for b in range(subnet.depth))
+            Block(e, d.qk, d.hidden, (space.rel_table_rows, d.head_dim) if space.relative_position else None)
+            for d in self.block_dims
         )
-        self.norm = nn.LayerNorm(e, eps=vit_ops.LN_EPS)
+        self.norm = nn.LayerNorm(e)
         self.head = nn.Linear(e, space.num_classes)
-        idx_v, idx_h = vit_ops.rel_pos_index(space.img_size // space.patch_size, space.max_relative_position)
-        self.register_buffer("rel_idx_v", idx_v, persistent=False)
-        self.register_buffer("rel_idx_h", idx_h, persistent=False)
+        register_rel_index(self, space)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features (B, E)."""
-        h = vit_ops.embed_tokens(self.patch_embed.proj(x), self.cls_token, getattr(self, "pos_embed", None))
-        for block in self.blocks:
-            h = block(h, self.rel_idx_v, self.rel_idx_h)
-        return vit_ops.pool(self.norm(h), self.space.global_pool)
+        return vit_features(x, ModuleLayers(self), self.space, self.block_dims, (self.rel_idx_v, self.rel_idx_h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images (B, C, H, W)."""
@@ -115,32 +66,11 @@ def materialize(supernet: nn.Module, subnet: Subnet, deltas: Deltas | None = Non
     return model.to(device=ref.device, dtype=ref.dtype).eval()
 
 
-def save_standalone(directory: str | Path, model: StandaloneViT, extra: dict[str, Any] | None = None) -> Path:
-    """Write `model.safetensors` + `config.json` (space, subnet, and `extra` such as routing weights)."""
-    directory = Path(directory)
-    atomic_save_safetensors(directory / MODEL_WEIGHTS, model.state_dict(), metadata={"format": "taslora-standalone"})
-    config = {
-        "format": "taslora-standalone",
-        "space": model.space.to_dict(),
-        "subnet": model.subnet.to_dict(),
-        "input_shape": list(model.input_shape),
-        **(extra or {}),
-    }
-    atomic_write_json(directory / MODEL_CONFIG, config)
-    return directory
+def __getattr__(name: str) -> Any:
+    # The file I/O moved to standalone_io; this keeps `from taslora_deploy.standalone import load_standalone`
+    # (and the other old names) working without a module-level import cycle.
+    if name in ("save_standalone", "load_standalone", "MODEL_WEIGHTS", "MODEL_CONFIG"):
+        from taslora_deploy import standalone_io  # noqa: PLC0415
 
-
-def load_standalone(directory: str | Path, device: str | torch.device = "cpu") -> StandaloneViT:
-    """Load a model written by `save_standalone` (or `taslora export`) in one call."""
-    directory = Path(directory)
-    weights, config_path = directory / MODEL_WEIGHTS, directory / MODEL_CONFIG
-    if not weights.exists() or not config_path.exists():
-        raise CheckpointError(
-            f"{directory} holds no standalone model (needs {MODEL_WEIGHTS} and {MODEL_CONFIG}); run `taslora export`"
-        )
-    config = json.loads(config_path.read_text())
-    model = StandaloneViT(SearchSpace.from_dict(config["space"]), Subnet.from_dict(config["subnet"]))
-    state = load_file(str(weights))
-    check_state_keys(model.state_dict(), state, str(weights))
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+        return getattr(standalone_io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
