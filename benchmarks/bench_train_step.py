@@ -4,7 +4,7 @@
     python benchmarks/bench_train_step.py --space autoformer-t --batch 4 --steps 6
     python benchmarks/bench_train_step.py --space fmnist --space autoformer-t --batch 128 --batch 4
 
-Both steps are `taslora_core.train_loop.train_step` (forward, loss, backward, gradient all-reduce, optimiser
+Both steps are `taslora_core.train.loop.train_step` (forward, loss, backward, gradient all-reduce, optimiser
 step) exactly as training runs them: the plain step trains every supernet weight with AutoFormer's AdamW; the
 MoLE step trains experts (AdamW) and router (SGD, past warm-up) on the frozen supernet. Each round samples one
 subnet and times both steps on it, alternating which runs first. "router+merge" is the router forward plus the
@@ -37,12 +37,12 @@ from timm.loss import LabelSmoothingCrossEntropy  # noqa: E402
 
 from taslora_core.distributed import DistContext  # noqa: E402
 from taslora_core.mole import MoLEConfig, MoLEModel  # noqa: E402
-from taslora_core.optim import mole_optimizers, supernet_optimizers  # noqa: E402
+from taslora_core.train.optim import mole_optimizers, supernet_optimizers  # noqa: E402
 from taslora_core.space import SearchSpace  # noqa: E402
 from taslora_core.subnet import sample_subnet  # noqa: E402
 from taslora_core.supernet import Supernet  # noqa: E402
 from taslora_core.train import MoLETask, SupernetTask  # noqa: E402
-from taslora_core.train_loop import autocast, train_step  # noqa: E402
+from taslora_core.train.loop import autocast, train_step  # noqa: E402
 
 
 def _per_layer_reference():

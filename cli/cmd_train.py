@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from rich.table import Table
 from taslora_cli.app import DEFAULT_WORKDIR_PATH, SeedOpt, WorkdirOpt, app, console, fail, handle_errors, supernet_app
 from taslora_cli.config_options import config_option, config_options
 from taslora_core.train import (
-    MoLETrainConfig, SupernetTrainConfig, TrainConfig, TrainingDiverged, evaluate_run, import_supernet, train_mole,
+    MoLETrainConfig, RunResult, SupernetTrainConfig, TrainConfig, TrainingDiverged, evaluate_run, import_supernet, train_mole,
     train_supernet,
 )
 
@@ -38,10 +39,17 @@ def _say(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True)
 
 
-def _diverged(err: TrainingDiverged) -> typer.Exit:
-    if not _is_main_process():
-        return typer.Exit(3)
-    return fail(f"{err}", code=3)
+def _run_training(trainer: Callable[..., RunResult], cfg: TrainConfig, resume: str | None) -> None:
+    """Run `trainer` (train_supernet or train_mole), print its summary and folder; a diverged run exits with 3."""
+    try:
+        run = trainer(cfg, resume=resume, log=_say)
+    except TrainingDiverged as err:
+        raise (fail(f"{err}", code=3) if _is_main_process() else typer.Exit(3)) from None
+    _print_summary(run.summary)
+    if _is_main_process():
+        kind = run.summary.get("kind")
+        what = {"supernet": "supernet", "finetune": "fine-tuned supernet"}.get(kind, "MoLE experts + router")
+        _say(f"{what} written to {run.run_dir}")
 
 
 def _fmt(res: dict[str, Any]) -> str:
@@ -79,13 +87,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @config_options(SupernetTrainConfig)
 def supernet_train_cmd(cfg: SupernetTrainConfig, resume: ResumeOpt = None) -> None:
     """Train a weight-entangled supernet from scratch (AutoFormer's recipe, one random subnet per step)."""
-    try:
-        run = train_supernet(cfg, resume=resume, log=_say)
-    except TrainingDiverged as err:
-        raise _diverged(err) from None
-    _print_summary(run.summary)
-    if _is_main_process():
-        _say(f"supernet written to {run.run_dir}")
+    _run_training(train_supernet, cfg, resume)
 
 
 # ---------------------------------------------------------------------- supernet import
@@ -111,14 +113,7 @@ def supernet_import_cmd(
 @config_options(MoLETrainConfig)
 def train_cmd(cfg: MoLETrainConfig, resume: ResumeOpt = None) -> None:
     """Train LoRA experts + router on a frozen supernet (TAS-LoRA), or one of the paper's baselines."""
-    try:
-        run = train_mole(cfg, resume=resume, log=_say)
-    except TrainingDiverged as err:
-        raise _diverged(err) from None
-    _print_summary(run.summary)
-    if _is_main_process():
-        what = "fine-tuned supernet" if run.summary.get("kind") == "finetune" else "MoLE experts + router"
-        _say(f"{what} written to {run.run_dir}")
+    _run_training(train_mole, cfg, resume)
 
 
 # ---------------------------------------------------------------------- eval

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import cli_subprocess, requires_fmnist, subprocess_env
 from taslora_core.run_io import load_checkpoint
-from taslora_core.train_loop import TRAIN_STATE
+from taslora_core.train.loop import TRAIN_STATE
 
 pytestmark = requires_fmnist
 

@@ -20,13 +20,13 @@ from conftest import cli_subprocess, requires_fmnist, run_cli, subprocess_env
 from taslora_core import data as D
 from taslora_core.checkpoint import SUPERNET_WEIGHTS, file_sha256, load_supernet
 from taslora_core.evaluate import folded_tensors
-from taslora_core.optim import autoformer_param_groups, supernet_optimizers
+from taslora_core.train.optim import autoformer_param_groups, supernet_optimizers
 from taslora_core.run_io import load_checkpoint, supernet_dir_of
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import sample_subnet
 from taslora_core.supernet import Supernet
 from taslora_core.train import MoLETask, MoLETrainConfig, train_mole
-from taslora_core.train_loop import TRAIN_STATE
+from taslora_core.train.loop import TRAIN_STATE
 
 pytestmark = requires_fmnist
 

@@ -158,12 +158,7 @@ def supernet_optimizers(
     min_lr: float = 1e-5,
 ) -> OptimizerSet:
     """AutoFormer's supernet recipe; `lr` is the already scaled learning rate."""
-    for p in supernet.parameters():
-        p.requires_grad_(True)
-    params = [p for p in supernet.parameters()]
-    opt = torch.optim.AdamW(autoformer_param_groups(supernet, weight_decay), lr=lr, eps=1e-8)
-    sched = _cosine(opt, total_steps, warmup_steps, warmup_lr, min_lr, prefix=False)
-    return OptimizerSet([ScheduledOptimizer("supernet", opt, sched, params)])
+    return _whole_supernet(supernet, lr, total_steps, warmup_steps, warmup_lr, min_lr, weight_decay, prefix=False)
 
 
 def mole_optimizers(
@@ -201,9 +196,15 @@ def finetune_optimizers(
     weight_decay: float = 0.05,
 ) -> OptimizerSet:
     """Full fine-tuning of the supernet: AutoFormer's AdamW groups with the experts' warm-up + cosine schedule."""
+    return _whole_supernet(supernet, lr, total_steps, warmup_steps, warmup_start_lr, min_lr, weight_decay, prefix=True)
+
+
+def _whole_supernet(supernet: nn.Module, lr: float, total_steps: int, warmup_steps: int, warmup_lr: float,
+                    min_lr: float, weight_decay: float, prefix: bool) -> OptimizerSet:
+    """Every supernet parameter trained by AdamW with AutoFormer's groups, on one warm-up + cosine schedule."""
     for p in supernet.parameters():
         p.requires_grad_(True)
     params = [p for p in supernet.parameters()]
     opt = torch.optim.AdamW(autoformer_param_groups(supernet, weight_decay), lr=lr, eps=1e-8)
-    sched = _cosine(opt, total_steps, warmup_steps, warmup_start_lr, min_lr, prefix=True)
+    sched = _cosine(opt, total_steps, warmup_steps, warmup_lr, min_lr, prefix=prefix)
     return OptimizerSet([ScheduledOptimizer("supernet", opt, sched, params)])

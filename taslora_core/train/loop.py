@@ -33,7 +33,7 @@ from torch import nn
 
 from taslora_core.checkpoint import atomic_torch_save, atomic_write_text, load_torch
 from taslora_core.distributed import DistContext, all_reduce_grads
-from taslora_core.optim import OptimizerSet
+from taslora_core.train.optim import OptimizerSet
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, sample_subnet
 
@@ -93,7 +93,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------- the task interface
 class TrainTask:
-    """What the loop trains. Subclasses (in `taslora_core.train`) define the model side."""
+    """What the loop trains. Subclasses (`taslora_core.train.tasks`) define the model side."""
 
     kind = "task"
     space: SearchSpace

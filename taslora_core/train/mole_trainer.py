@@ -1,0 +1,176 @@
+"""`train_mole`: train MoLE experts + router on a frozen supernet (TAS-LoRA) or one of its baselines
+(`single-lora`: one expert; `finetune`: full fine-tuning of the supernet, written as a `supernets` run)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from taslora_core import data as D
+from taslora_core.checkpoint import (
+    SPACE_JSON, SUPERNET_WEIGHTS, CheckpointError, atomic_write_json, file_sha256, load_supernet, save_supernet,
+)
+from taslora_core.distributed import broadcast_object, broadcast_tensors
+from taslora_core.mole import MoLEConfig, MoLEModel
+from taslora_core.mole_io import save_mole
+from taslora_core.router import ROUTER_INITS, ROUTER_KINDS, RouterConfig
+from taslora_core.run_data import RecordedData, describe_data, resolve_run_data
+from taslora_core.run_io import is_supernet_dir, resolve_supernet
+from taslora_core.train.config import MODES, MoLETrainConfig
+from taslora_core.train.loop import TRAIN_STATE, TrainTask, run_loop, save_train_state
+from taslora_core.train.optim import finetune_optimizers, mole_optimizers
+from taslora_core.train.resume import open_resume, with_runtime
+from taslora_core.train.run_files import (
+    SPLIT_FILE, SUMMARY, TRAIN_CONFIG, RunResult, relative_to_run, run_kind_dir, write_run_config,
+)
+from taslora_core.train.run_setup import (
+    Log, check_classes, check_common, loop_config, split_note, training_process, use_amp,
+)
+from taslora_core.train.summary import common_summary, compare, eval_subnets, mean_improvement
+from taslora_core.train.tasks import FinetuneTask, MoLETask, SupernetTask
+from taslora_core.workspace import new_run, runs
+
+
+def default_supernet(workdir: str | Path) -> Path:
+    """The newest finished supernet run that is not a `--mode finetune` baseline (else the newest one)."""
+    for run in reversed(runs(workdir, "supernets")):
+        try:
+            meta = json.loads((run.path / SPACE_JSON).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "finetuned_from" not in meta:
+            return run.path
+    return resolve_supernet(workdir, None)
+
+
+def mole_config(cfg: MoLETrainConfig) -> MoLEConfig:
+    if cfg.router not in ROUTER_KINDS:
+        raise ValueError(f"unknown --router '{cfg.router}'; choose one of {', '.join(ROUTER_KINDS)}")
+    if cfg.router_init not in ROUTER_INITS:
+        raise ValueError(f"unknown --router-init '{cfg.router_init}'; choose one of {', '.join(ROUTER_INITS)}")
+    if cfg.rank < 1:
+        raise ValueError(f"--rank must be >= 1, got {cfg.rank}")
+    if not cfg.lora_alpha > 0:
+        raise ValueError(f"--lora-alpha must be > 0, got {cfg.lora_alpha}")
+    experts = 1 if cfg.mode == "single-lora" else cfg.experts
+    if experts is not None and experts < 1:
+        raise ValueError(f"--experts must be >= 1, got {experts}")
+    router = RouterConfig(kind=cfg.router, include_depth=cfg.router_depth, init=cfg.router_init, beta=cfg.beta)
+    return MoLEConfig(num_experts=experts, rank=cfg.rank, router=router, alpha=cfg.lora_alpha)
+
+
+def train_mole(
+    cfg: MoLETrainConfig,
+    resume: str | None = None,
+    log: Log | None = None,
+    callback: Callable[[str, dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Train MoLE experts + router on a frozen supernet (`mode` mole or single-lora) into a new `mole` run, or
+    fine-tune the whole supernet (`mode` finetune) into a new `supernets` run; or resume such a run."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"unknown --mode '{cfg.mode}'; choose one of {', '.join(MODES)}")
+    with training_process(cfg, log) as (ctx, say):
+        resume_state = None
+        if resume:
+            run_dir, doc, resume_state = open_resume(resume, cfg.workdir, cfg.mode, MODES)
+            cfg = with_runtime(MoLETrainConfig.from_dict(doc["config"]), cfg)  # type: ignore[assignment]
+            supernet_dir, source = Path(doc["supernet_dir"]), "recorded in the resumed run"
+            want_sha = doc["supernet_sha256"]
+            say(f"resuming {run_dir} at step {resume_state['global_step']} (settings from its {TRAIN_CONFIG})")
+        elif cfg.supernet:
+            supernet_dir, source, want_sha = Path(cfg.supernet), "--supernet", None
+        else:
+            supernet_dir, source, want_sha = default_supernet(cfg.workdir), f"latest in workspace {cfg.workdir}", None
+        if supernet_dir.is_file():
+            supernet_dir = supernet_dir.parent
+        supernet_dir = supernet_dir.resolve()
+        if not is_supernet_dir(supernet_dir):
+            raise CheckpointError(
+                f"{supernet_dir} is not a taslora supernet (needs {SUPERNET_WEIGHTS} and {SPACE_JSON}); "
+                "train one with `taslora supernet train` or import one with `taslora supernet import`"
+            )
+        sha = file_sha256(supernet_dir / SUPERNET_WEIGHTS)
+        if want_sha and sha != want_sha:
+            raise CheckpointError(f"supernet {supernet_dir} changed since this run started (sha256 mismatch); start a new run")
+        say(f"supernet: {supernet_dir} ({source})")
+        supernet = load_supernet(supernet_dir, ctx.device)
+        supernet.set_drop_path(cfg.drop_path)
+        space = supernet.space
+        # a new run reuses the supernet's held-out split when it was made on the same data
+        recorded = None if resume else RecordedData.read(supernet_dir, SPACE_JSON, "the supernet run")
+        run_data = resolve_run_data(space, recorded, cfg.data, cfg.to_dict())
+        dc = run_data.config
+        check_common(cfg, dc)
+        mcfg = mole_config(cfg) if cfg.mode != "finetune" else None
+
+        if resume:
+            split, split_src = D.load_split(run_dir / SPLIT_FILE), f"reused from {run_dir / SPLIT_FILE}"
+        else:
+            split, split_src = run_data.split, run_data.split_source
+        bundle = D.build_data(dc, cfg.val_size, cfg.seed, cfg.train_subset, cfg.val_subset, split)
+        check_classes(bundle, space)
+        if not resume:
+            kdir = run_kind_dir(cfg.mode)
+            default_name = {"mole": "mole", "single-lora": "single-lora", "finetune": "finetune"}[cfg.mode]
+            run_dir = Path(broadcast_object(str(new_run(cfg.workdir, kdir, cfg.name or default_name)) if ctx.is_main else None, ctx))
+            if ctx.is_main:
+                D.save_split(run_dir / SPLIT_FILE, bundle.split)
+                write_run_config(run_dir, cfg.mode, cfg, {
+                    "supernet_dir": str(supernet_dir), "supernet_sha256": sha, "space": space.to_dict(), "data": dc.to_dict(),
+                })
+        say(f"data: {describe_data(dc)}; split {split_src}: {split_note(bundle.split, bundle)}")
+        say(f"run folder: {run_dir}")
+
+        loaders = D.make_loaders(bundle, dc, cfg.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.num_workers,
+                                 cfg.eval_batch_size)
+        steps_per_epoch = len(loaders.train)
+        steps, warmup = steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs
+        amp = use_amp(cfg, ctx)
+        torch.manual_seed(cfg.seed)
+        if cfg.mode == "finetune":
+            optim = finetune_optimizers(supernet, steps, warmup, cfg.expert_lr, cfg.warmup_start_lr, cfg.min_lr, cfg.weight_decay)
+            broadcast_tensors(list(supernet.parameters()), ctx)
+            task: TrainTask = FinetuneTask(supernet, optim, loaders.val, eval_subnets(space), ctx, amp)
+            what = f"full fine-tuning of the supernet, lr {cfg.expert_lr:g}"
+        else:
+            model = MoLEModel(supernet, mcfg).to(ctx.device)
+            optim = mole_optimizers(model.experts, model.router, steps, warmup, cfg.expert_lr, cfg.router_lr,
+                                    cfg.warmup_start_lr, cfg.min_lr, cfg.weight_decay, cfg.momentum)
+            broadcast_tensors(list(model.experts.parameters()) + list(model.router.parameters()), ctx)
+            task = MoLETask(model, optim, loaders.val, eval_subnets(space), ctx, amp)
+            what = (f"{cfg.mode}: K={model.num_experts} experts of rank {cfg.rank} (alpha {cfg.lora_alpha:g}), router {cfg.router} "
+                    f"({cfg.router_init} init, beta {cfg.beta:g}); experts AdamW lr {cfg.expert_lr:g}, "
+                    f"router SGD lr {cfg.router_lr:g} (frozen for {cfg.warmup_epochs} warm-up epoch(s))")
+        say(f"training {cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size} x {ctx.world_size} rank(s), "
+            f"{what}, device {ctx.device}, amp {'bf16' if amp else 'off'}")
+        extra = {"config": cfg.to_dict(), "space": space.to_dict(), "supernet_dir": str(supernet_dir), "supernet_sha256": sha}
+        result = run_loop(task, loaders.train, D.make_train_loss(dc), D.make_mixup(dc, bundle.num_classes), ctx,
+                          loop_config(cfg, amp), run_dir, extra, resume_state, say, callback)
+
+        summary: dict[str, Any] = {"kind": cfg.mode, "run": run_dir.name, "space": space.name,
+                                   "supernet_dir": str(supernet_dir), **common_summary(cfg, result, bundle)}
+        if cfg.mode == "finetune":
+            original = load_supernet(supernet_dir, ctx.device)
+            base_task = SupernetTask(original, None, loaders.val, [], ctx, amp)
+            summary["val"] = compare(task, base_task, space, cfg, "finetuned", "original")
+        else:
+            summary["val"] = compare(task, None, space, cfg, "with_experts", "without_experts")
+        summary["mean_improvement"] = mean_improvement(summary["val"])
+        if ctx.is_main:
+            save_train_state(run_dir / TRAIN_STATE, task, loaders.train, result.global_step, extra, finished=True)
+            atomic_write_json(run_dir / SUMMARY, summary)
+            common = {"data": dc.to_dict(), "split": SPLIT_FILE, "train": cfg.to_dict(), "mode": cfg.mode, "seed": cfg.seed}
+            if cfg.mode == "finetune":
+                save_supernet(run_dir, supernet, extra={
+                    "kind": "finetune", "finetuned_from": relative_to_run(supernet_dir, run_dir, Path(cfg.workdir)),
+                    "finetuned_from_sha256": sha, **common,
+                })
+            else:
+                save_mole(run_dir, task.model, extra={  # type: ignore[attr-defined]
+                    "supernet_dir": relative_to_run(supernet_dir, run_dir, Path(cfg.workdir)), "supernet_sha256": sha, **common,
+                })
+        return RunResult(run_dir, summary)
