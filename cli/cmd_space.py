@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from taslora_cli.app import app, console, fail, handle_errors
-from taslora_core.complexity import flops, format_amount, params
+from taslora_core.complexity import COUNTERS, flops, format_amount, params
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, smallest_subnet
 
@@ -33,7 +33,7 @@ def space_cmd(
     groups = space.groups()
     table.add_row("groups = experts K", str(len(groups)))
     lo, hi = smallest_subnet(space), largest_subnet(space)
-    for counter in ("autoformer", "macs"):
+    for counter in COUNTERS:
         table.add_row(f"FLOPs ({counter})", f"{format_amount(flops(space, lo, counter))} .. {format_amount(flops(space, hi, counter))}")
     table.add_row("params", f"{format_amount(params(space, lo))} .. {format_amount(params(space, hi))}")
     console.print(table)
@@ -62,8 +62,8 @@ def flops_cmd(
     table = Table(title=f"subnet {subnet_path.name} in {space.name}")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row("FLOPs (autoformer)", format_amount(flops(space, subnet, "autoformer")))
-    table.add_row("FLOPs (macs)", format_amount(flops(space, subnet, "macs")))
+    for counter in COUNTERS:
+        table.add_row(f"FLOPs ({counter})", format_amount(flops(space, subnet, counter)))
     table.add_row("params", f"{params(space, subnet):,}")
     table.add_row("in search space", "yes" if subnet.in_space(space) else "no (fits the supernet)")
     console.print(table)
