@@ -10,13 +10,14 @@ import typer
 from rich.table import Table
 
 from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, handle_errors
-from taslora_core.workspace import KINDS, runs
+from taslora_core.workspace import BEST_JSON, KINDS, SUMMARY_JSON, runs
+from taslora_deploy.artifacts import REPORT
 
 
 def key_numbers(kind: str, path: Path) -> str:
     """A short 'key=value' summary of a run from its summary.json / best.json / report.json."""
     doc: dict[str, Any] = {}
-    for name in ("summary.json", "best.json" if kind == "searches" else "", "report.json" if kind == "exports" else ""):
+    for name in (SUMMARY_JSON, BEST_JSON if kind == "searches" else "", REPORT if kind == "exports" else ""):
         if name and (path / name).exists():
             try:
                 doc = {**json.loads((path / name).read_text()), **doc}

@@ -98,7 +98,7 @@ def search_cmd(
     )
     ctx = init_distributed(device)
     try:
-        run = run_search(config, ctx, _Printer(), _latency_factory(workdir, ctx))
+        run = run_search(config, ctx, SearchPrinter(), _latency_factory(workdir, ctx))
     except BaseException:
         if ctx.distributed:
             import torch.distributed as dist
@@ -125,7 +125,7 @@ def _latency_factory(workdir: Path, ctx: DistContext):
     return make
 
 
-class _Printer(SearchEvents):
+class SearchPrinter(SearchEvents):
     """Prints the search's progress (rank 0 only: run_search reports nothing on the other ranks)."""
 
     counter = _BUDGET.counter  # the FLOPs counter of the bounds, known once the search started

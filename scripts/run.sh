@@ -42,7 +42,14 @@ setup_venv
 setup_data
 export PYTHONUNBUFFERED=1
 case "$cmd" in
-  quickstart) exec "$VENV/bin/taslora" quickstart "$@" ;;
+  quickstart)
+    # Start from the converged supernet shipped with the repository (benchmarks/reproduction/), unless the
+    # caller chose a supernet or the smoke version: the MoLE step then shows what MoLE does on a converged model.
+    shipped="$ROOT/benchmarks/reproduction/supernet"
+    if [ -f "$shipped/supernet.safetensors" ] && [[ " $* " != *" --supernet "* ]] && [[ " $* " != *" --fast "* ]]; then
+      set -- --supernet "$shipped" "$@"
+    fi
+    exec "$VENV/bin/taslora" quickstart "$@" ;;
   test) cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
   taslora) exec "$VENV/bin/taslora" "$@" ;;
   setup) ;;

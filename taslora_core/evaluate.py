@@ -36,6 +36,39 @@ def folded_tensors(
     return {k: v.detach() for k, v in supernet.subnet_tensors(subnet, deltas).items()}
 
 
+def _logits(supernet: Supernet, subnet: Subnet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            mole: MoLEModel | None, use_experts: bool, device: str | torch.device | None):
+    """(logits float32, labels) per batch, the experts folded once; the supernet in eval mode meanwhile."""
+    was_training = supernet.training
+    supernet.eval()
+    device = device or next(supernet.parameters()).device
+    tensors = folded_tensors(supernet, subnet, mole, use_experts)
+    try:
+        for images, labels in batches:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            yield supernet.forward_tensors(images, subnet, tensors).float(), labels
+    finally:
+        supernet.train(was_training)
+
+
+@torch.no_grad()
+def per_image(
+    supernet: Supernet,
+    subnet: Subnet,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    mole: MoLEModel | None = None,
+    use_experts: bool = True,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (correct: bool, cross-entropy: float32) on the CPU, in batch order: the raw material of
+    paired comparisons (the same images with and without experts, or of two methods)."""
+    correct, losses = [], []
+    for logits, labels in _logits(supernet, subnet, batches, mole, use_experts, device):
+        correct.append((logits.argmax(dim=1) == labels).cpu())
+        losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+    return torch.cat(correct), torch.cat(losses)
+
+
 @torch.no_grad()
 def evaluate(
     supernet: Supernet,
@@ -46,20 +79,14 @@ def evaluate(
     device: str | torch.device | None = None,
 ) -> EvalResult:
     """Loss/top-1 of `subnet` over `batches`. Under torch.distributed the sums are all-reduced across ranks."""
-    was_training = supernet.training
-    supernet.eval()
     device = device or next(supernet.parameters()).device
-    tensors = folded_tensors(supernet, subnet, mole, use_experts)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    for images, labels in batches:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = supernet.forward_tensors(images, subnet, tensors).float()
+    for logits, labels in _logits(supernet, subnet, batches, mole, use_experts, device):
         totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         totals[1] += (logits.argmax(dim=1) == labels).sum()
         totals[2] += labels.numel()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
-    supernet.train(was_training)
     count = int(totals[2].item())
     if count == 0:
         raise ValueError("evaluation saw no images; check --val-subset and the split")

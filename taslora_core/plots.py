@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,35 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from taslora_core.atomic import atomic_write  # noqa: E402
+
 
 def _save(fig: Any, path: str | Path, **savefig_kw: Any) -> Path:
-    """Write the figure to `path` as PNG via a temp file renamed into place, then close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, **savefig_kw)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    """Write the figure to `path` as PNG (atomically), then close it."""
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, **savefig_kw))
+    finally:
+        plt.close(fig)
+
+
+def training_curve_points(run: str | Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl as flat curve points: train loss per logged step, validation per epoch end."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    points: list[dict[str, Any]] = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        step = rec.get("global_step")
+        if rec.get("type") == "step" and "loss" in rec:
+            points.append({"step": step, "train loss": rec["loss"]})
+        elif rec.get("type") == "epoch":
+            for name, res in (rec.get("val") or {}).items():
+                if isinstance(res, dict) and "loss" in res:
+                    points.append({"step": step, f"val loss ({name})": res["loss"], f"val top-1 ({name})": res["top1"]})
+    return points
 
 
 def _constraint_lines(ax, lo: float | None, hi: float | None, scale: float, label: str) -> None:

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_WORKDIR = Path("taslora-runs")
+SUMMARY_JSON = "summary.json"  # every kind: the run's key numbers
+BEST_JSON = "best.json"  # searches: the chosen subnet (what `taslora export` takes by default)
 
 KINDS: dict[str, str] = {
     "supernets": "supernet.safetensors",
     "mole": "mole.safetensors",
-    "searches": "best.json",
+    "searches": BEST_JSON,
     "exports": "config.json",
 }
 """Run kind -> the file whose presence marks a finished (usable) run."""
@@ -48,7 +50,7 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         """Key numbers recorded by the run (its summary.json), or {}."""
-        path = self.path / "summary.json"
+        path = self.path / SUMMARY_JSON
         try:
             return json.loads(path.read_text()) if path.exists() else {}
         except json.JSONDecodeError:

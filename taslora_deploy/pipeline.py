@@ -23,10 +23,10 @@ import torch
 from taslora_core.atomic import atomic_write_json
 from taslora_core.checkpoint import SUPERNET_WEIGHTS, file_sha256
 from taslora_core.complexity import flops, params
-from taslora_core.mole import MOLE_WEIGHTS
+from taslora_core.mole_io import MOLE_WEIGHTS
 from taslora_core.run_io import LoadedCheckpoint, load_checkpoint, resolve_mole, supernet_dir_of
 from taslora_core.subnet import Subnet
-from taslora_core.workspace import DEFAULT_WORKDIR, latest, new_run
+from taslora_core.workspace import BEST_JSON, DEFAULT_WORKDIR, latest, new_run
 from taslora_deploy.artifacts import (
     MODEL_CONFIG,
     MODEL_FP16_ONNX,
@@ -43,7 +43,7 @@ from taslora_deploy.standalone import StandaloneViT, save_standalone
 
 __all__ = ["ExportOptions", "ExportResult", "export", "run_export", "source_hashes", "REPORT"]
 
-SEARCH_RESULT = "best.json"  # what `taslora search` writes; the default subnet of an export
+SEARCH_RESULT = BEST_JSON  # what `taslora search` writes; the default subnet of an export
 LATENCY_MODES = ("strict", "report")
 REAL_IMAGES = 16
 

@@ -65,3 +65,23 @@ def test_analyze_routing_refuses_plain_supernet(tmp_path):
     save_supernet(tmp_path / "sup", Supernet(SearchSpace.preset("fmnist")))
     res = run_cli(["analyze", "routing", "--ckpt", tmp_path / "sup"])
     assert res.exit_code == 2 and "plain supernet" in res.stderr
+
+
+def test_paired_bootstrap_interval_covers_the_true_difference_and_tells_signs() -> None:
+    import torch
+
+    from taslora_core.analysis import paired_bootstrap
+
+    none = paired_bootstrap(torch.zeros(5000))
+    assert none.mean == none.low == none.high == 0.0 and not none.excludes_zero()
+    # B right on 150 more of 10,000 images than A, wrong on 50 more: +1.0 point, clearly above 0
+    diff = torch.zeros(10000)
+    diff[:150], diff[150:200] = 1.0, -1.0
+    d = paired_bootstrap(diff, seed=3)
+    assert d.mean == pytest.approx(0.01) and d.count == 10000
+    assert d.low < 0.01 < d.high and d.excludes_zero() and d.low > 0.004 and d.high < 0.016
+    flipped = paired_bootstrap(-diff, seed=3)
+    assert flipped.high < 0 and flipped.excludes_zero()
+    assert paired_bootstrap(diff, seed=3) == d  # deterministic for a seed
+    with pytest.raises(ValueError, match="at least one"):
+        paired_bootstrap(torch.zeros(0))

@@ -7,7 +7,7 @@ are reused for every candidate. For Fashion-MNIST the normalised validation tens
 
 Under torch.distributed each rank evaluates its shard of the validation set (indices r, r + W, ...) and
 `evaluate()` all-reduces the sums, so every rank sees the same fitness and runs the same evolution.
-(Formerly `taslora_core.search_fitness`, which still re-exports these names.)
+(Formerly `taslora_core.search_fitness`.)
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from taslora_core.space import SearchSpace
 SETTINGS_JSON = "search.json"
 STATE_JSON = "state.json"
 HISTORY_JSONL = "history.jsonl"
-BEST_JSON = "best.json"
+BEST_JSON = workspace.BEST_JSON
 PLOT_PNG = "fitness_vs_flops.png"
-SUMMARY_JSON = "summary.json"
+SUMMARY_JSON = workspace.SUMMARY_JSON
 SPLIT_JSON = "split.json"
 SETTINGS_FORMAT = "taslora-search"
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from taslora_core.checkpoint import atomic_write_json
 from taslora_core.train.config import TrainConfig
+from taslora_core.workspace import SUMMARY_JSON
 
 SPLIT_FILE = "split.json"
-SUMMARY = "summary.json"
+SUMMARY = SUMMARY_JSON
 TRAIN_CONFIG = "train_config.json"
 
 

@@ -1,0 +1,555 @@
+"""Does TAS-LoRA pay off on a *converged* supernet? The paper's ablation, measured fairly.
+
+Successor of `benchmarks/ablation.py` (which ran on the quickstart's 6-epoch supernet). Everything here starts
+from ONE converged fmnist supernet run (`--supernet`); every trained method gets the same budget, by default
+10% of the supernet's epochs (the paper's 50 of 500). Stages, each resumable (finished cells are appended to
+`<out>/cells.jsonl` and skipped on a re-run; per-image test results go to `<out>/arrays/*.npz`):
+
+  sweep     LoRA alpha, router LR and warm-up for TAS-LoRA, judged on the held-out *validation* split (mean
+            loss over fixed random subnets, paired with the supernet alone) — never on the test set.
+  headroom  the searched subnet and 3 fixed random subnets materialised and fine-tuned ALONE (all weights,
+            AdamW, cosine, no mixup) for the same budget: the ceiling of subnet-specific correction.
+  ablation  (a) supernet alone, (b) full fine-tuning, (c) single LoRA (K=1), (d) MoLE random router init,
+            (e) TAS-LoRA (group-wise init) x seeds: train, the same search, per-image test results of the
+            searched subnet and of 20 fixed random subnets, feature collapse, and what moved (routing distance
+            from its initialisation per group, ||dW|| / ||W|| of the folded experts per layer type).
+  report    markdown + JSON: means, and paired differences against (a) on the same test images with
+            bootstrap 95% intervals; the convergence gate (fine-tuning gain over the fixed subnets).
+  ship      copy the supernet, the seed-0 TAS-LoRA run and its searched subnet to benchmarks/reproduction/
+            with manifest.json (claims checked with `taslora eval`).
+
+    python benchmarks/reproduction.py all --supernet /path/to/supernets/<run>
+    python benchmarks/reproduction.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from taslora_cli.app import run_command
+from taslora_core.analysis import feature_collapse, mean_off_diagonal, paired_bootstrap, sample_distinct
+from taslora_core.data import DataConfig, build_data, load_split, make_loaders
+from taslora_core.evaluate import per_image as evaluate_per_image
+from taslora_core.mole import MoLEModel
+from taslora_core.plots import plot_training_curves, training_curve_points
+from taslora_core.run_io import load_checkpoint
+from taslora_core.slicing import LINEAR_LAYERS, LINEAR_PATHS, block_dims, weight
+from taslora_core.subnet import Subnet
+from taslora_core.workspace import runs
+from taslora_deploy.standalone import materialize
+
+METHODS: dict[str, tuple[str, list[str]]] = {
+    # name -> (run kind it writes, extra `taslora train` arguments); "supernet" trains nothing
+    "supernet": ("none", []),
+    "finetune": ("supernets", ["--mode", "finetune"]),
+    "single-lora": ("mole", ["--mode", "single-lora"]),
+    "mole-random": ("mole", ["--router-init", "random"]),
+    "tas-lora": ("mole", []),
+}
+LABELS = {
+    "supernet": "(a) supernet alone", "finetune": "(b) full fine-tuning", "single-lora": "(c) single LoRA (K=1)",
+    "mole-random": "(d) MoLE, random router init", "tas-lora": "(e) TAS-LoRA (group-wise init)",
+    "headroom": "(f) headroom: subnet fine-tuned alone",
+}
+PAPER = {"supernet": "74.9", "finetune": "≈ 74.9", "single-lora": "75.0", "mole-random": "75.4", "tas-lora": "75.7",
+         "headroom": "–"}
+FIXED_SEED = 1234  # the fixed random subnets (same as benchmarks/ablation.py)
+BOOTSTRAP = 2000
+
+
+# ---------------------------------------------------------------------- data and per-image evaluation
+@dataclass
+class Batches:
+    """Pre-normalised evaluation batches of one split."""
+
+    items: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def count(self) -> int:
+        return sum(len(y) for _, y in self.items)
+
+
+def test_batches(n: int | None = None) -> Batches:
+    """Fashion-MNIST test set (10,000 images; or the first n)."""
+    cfg = DataConfig.fmnist()
+    bundle = build_data(cfg, val_size=10)
+    batches = list(make_loaders(bundle, cfg, batch_size=500, num_workers=0).test)
+    if n is not None:
+        images, labels = torch.cat([b[0] for b in batches])[:n], torch.cat([b[1] for b in batches])[:n]
+        batches = [(images, labels)]
+    return Batches(batches)
+
+
+def val_batches(supernet_dir: Path, n: int | None = None) -> Batches:
+    """The supernet run's held-out validation split (carved from the training images, saved in split.json)."""
+    cfg = DataConfig.fmnist()
+    bundle = build_data(cfg, split=load_split(supernet_dir / "split.json"), val_subset=n)
+    return Batches(list(make_loaders(bundle, cfg, batch_size=500, num_workers=0).val))
+
+
+def per_image(loaded, subnet: Subnet, batches: Batches, use_experts: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(correct as uint8, cross-entropy as float32) for every image: the router runs once, experts merged once."""
+    correct, loss = evaluate_per_image(loaded.supernet, subnet, batches.items, loaded.mole, use_experts)
+    return correct.numpy().astype(np.uint8), loss.numpy()
+
+
+@torch.no_grad()
+def model_per_image(model: torch.nn.Module, batches: Batches) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image results of a standalone model."""
+    model.eval()
+    correct, losses = [], []
+    for x, y in batches.items:
+        logits = model(x)
+        correct.append((logits.argmax(-1) == y).to(torch.uint8))
+        losses.append(F.cross_entropy(logits, y, reduction="none"))
+    return torch.cat(correct).numpy(), torch.cat(losses).float().numpy()
+
+
+def bootstrap_ci(diff: np.ndarray) -> tuple[float, float, float]:
+    """Mean of a per-image paired difference and its 95% bootstrap interval (taslora_core.analysis)."""
+    d = paired_bootstrap(torch.from_numpy(np.asarray(diff, dtype=np.float64)), resamples=BOOTSTRAP)
+    return d.mean, d.low, d.high
+
+
+# ---------------------------------------------------------------------- bookkeeping
+class Store:
+    """cells.jsonl (one JSON record per finished cell) + arrays/<key>.npz (per-image results)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.log = out / "cells.jsonl"
+        (out / "arrays").mkdir(parents=True, exist_ok=True)
+
+    def records(self, stage: str | None = None) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        rows = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [r for r in rows if stage is None or r.get("stage") == stage]
+
+    def find(self, stage: str, key: str) -> dict[str, Any] | None:
+        return next((r for r in self.records(stage) if r["key"] == key), None)
+
+    def add(self, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        if arrays:
+            np.savez_compressed(self.out / "arrays" / f"{record['stage']}-{record['key']}.npz", **arrays)
+        with self.log.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return record
+
+    def arrays(self, stage: str, key: str) -> dict[str, np.ndarray]:
+        with np.load(self.out / "arrays" / f"{stage}-{key}.npz") as data:
+            return {k: data[k] for k in data.files}
+
+
+def _run_named(workdir: Path, kind: str, name: str) -> Path | None:
+    found = [r.path for r in runs(workdir, kind) if r.name.endswith(f"-{name}") and (r.path / "summary.json").exists()]
+    return found[-1] if found else None
+
+
+def _supernet_epochs(supernet_dir: Path) -> int:
+    doc = json.loads((supernet_dir / "train_config.json").read_text())
+    return int((doc.get("config") or doc)["epochs"])
+
+
+def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str, Any]) -> Path:
+    """Train one method (or reuse a finished run of the same name); returns its run folder."""
+    kind, extra = METHODS[method]
+    done = _run_named(workdir, kind, name)
+    if done is not None:
+        return done
+    lr = args.finetune_lr if method == "finetune" else args.expert_lr
+    argv = ["train", "--supernet", str(args.supernet), *extra, "--epochs", str(args.epochs), "--expert-lr", str(lr),
+            "--batch-size", str(args.batch_size), "--warmup-epochs", str(hp.get("warmup", args.warmup_epochs)),
+            "--name", name, "--seed", str(seed), "--quiet", "--workdir", str(workdir), "--summary-subnets", "0",
+            "--val-subset", "2000", "--save-every-steps", "200",
+            *(["--train-subset", str(args.train_subset)] if args.train_subset else [])]
+    if method != "finetune":
+        argv += ["--lora-alpha", str(hp.get("alpha", args.alpha)), "--router-lr", str(hp.get("router_lr", args.router_lr))]
+    run_command(f"train {name}", argv)
+    run = _run_named(workdir, kind, name)
+    if run is None:
+        raise SystemExit(f"training {name} finished without a run folder in {workdir}")
+    return run
+
+
+def _search(args, ckpt: Path, seed: int, out: Path) -> Subnet:
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run_command(f"search {out.stem}", [
+            "search", "--ckpt", str(ckpt), "--flops", args.flops, "--population", str(args.population),
+            "--iterations", str(args.iterations), "--val-subset", str(args.val_subset), "--seed", str(seed),
+            "--out", str(out), "--workdir", str(args.out / "workspace")])
+    return Subnet.load(out)
+
+
+# ---------------------------------------------------------------------- diagnostics: what moved
+@torch.no_grad()
+def what_moved(loaded, seed: int, subnets: list[Subnet]) -> dict[str, Any]:
+    """Routing distance from its initialisation per group, own-expert share, and ||dW||/||W|| per layer type.
+
+    The initial router is rebuilt exactly as `taslora train` built it (torch.manual_seed(seed) right before
+    constructing the MoLE model).
+    """
+    mole = loaded.mole
+    torch.manual_seed(seed)
+    init = MoLEModel(loaded.supernet, mole.config)
+    groups = mole.space.groups(include_depth=mole.router.config.include_depth)
+    dist: dict[int, list[float]] = {}
+    own: dict[int, list[float]] = {}
+    ratio: dict[str, list[float]] = {layer: [] for layer in LINEAR_LAYERS}
+    params = dict(loaded.supernet.named_parameters())
+    for sn in subnets:
+        p, p0 = mole.routing(sn), init.routing(sn)
+        deltas = mole.deltas(sn)
+        for b, g in enumerate(mole.router.block_groups(sn)):
+            # total-variation distance between the routing distributions, mean over the 4 layers
+            dist.setdefault(g, []).append(float(0.5 * (p[b] - p0[b]).abs().sum(-1).mean()))
+            if mole.num_experts == len(groups):
+                own.setdefault(g, []).append(float(p[b, :, g].mean()))
+            dims = block_dims(mole.space, sn, b)
+            for layer in LINEAR_LAYERS:
+                w = weight(layer, params[f"blocks.{b}.{LINEAR_PATHS[layer]}.weight"], dims)
+                ratio[layer].append(float(deltas[(b, layer)].norm() / w.norm()))
+    return {
+        "routing_tv_from_init": {str(g): statistics.fmean(v) for g, v in sorted(dist.items())},
+        "routing_tv_from_init_mean": statistics.fmean(x for v in dist.values() for x in v),
+        "own_expert_share": {str(g): statistics.fmean(v) for g, v in sorted(own.items())} if own else None,
+        "dw_over_w": {layer: statistics.fmean(v) for layer, v in ratio.items()},
+    }
+
+
+# ---------------------------------------------------------------------- stage: sweep (validation only)
+SWEEP_GRID: list[dict[str, Any]] = [
+    {"alpha": 1.0, "router_lr": 0.1, "warmup": 1},   # the paper's values (warm-up 10% of the budget)
+    {"alpha": 4.0, "router_lr": 0.1, "warmup": 1},
+    {"alpha": 16.0, "router_lr": 0.1, "warmup": 1},   # LoRA's usual alpha = 2r
+    {"alpha": 16.0, "router_lr": 1.0, "warmup": 1},
+    {"alpha": 16.0, "router_lr": 0.1, "warmup": 0},
+]
+
+
+def _hp_key(hp: dict[str, Any]) -> str:
+    return f"a{hp['alpha']:g}-rlr{hp['router_lr']:g}-wu{hp['warmup']}"
+
+
+def stage_sweep(args, store: Store) -> dict[str, Any]:
+    """TAS-LoRA seed 0 for each setting; judged by paired validation loss over the fixed subnets."""
+    workdir = args.out / "workspace"
+    val = val_batches(args.supernet, args.sweep_val)
+    base = load_checkpoint(args.supernet)
+    fixed = sample_distinct(base.supernet.space, args.random_subnets, seed=FIXED_SEED)
+    base_loss = [per_image(base, sn, val)[1] for sn in fixed]
+    for hp in SWEEP_GRID[: args.sweep_grid]:
+        key = _hp_key(hp)
+        if store.find("sweep", key):
+            continue
+        t0 = time.perf_counter()
+        run = _train(args, workdir, "tas-lora", 0, f"sweep-{key}", hp)
+        loaded = load_checkpoint(run)
+        losses = [per_image(loaded, sn, val)[1] for sn in fixed]
+        diff = np.mean([b - a for a, b in zip(losses, base_loss)], axis=0)  # > 0: experts lower the loss
+        mean, lo, hi = bootstrap_ci(diff)
+        moved = what_moved(loaded, 0, fixed)
+        rec = store.add({"stage": "sweep", "key": key, "hp": hp, "run": str(run), "val_images": val.count,
+                         "val_loss_gain": mean, "val_loss_gain_ci": [lo, hi],
+                         "val_loss": float(np.mean(losses)), "routing_tv_from_init_mean": moved["routing_tv_from_init_mean"],
+                         "dw_over_w": moved["dw_over_w"], "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"[sweep] {key}: val loss gain {mean:+.4f} [{lo:+.4f}, {hi:+.4f}], routing moved "
+              f"{rec['routing_tv_from_init_mean']:.4f}", flush=True)
+    rows = [r for r in store.records("sweep")]
+    best = max(rows, key=lambda r: r["val_loss_gain"])
+    print(f"[sweep] best on validation: {best['key']} (gain {best['val_loss_gain']:+.4f})", flush=True)
+    return best["hp"]
+
+
+def chosen_hp(args, store: Store) -> dict[str, Any]:
+    """The sweep's choice when it ran, else the command-line values."""
+    rows = store.records("sweep")
+    if rows and not args.no_sweep_choice:
+        return max(rows, key=lambda r: r["val_loss_gain"])["hp"]
+    return {"alpha": args.alpha, "router_lr": args.router_lr, "warmup": args.warmup_epochs}
+
+
+# ---------------------------------------------------------------------- stage: ablation cells
+def stage_ablation(args, store: Store) -> None:
+    workdir = args.out / "workspace"
+    hp = chosen_hp(args, store)
+    print(f"[ablation] MoLE settings: {hp} ({args.epochs} epochs per trained method)", flush=True)
+    test, test_small = test_batches(), test_batches(1000)
+    for seed in args.seeds:
+        for method in args.methods:
+            key = f"{method}-s{seed}"
+            if store.find("ablation", key):
+                continue
+            t0 = time.perf_counter()
+            sweep_run = store.find("sweep", _hp_key(hp)) if (method, seed) == ("tas-lora", 0) else None
+            if method == "supernet":
+                ckpt = args.supernet
+            elif sweep_run is not None:  # the sweep trained exactly this cell (TAS-LoRA, seed 0, chosen settings)
+                ckpt = Path(sweep_run["run"])
+            else:
+                ckpt = _train(args, workdir, method, seed, f"abl-{key}", hp)
+            best = _search(args, ckpt, seed, args.out / "searches" / f"{key}.json")
+            loaded = load_checkpoint(ckpt)
+            fixed = sample_distinct(loaded.supernet.space, args.random_subnets, seed=FIXED_SEED)
+            s_correct, s_loss = per_image(loaded, best, test)
+            r = [per_image(loaded, sn, test) for sn in fixed]
+            collapse = feature_collapse(loaded.supernet, fixed[:8], test_small.items, loaded.mole)
+            cos = collapse.with_experts if collapse.with_experts is not None else collapse.without_experts
+            rec = {"stage": "ablation", "key": key, "method": method, "seed": seed, "ckpt": str(ckpt),
+                   "best": best.to_dict(), "hp": hp if METHODS[method][0] == "mole" else None,
+                   "searched_top1": float(s_correct.mean()), "searched_loss": float(s_loss.mean()),
+                   "random_top1_mean": float(np.mean([c.mean() for c, _ in r])),
+                   "random_top1": [float(c.mean()) for c, _ in r],
+                   "random_loss_mean": float(np.mean([lo.mean() for _, lo in r])),
+                   "collapse_mean_cos": mean_off_diagonal(cos)}
+            if loaded.mole is not None:
+                rec["moved"] = what_moved(loaded, seed, fixed)
+                without = per_image(loaded, best, test, use_experts=False)[0]
+                rec["searched_top1_without_experts"] = float(without.mean())
+            rec["seconds"] = round(time.perf_counter() - t0, 1)
+            store.add(rec, {"searched_correct": s_correct, "searched_loss": s_loss.astype(np.float16),
+                            "random_correct": np.stack([c for c, _ in r]),
+                            "random_loss": np.stack([lo for _, lo in r]).astype(np.float16)})
+            print(f"[ablation] {key}: searched {rec['searched_top1']:.4f}, random mean {rec['random_top1_mean']:.4f}, "
+                  f"collapse {rec['collapse_mean_cos']:.4f} ({rec['seconds']:.0f} s)", flush=True)
+
+
+# ---------------------------------------------------------------------- stage: headroom
+def finetune_standalone(model: torch.nn.Module, supernet_dir: Path, epochs: int, lr: float, batch_size: int,
+                        seed: int, train_subset: int | None = None) -> torch.nn.Module:
+    """All weights of a materialised subnet, AdamW + cosine (no warm-up), shift/flip augmentation, no mixup,
+    label smoothing 0.1 — the supernet's own recipe, on the same training images (its split)."""
+    cfg = DataConfig.fmnist()
+    bundle = build_data(cfg, split=load_split(supernet_dir / "split.json"), train_subset=train_subset)
+    loaders = make_loaders(bundle, cfg, batch_size=batch_size, seed=seed, num_workers=0)
+    torch.manual_seed(seed)
+    steps = epochs * len(loaders.train)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.01)
+    model.train()
+    for epoch in range(epochs):
+        loaders.train.set_epoch(epoch)
+        for x, y in loaders.train:
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def stage_headroom(args, store: Store) -> None:
+    base = load_checkpoint(args.supernet)
+    fixed = sample_distinct(base.supernet.space, args.random_subnets, seed=FIXED_SEED)
+    searched = _search(args, args.supernet, 0, args.out / "searches" / "supernet-s0.json")
+    targets = [("searched", searched)] + [(f"random{i}", fixed[i]) for i in range(3)]
+    test = test_batches()
+    for name, sn in targets:
+        if store.find("headroom", name):
+            continue
+        t0 = time.perf_counter()
+        before = per_image(base, sn, test)
+        model = finetune_standalone(materialize(base.supernet, sn), args.supernet, args.epochs, args.finetune_lr,
+                                    args.batch_size, seed=0, train_subset=args.train_subset)
+        after = model_per_image(model, test)
+        rec = store.add({"stage": "headroom", "key": name, "subnet": sn.to_dict(), "top1_before": float(before[0].mean()),
+                         "top1_after": float(after[0].mean()), "loss_before": float(before[1].mean()),
+                         "loss_after": float(after[1].mean()), "seconds": round(time.perf_counter() - t0, 1)},
+                        {"correct_before": before[0], "correct_after": after[0]})
+        print(f"[headroom] {name}: top-1 {rec['top1_before']:.4f} -> {rec['top1_after']:.4f}", flush=True)
+
+
+# ---------------------------------------------------------------------- stage: report
+def _fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def _ci(diff: np.ndarray, scale: float = 100.0, digits: int = 2) -> str:
+    m, lo, hi = bootstrap_ci(diff)
+    return f"{m * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]"
+
+
+def paired(store: Store, method: str, seeds: list[int]) -> dict[str, np.ndarray] | None:
+    """Per-image differences vs (a), averaged over the seeds both have: searched top-1, random-mean top-1 and loss."""
+    pairs = [(store.arrays("ablation", f"{method}-s{s}"), store.arrays("ablation", f"supernet-s{s}")) for s in seeds
+             if store.find("ablation", f"{method}-s{s}") and store.find("ablation", f"supernet-s{s}")]
+    if not pairs:
+        return None
+    return {
+        "searched": np.mean([m["searched_correct"].astype(float) - a["searched_correct"] for m, a in pairs], axis=0),
+        "random": np.mean([m["random_correct"].mean(0) - a["random_correct"].mean(0) for m, a in pairs], axis=0),
+        "random_loss": np.mean([a["random_loss"].astype(float).mean(0) - m["random_loss"].astype(float).mean(0)
+                                for m, a in pairs], axis=0),
+    }
+
+
+def stage_report(args, store: Store) -> str:
+    rows = store.records("ablation")
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"| method | searched subnet top-1 (%) | Δ vs (a), paired 95% CI | {args.random_subnets} random subnets, mean top-1 (%) | "
+             "Δ vs (a), paired 95% CI | test-loss decrease vs (a), random subnets | collapse: mean cos | seeds | paper, ImageNet Tiny (%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    summary: dict[str, Any] = {"methods": {}}
+    for method in METHODS:
+        rs = [r for r in rows if r["method"] == method]
+        if not rs:
+            continue
+        d = paired(store, method, seeds) if method != "supernet" else None
+        cells = [_fmt([r["searched_top1"] for r in rs]), _ci(d["searched"]) if d else "–",
+                 _fmt([r["random_top1_mean"] for r in rs]), _ci(d["random"]) if d else "–",
+                 _ci(d["random_loss"], 1.0, 4) if d else "–", _fmt([r["collapse_mean_cos"] for r in rs], 1.0, 4)]
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {len(rs)} | {PAPER[method]} |")
+        summary["methods"][method] = {
+            "searched_top1": [r["searched_top1"] for r in rs], "random_top1_mean": [r["random_top1_mean"] for r in rs],
+            "collapse": [r["collapse_mean_cos"] for r in rs],
+            **({k: bootstrap_ci(v) for k, v in d.items()} if d else {})}
+    head = store.records("headroom")
+    if head:
+        before = [h["top1_before"] for h in head]
+        after = [h["top1_after"] for h in head]
+        diffs = np.mean([store.arrays("headroom", h["key"])["correct_after"].astype(float)
+                         - store.arrays("headroom", h["key"])["correct_before"] for h in head], axis=0)
+        lines.append(f"| {LABELS['headroom']} ({len(head)} subnets: searched + 3 random) | "
+                     f"{statistics.fmean(before) * 100:.2f} → {statistics.fmean(after) * 100:.2f} | {_ci(diffs)} | | | | | 1 | – |")
+        summary["headroom"] = head
+    text = "\n".join(lines)
+    moved = [r for r in rows if "moved" in r]
+    if moved:
+        text += "\n\n| method | routing moved from init (TV, mean) | own-expert share (mean over groups) | " + \
+                " | ".join(f"‖ΔW‖/‖W‖ {layer}" for layer in LINEAR_LAYERS) + " | searched top-1 without its experts (%) |\n"
+        text += "|---|---|---|" + "---|" * len(LINEAR_LAYERS) + "---|\n"
+        for method in METHODS:
+            rs = [r for r in moved if r["method"] == method]
+            if not rs:
+                continue
+            tv = [r["moved"]["routing_tv_from_init_mean"] for r in rs]
+            own = [statistics.fmean(r["moved"]["own_expert_share"].values()) for r in rs if r["moved"]["own_expert_share"]]
+            dw = [" " + _fmt([r["moved"]["dw_over_w"][layer] for r in rs], 100.0, 2) + "%" for layer in LINEAR_LAYERS]
+            text += (f"| {LABELS[method]} | {_fmt(tv, 1.0, 4)} | {_fmt(own, 1.0, 3) if own else '–'} |" + " |".join(dw)
+                     + f" | {_fmt([r['searched_top1_without_experts'] for r in rs])} |\n")
+    ft = paired(store, "finetune", seeds)
+    if ft is not None:
+        m, lo, hi = bootstrap_ci(ft["random"])
+        gate = "converged (gate met)" if m * 100 <= 0.1 else "NOT converged by this gate"
+        text += (f"\nConvergence gate: full fine-tuning for the budget changes the mean top-1 of the {args.random_subnets} "
+                 f"fixed subnets by {m * 100:+.2f} points [{lo * 100:+.2f}, {hi * 100:+.2f}] (gate: <= +0.1): {gate}.\n")
+        summary["convergence_gate"] = {"finetune_gain_points": m * 100, "ci": [lo * 100, hi * 100]}
+    sweep = store.records("sweep")
+    if sweep:
+        text += "\nSweep (TAS-LoRA, seed 0, validation split only; gain = mean val-loss decrease vs the supernet alone over the fixed subnets):\n\n"
+        text += "| alpha | router LR | warm-up epochs | val loss gain [95% CI] | routing moved (TV) | ‖ΔW‖/‖W‖ fc1 |\n|---|---|---|---|---|---|\n"
+        for r in sweep:
+            hp = r["hp"]
+            text += (f"| {hp['alpha']:g} | {hp['router_lr']:g} | {hp['warmup']} | {r['val_loss_gain']:+.4f} "
+                     f"[{r['val_loss_gain_ci'][0]:+.4f}, {r['val_loss_gain_ci'][1]:+.4f}] | "
+                     f"{r['routing_tv_from_init_mean']:.4f} | {r['dw_over_w']['fc1'] * 100:.2f}% |\n")
+        summary["sweep"] = sweep
+    (args.out / "report.md").write_text(text + "\n")
+    (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(text)
+    return text
+
+
+# ---------------------------------------------------------------------- stage: ship the evidence
+def _copy_run(src: Path, dst: Path, keep: tuple[str, ...]) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in keep:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
+def stage_ship(args, store: Store) -> Path:
+    """benchmarks/reproduction/{supernet,tas-lora-s0}/ + subnet.json + manifest.json (relative paths)."""
+    rec = store.find("ablation", "tas-lora-s0")
+    if rec is None:
+        raise SystemExit("no finished tas-lora seed-0 cell to ship; run the ablation stage first")
+    dest = args.ship_dir
+    sup, mole = dest / "supernet", dest / "tas-lora-s0"
+    _copy_run(args.supernet, sup, ("supernet.safetensors", "space.json", "split.json", "train_config.json",
+                                   "summary.json", "metrics.jsonl"))
+    plot_training_curves({"supernet": training_curve_points(args.supernet)}, sup / "training_curves.png",
+                         keys=("train loss", "val loss (largest)", "val loss (smallest)", "val top-1 (largest)"))
+    _copy_run(Path(rec["ckpt"]), mole, ("mole.safetensors", "mole.json", "split.json", "train_config.json", "summary.json"))
+    meta = json.loads((mole / "mole.json").read_text())
+    meta["supernet_dir"] = "../supernet"  # relative: the shipped folder loads wherever it is checked out
+    (mole / "mole.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (dest / "subnet.json").write_text(json.dumps(Subnet.from_dict(rec["best"]).to_dict(), indent=2) + "\n")
+    manifest = {"supernet_run": "supernet", "mole_run": "tas-lora-s0", "subnet": "subnet.json",
+                "top1_with_experts": round(rec["searched_top1"] * 100, 2),
+                "top1_without_experts": round(rec["searched_top1_without_experts"] * 100, 2),
+                "split": "test", "data": "fmnist",
+                "check": "taslora eval --ckpt benchmarks/reproduction/tas-lora-s0 --subnet benchmarks/reproduction/subnet.json "
+                         "--split test [--no-experts]"}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
+    return dest
+
+
+# ---------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["sweep", "headroom", "ablation", "report", "ship", "all"])
+    parser.add_argument("--supernet", type=Path, help="Converged fmnist supernet run folder.")
+    parser.add_argument("--epochs", type=int, help="Budget of every trained method (default: 10%% of the supernet's epochs).")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--expert-lr", type=float, default=5e-4, help="Experts' AdamW LR (paper 5e-4).")
+    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="Full / standalone fine-tuning LR (AdamW).")
+    parser.add_argument("--alpha", type=float, default=1.0, help="LoRA alpha when no sweep ran (paper: 1).")
+    parser.add_argument("--router-lr", type=float, default=0.1, help="Router SGD LR when no sweep ran (paper 0.1).")
+    parser.add_argument("--warmup-epochs", type=int, default=None, help="Warm-up when no sweep ran (default: 10%% of the budget).")
+    parser.add_argument("--no-sweep-choice", action="store_true", help="Use the command-line MoLE settings even if a sweep ran.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--flops", default="6M")
+    parser.add_argument("--population", type=int, default=12)
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--val-subset", type=int, default=2000, help="Validation images of the search fitness.")
+    parser.add_argument("--sweep-val", type=int, default=5000, help="Validation images judging the sweep.")
+    parser.add_argument("--random-subnets", type=int, default=20)
+    parser.add_argument("--train-subset", type=int, default=None, help="Train on the first N images only (smoke runs).")
+    parser.add_argument("--sweep-grid", type=int, default=None, help="Only the first N sweep settings (smoke runs).")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/reproduction-runs"))
+    parser.add_argument("--ship-dir", type=Path, default=Path("benchmarks/reproduction"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    store = Store(args.out)
+    state = args.out / "args.json"
+    if args.supernet is None and state.exists():
+        args.supernet = Path(json.loads(state.read_text())["supernet"])
+    if args.supernet is None:
+        raise SystemExit("--supernet is required the first time (a converged fmnist supernet run folder)")
+    args.supernet = args.supernet.resolve()
+    state.write_text(json.dumps({"supernet": str(args.supernet)}) + "\n")
+    if args.epochs is None:
+        args.epochs = max(1, round(_supernet_epochs(args.supernet) / 10))
+    if args.warmup_epochs is None:
+        args.warmup_epochs = max(0, round(args.epochs / 10))
+    started = time.perf_counter()
+    stages = ["sweep", "headroom", "ablation", "report"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        {"sweep": stage_sweep, "headroom": stage_headroom, "ablation": stage_ablation, "report": stage_report,
+         "ship": stage_ship}[stage](args, store)
+    print(f"[reproduction] {', '.join(stages)} done in {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
