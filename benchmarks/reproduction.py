@@ -473,7 +473,7 @@ def _copy_run(src: Path, dst: Path, keep: tuple[str, ...]) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for name in keep:
         if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
+            shutil.copyfile(src / name, dst / name)  # new file: the umask's permissions, not the source's
 
 
 def stage_ship(args, store: Store) -> Path:

@@ -1,7 +1,8 @@
 """taslora_deploy: fold experts, materialise standalone ViTs, export to ONNX/TensorRT, check and benchmark.
 
 Library verbs (imported on first use, so `import taslora_deploy` stays light):
-`export` (-> ExportResult), `check_overhead` (-> OverheadCheck), `benchmark` (-> BenchResult).
+`export` (-> ExportResult), `check_overhead` (-> OverheadCheck), `benchmark` (-> BenchResult), and
+`quickstart` (every stage on Fashion-MNIST -> its summary).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _VERBS = {
     "OverheadCheck": "taslora_deploy.overhead",
     "benchmark": "taslora_deploy.bench",
     "BenchResult": "taslora_deploy.bench",
+    "quickstart": "taslora_deploy.quickstart",
 }
 
 __all__ = ["StandaloneViT", "load_standalone", "materialize", "save_standalone", *_VERBS]

@@ -1,0 +1,211 @@
+"""The `quickstart` verb: the whole toolchain on the embedded default (Fashion-MNIST) in one call.
+
+It chains the library verbs behind the commands a user types (train_supernet -> train_mole -> run_search ->
+export -> bench) through one workspace, then evaluates the searched subnet on the test set with and without
+its experts (paired on the same images, with a bootstrap 95% interval), draws the plots and writes
+<workdir>/quickstart-summary.json. `taslora quickstart` only parses options and prints the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taslora_core.analysis import paired_bootstrap
+from taslora_core.atomic import atomic_write_json
+from taslora_core.run_io import is_supernet_dir
+from taslora_core.search import Constraints, SearchConfig, SearchEvents, SearchRunConfig, run_search
+from taslora_core.subnet import Subnet
+from taslora_core.train import MoLETrainConfig, SupernetTrainConfig, train_mole, train_supernet
+from taslora_core.train.run_files import TRAIN_CONFIG
+from taslora_deploy.artifacts import MODEL_CONFIG, MODEL_ONNX
+from taslora_deploy.bench import bench
+from taslora_deploy.pipeline import ExportOptions, export
+from taslora_deploy.trt_engine import tensorrt_status
+
+SUMMARY_FILE = "quickstart-summary.json"
+
+
+@dataclass(frozen=True)
+class QuickstartPlan:
+    """Budgets of the quickstart's steps."""
+
+    supernet_epochs: int
+    supernet_warmup: int
+    supernet_lr: float  # base LR per 512 images (AutoFormer scales 5e-4 so); higher for short CPU runs
+    mole_share: float  # MoLE epochs = this share of the supernet's epochs (the paper: 50 of 500), at least 1
+    mole_warmup_share: float  # router frozen for this share of the MoLE epochs (the paper: 5 of 50), rounded
+    expert_lr: float
+    lora_alpha: float
+    router_lr: float
+    train_subset: int | None
+    search_population: int
+    search_iterations: int
+    search_val_subset: int
+    latency_iters: int
+    bench_min_time_s: float
+
+
+# MoLE settings: chosen on the held-out validation split by benchmarks/reproduction.py's sweep (README).
+FULL = QuickstartPlan(supernet_epochs=6, supernet_warmup=1, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.1,
+                      expert_lr=5e-4, lora_alpha=16.0, router_lr=1.0, train_subset=None,
+                      search_population=20, search_iterations=6, search_val_subset=2000, latency_iters=300,
+                      bench_min_time_s=1.0)
+FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.0,
+                      expert_lr=2e-3, lora_alpha=16.0, router_lr=1.0, train_subset=3000,
+                      search_population=6, search_iterations=2, search_val_subset=500, latency_iters=60,
+                      bench_min_time_s=0.2)
+
+
+def _supernet_epochs(supernet_dir: Path, default: int) -> int:
+    """Epochs the supernet run recorded in train_config.json (imported supernets record none: `default`)."""
+    path = supernet_dir / TRAIN_CONFIG
+    if not path.exists():
+        return default
+    doc = json.loads(path.read_text())
+    return int((doc.get("config") or doc).get("epochs", default))
+
+
+def _test_with_and_without(mole_dir: Path, subnet) -> dict[str, Any]:
+    """The searched subnet on the test set with and without its experts, paired on the same images."""
+    from taslora_core.data import DataConfig, build_data, make_loaders
+    from taslora_core.evaluate import per_image
+    from taslora_core.run_io import load_checkpoint
+
+    loaded = load_checkpoint(mole_dir)
+    cfg = DataConfig(**loaded.data)
+    bundle = build_data(cfg, val_size=10)
+    batches = list(make_loaders(bundle, cfg, batch_size=500, num_workers=0).test)
+    ok_e, loss_e = per_image(loaded.supernet, subnet, batches, loaded.mole, use_experts=True)
+    ok_s, loss_s = per_image(loaded.supernet, subnet, batches, loaded.mole, use_experts=False)
+    top1 = paired_bootstrap(ok_e.double() - ok_s.double())
+    loss = paired_bootstrap(loss_e.double() - loss_s.double())
+    return {"top1_mole": float(ok_e.double().mean()), "loss_mole": float(loss_e.mean()),
+            "top1_supernet": float(ok_s.double().mean()), "loss_supernet": float(loss_s.mean()),
+            "test_images": int(ok_e.numel()), "top1_gain": top1.to_dict(), "loss_change": loss.to_dict()}
+
+
+def _plots(workdir: Path, supernet_dir: Path, mole_dir: Path, export_dir: Path, log: Callable[[str], None]) -> dict[str, str]:
+    from taslora_core.plots import plot_routing_heatmap, plot_training_curves, training_curve_points
+    from taslora_core.slicing import LINEAR_LAYERS
+
+    out: dict[str, str] = {}
+    runs = {"supernet": training_curve_points(supernet_dir), "MoLE": training_curve_points(mole_dir)}
+    try:
+        out["training_curves"] = str(plot_training_curves(
+            runs, workdir / "training_curves.png",
+            keys=("train loss", "val loss (largest)", "val top-1 (largest)", "val loss (smallest)")))
+    except ValueError as err:
+        log(f"note: no training curves ({err})")
+    config = json.loads((export_dir / MODEL_CONFIG).read_text())
+    if config.get("routing"):
+        path = plot_routing_heatmap(config["routing"], [f"block {b}" for b in range(len(config["routing"]))],
+                                    list(LINEAR_LAYERS), export_dir / "routing.png",
+                                    title="routing weights of the exported subnet (blocks x layers x experts)")
+        out["routing_heatmap"] = str(path)
+    return out
+
+
+def quickstart(
+    fast: bool = False,
+    supernet: str | Path | None = None,
+    flops_budget: str = "6M",
+    workdir: str | Path = "taslora-runs",
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    stage: Callable[[str, str], None] | None = None,
+    search_events: SearchEvents | None = None,
+) -> dict[str, Any]:
+    """Run every stage into `workdir` and return the summary (also written to quickstart-summary.json).
+
+    `supernet`: a trained supernet run folder to start from (else one is trained). `stage(name, what)` is called
+    as each stage starts (the CLI draws a rule); `search_events` shows the search's progress.
+    """
+    workdir = Path(workdir)
+    announce = stage or (lambda name, what: log(f"== {name}: {what}"))
+    plan = FAST if fast else FULL
+    started = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def step(name: str, what: str) -> None:
+        announce(name, what)
+        timings[name] = time.perf_counter()
+
+    def done(name: str) -> None:
+        timings[name] = round(time.perf_counter() - timings[name], 1)
+
+    common = dict(workdir=str(workdir), seed=seed, train_subset=plan.train_subset, quiet=fast)
+    if supernet is not None:
+        supernet_dir = Path(supernet).resolve()
+        if not is_supernet_dir(supernet_dir):
+            raise ValueError(f"--supernet {supernet} is not a taslora supernet run folder (no supernet.safetensors/space.json); "
+                             "pass a folder written by `taslora supernet train` or `taslora supernet import`")
+        announce("supernet", f"{supernet_dir} (given, not trained)")
+    else:
+        step("supernet", f"train the fmnist supernet, {plan.supernet_epochs} epochs")
+        supernet_dir = train_supernet(SupernetTrainConfig(
+            space="fmnist", data="fmnist", epochs=plan.supernet_epochs, warmup_epochs=plan.supernet_warmup,
+            lr=plan.supernet_lr, **common), log=log).run_dir
+        done("supernet")
+    mole_epochs = max(1, round(plan.mole_share * _supernet_epochs(supernet_dir, plan.supernet_epochs)))
+    step("mole", f"train MoLE experts + router, {mole_epochs} epochs")
+    mole_dir = train_mole(MoLETrainConfig(
+        supernet=str(supernet_dir), epochs=mole_epochs, warmup_epochs=round(plan.mole_warmup_share * mole_epochs), expert_lr=plan.expert_lr,
+        lora_alpha=plan.lora_alpha, router_lr=plan.router_lr, **common), log=log).run_dir
+    done("mole")
+    step("search", f"evolutionary search, FLOPs <= {flops_budget}")
+    searched = run_search(SearchRunConfig(
+        budget=Constraints.from_amounts(flops_budget),
+        search=SearchConfig(population=plan.search_population, iterations=plan.search_iterations,
+                            val_subset=plan.search_val_subset, seed=seed),
+        ckpt=mole_dir, workdir=workdir), events=search_events)
+    done("search")
+    best = searched.best
+    best_subnet = Subnet.from_dict(best["subnet"])
+    trt_ok, trt_reason = tensorrt_status()
+    step("export", "fold, check, write model.safetensors / model.onnx" + (" / model.plan" if trt_ok else ""))
+    exported = export(searched.best_path, mole_dir, workdir=workdir, log=log, options=ExportOptions(
+        onnx=True, trt=trt_ok, latency_mode="report", latency_iters=plan.latency_iters, seed=seed))
+    done("export")
+    if not exported.ok:
+        raise ValueError(f"export failed: {'; '.join(f'{k}: {v}' for k, v in exported.failures.items())}")
+    export_dir = exported.out
+    step("bench", "onnxruntime CPU")
+    bench_rows = bench(export_dir / MODEL_ONNX, batch_sizes=(1, 32), min_time_s=plan.bench_min_time_s,
+                       warmup_s=0.2, min_iters=20, name=MODEL_ONNX)
+    done("bench")
+    announce("evaluate", "searched subnet on the test set, with and without its experts")
+    test = _test_with_and_without(mole_dir, best_subnet)
+    plots = _plots(workdir, supernet_dir, mole_dir, export_dir, log)
+    if searched.run_dir is not None and (searched.run_dir / "fitness_vs_flops.png").exists():
+        plots["fitness_vs_flops"] = str(searched.run_dir / "fitness_vs_flops.png")
+
+    report = exported.report
+    latency = report.get("zero_overhead_latency", {})
+    summary = {
+        "top1_with_mole": test["top1_mole"], "top1_supernet_only": test["top1_supernet"],
+        "test_loss_with_mole": test["loss_mole"], "test_loss_supernet_only": test["loss_supernet"],
+        "top1_gain_with_mole": test["top1_gain"], "test_loss_change_with_mole": test["loss_change"],
+        "test_images": test["test_images"], "flops_budget": flops_budget, "flops_autoformer": best["flops_autoformer"],
+        "params": best["params"], "subnet": best_subnet.to_dict(),
+        "fold_parity_max_abs": exported.fold_parity_max_diff,
+        "onnx_parity_max_abs": report.get("onnx", {}).get("parity", {}).get("max_abs_diff"),
+        "latency_ratio_folded_vs_baseline": latency.get("ratio_median"),
+        "latency_ratio_p10_p90": [latency.get("ratio_p10"), latency.get("ratio_p90")],
+        "latency_within_3pct": latency.get("within_tolerance"),
+        "same_structure_as_no_lora": report.get("zero_overhead_structure", {}).get("equal"),
+        "unmerged_over_folded_latency": report.get("unmerged_vs_folded", {}).get("ratio_median"),
+        "onnx_bench": [{"batch": r["batch"], "p50_ms": r["p50_ms"], "throughput_ips": r["throughput_ips"]} for r in bench_rows],
+        "tensorrt": "built" if trt_ok else f"skipped: {trt_reason}",
+        "supernet_given": supernet is not None,
+        "files": {"supernet": str(supernet_dir), "mole": str(mole_dir), "search": str(searched.run_dir),
+                  "export": str(export_dir), "onnx": str(export_dir / MODEL_ONNX), **plots},
+        "timings_s": timings, "total_s": round(time.perf_counter() - started, 1), "fast": fast,
+    }
+    atomic_write_json(workdir / SUMMARY_FILE, summary)
+    return summary
