@@ -347,6 +347,9 @@ def test_cli_end_to_end(cli_run, fresh_ws) -> None:
     best = json.loads(best_path.read_text())
     subnet = Subnet.from_dict(best)
     assert subnet.in_space(SPACE) and best["space"]["name"] == "fmnist"
+    assert Subnet.from_dict(best["subnet"]) == subnet and "embed_dim" not in best  # nested, not mixed with metadata
+    old_flat = {**best["subnet"], **{k: v for k, v in best.items() if k != "subnet"}}  # what earlier runs wrote
+    assert Subnet.from_dict(old_flat) == subnet
     for key in ("fitness", "metric", "flops", "params", "counter", "ckpt", "routing_entropy", "loss", "top1"):
         assert key in best, key
     assert best["metric"] == "loss" and best["counter"] == "autoformer" and best["flops"] <= cap(0.75)

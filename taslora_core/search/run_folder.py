@@ -75,13 +75,15 @@ def write_history(run: Path, history: list[Record]) -> None:
 
 def best_document(result: SearchResult, space: SearchSpace, constraints: Constraints, config: SearchConfig,
                   source: dict[str, Any], run: Path) -> dict[str, Any]:
-    """The best.json document: the subnet's fields at the top level (as `Subnet.to_dict`), then its measures.
+    """The best.json document: the subnet as a nested object (`Subnet.to_dict`) under "subnet", then its
+    measures and where they came from. `Subnet.load` reads it, and also the flat form older runs wrote (the
+    subnet's fields at the top level).
 
     `source` holds what the search read: ckpt (path), ckpt_kind, use_experts.
     """
     best = result.best
     return {
-        **best["subnet"],
+        "subnet": best["subnet"],
         "space": space.to_dict(),
         "fitness": best["fitness"],
         "metric": config.metric,
