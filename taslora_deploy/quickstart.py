@@ -129,7 +129,6 @@ def quickstart(
     announce = stage or (lambda name, what: log(f"== {name}: {what}"))
     plan = FAST if fast else FULL
     started = time.perf_counter()
-    workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     def step(name: str, what: str) -> None:
@@ -146,7 +145,8 @@ def quickstart(
             raise ValueError(f"--supernet {supernet} is not a taslora supernet run folder (no supernet.safetensors/space.json); "
                              "pass a folder written by `taslora supernet train` or `taslora supernet import`")
         announce("supernet", f"{supernet_dir} (given, not trained)")
-    else:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if supernet is None:
         step("supernet", f"train the fmnist supernet, {plan.supernet_epochs} epochs")
         supernet_dir = train_supernet(SupernetTrainConfig(
             space="fmnist", data="fmnist", epochs=plan.supernet_epochs, warmup_epochs=plan.supernet_warmup,

@@ -95,3 +95,24 @@ def test_runs_lists_the_quickstart_workspace(quickstart):
         assert kind in result.output
     empty = run_cli(["runs", "--workdir", workdir / "nothing"])
     assert "holds no runs yet" in empty.output
+
+
+def test_quickstart_rejects_a_folder_that_is_no_supernet(tmp_path):
+    """A bad --supernet ends in one line and exit 2, before anything is written."""
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    workdir = tmp_path / "ws"
+    result = run_cli(["quickstart", "--supernet", not_a_run, "--workdir", workdir])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "not a taslora supernet" in result.stderr
+    assert not workdir.exists()
+
+
+@requires_fmnist
+def test_quickstart_summary_pairs_the_test_images(summary):
+    """The with/without-experts gain is the paired difference of the two top-1 numbers, with an interval around it."""
+    gain = summary["top1_gain_with_mole"]
+    assert gain["count"] == summary["test_images"] == 10000
+    assert gain["mean"] == pytest.approx(summary["top1_with_mole"] - summary["top1_supernet_only"], abs=1e-9)
+    low, high = gain["ci95"]
+    assert low <= gain["mean"] <= high and high - low < 0.05
