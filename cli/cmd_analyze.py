@@ -37,7 +37,7 @@ def collapse_cmd(
 ) -> None:
     """Penultimate-feature cosine similarity between sampled subnets, with and without the experts."""
     from taslora_core.analysis import feature_collapse, sample_distinct
-    from taslora_core.checkpoint import atomic_write_json
+    from taslora_core.atomic import atomic_write_json
     from taslora_core.plots import plot_similarity_heatmaps
     from taslora_core.search.fitness import load_val_data
 
@@ -81,7 +81,7 @@ def routing_cmd(
     import math
 
     from taslora_core.analysis import routing_stats
-    from taslora_core.checkpoint import atomic_write_json
+    from taslora_core.atomic import atomic_write_json
     from taslora_core.plots import plot_routing_heatmap
     from taslora_core.slicing import LINEAR_LAYERS
 

@@ -15,19 +15,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from taslora_core.atomic import (  # noqa: F401  (re-exported: the writers' historical home)
-    atomic_save_safetensors,
-    atomic_torch_save,
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
-)
+from taslora_core.atomic import atomic_save_safetensors, atomic_write_json
 from taslora_core.space import SearchSpace
-from taslora_core.state_check import (  # noqa: F401  (re-exported: their historical home)
-    CheckpointError,
-    check_state_keys,
-    load_state_strict,
-)
+from taslora_core.state_check import CheckpointError, load_state_strict  # CheckpointError: also imported from here
 from taslora_core.supernet import Supernet
 
 
@@ -78,7 +68,7 @@ def load_autoformer_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_autoformer_supernet(path: str | Path, space: SearchSpace | str) -> Supernet:
     """A `Supernet` of `space` (a SearchSpace, preset name or YAML path) loaded strictly from an official
-    AutoFormer checkpoint (weights-only loading). `Supernet.from_autoformer_checkpoint` is an alias."""
+    AutoFormer checkpoint (weights-only loading). """
     space = SearchSpace.resolve(space) if isinstance(space, str) else space
     model = Supernet(space)
     load_state_strict(model, load_autoformer_state(path), source=str(path))

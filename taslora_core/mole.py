@@ -160,11 +160,3 @@ class MoLEModel(nn.Module):
         """Experts and router tensors (what a MoLE checkpoint stores besides the supernet reference)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("supernet.")}
 
-
-def __getattr__(name: str) -> Any:
-    """Transitional alias: the checkpoint files moved to `taslora_core.mole_io`."""
-    if name in ("save_mole", "load_mole", "read_mole_config", "MOLE_WEIGHTS", "MOLE_CONFIG"):
-        from taslora_core import mole_io
-
-        return getattr(mole_io, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

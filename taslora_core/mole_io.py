@@ -12,7 +12,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from taslora_core.atomic import atomic_save_safetensors, atomic_write_json
-from taslora_core.checkpoint import CheckpointError, check_state_keys
+from taslora_core.state_check import CheckpointError, check_state_keys
 from taslora_core.mole import MoLEConfig, MoLEModel
 from taslora_core.supernet import Supernet
 

@@ -10,7 +10,6 @@ Loading files is not done here: see `taslora_core.checkpoint` (`load_supernet`, 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from timm.layers import trunc_normal_
@@ -106,17 +105,6 @@ class Supernet(nn.Module):
 
     def _layers(self, subnet: Subnet, tensors: dict[str, torch.Tensor]) -> SlicedLayers:
         return SlicedLayers(tensors, subnet.embed_dim, self.space.patch_size)
-
-    # ------------------------------------------------------------------ loading
-    @staticmethod
-    def from_autoformer_checkpoint(path: str | Path, space: SearchSpace | str) -> "Supernet":
-        """Alias of `taslora_core.checkpoint.load_autoformer_supernet`, kept for the README's Python API.
-
-        The import is deferred: checkpoint.py imports this module, never the other way at import time.
-        """
-        from taslora_core.checkpoint import load_autoformer_supernet  # noqa: PLC0415 - see docstring
-
-        return load_autoformer_supernet(path, space)
 
     def load_state_dict_strict(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Strict load whose error names the missing, unexpected and mis-shaped keys."""

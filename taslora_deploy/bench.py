@@ -23,6 +23,7 @@ import torch
 
 from taslora_core.atomic import atomic_write_text, json_default
 from taslora_core.workspace import DEFAULT_WORKDIR, latest
+from taslora_deploy import standalone_io
 from taslora_deploy.artifacts import BENCH_RESULTS, MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS
 from taslora_deploy.runners import ort_runner, torch_runner, trt_runner
 from taslora_deploy.timing import Runner, latency_stats, time_calls, torch_threads, warm_up
@@ -101,9 +102,7 @@ def _load_standalone_dir(directory: Path) -> torch.nn.Module:
             f"{directory} is not a standalone model directory: missing {', '.join(missing)} "
             f"(expected {MODEL_WEIGHTS} + {MODEL_CONFIG})"
         )
-    from taslora_deploy import standalone  # looked up at call time, so tests can substitute load_standalone
-
-    return standalone.load_standalone(directory)
+    return standalone_io.load_standalone(directory)  # looked up at call time, so tests can substitute it
 
 
 def _module_input_shape(module: torch.nn.Module, directory: Path | None) -> tuple[int, ...] | None:

@@ -39,7 +39,8 @@ from taslora_deploy.artifacts import (
     baseline_onnx,
 )
 from taslora_deploy.fold import FoldResult, UnmergedMoLEViT, check_parity, fold_subnet
-from taslora_deploy.standalone import StandaloneViT, save_standalone
+from taslora_deploy.standalone import StandaloneViT
+from taslora_deploy.standalone_io import save_standalone
 
 __all__ = ["ExportOptions", "ExportResult", "export", "run_export", "source_hashes", "REPORT"]
 

@@ -8,7 +8,6 @@ ONNX/TensorRT as a static graph with a dynamic batch axis. Its layers and forwar
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
@@ -65,12 +64,3 @@ def materialize(supernet: nn.Module, subnet: Subnet, deltas: Deltas | None = Non
     ref = next(supernet.parameters())
     return model.to(device=ref.device, dtype=ref.dtype).eval()
 
-
-def __getattr__(name: str) -> Any:
-    # The file I/O moved to standalone_io; this keeps `from taslora_deploy.standalone import load_standalone`
-    # (and the other old names) working without a module-level import cycle.
-    if name in ("save_standalone", "load_standalone", "MODEL_WEIGHTS", "MODEL_CONFIG"):
-        from taslora_deploy import standalone_io  # noqa: PLC0415
-
-        return getattr(standalone_io, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

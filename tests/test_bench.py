@@ -134,14 +134,14 @@ def test_latency_stats_and_environment():
 
 def test_bench_standalone_directory(tmp_path, monkeypatch):
     """Directory artefacts go through load_standalone (faked here); input shape comes from config.json."""
-    standalone = pytest.importorskip("taslora_deploy.standalone")
+    from taslora_deploy import standalone_io
     seen = []
 
     def fake_load_standalone(directory, *args, **kwargs):
         seen.append(directory)
         return _model()
 
-    monkeypatch.setattr(standalone, "load_standalone", fake_load_standalone)
+    monkeypatch.setattr(standalone_io, "load_standalone", fake_load_standalone)
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "config.json").write_text(json.dumps({"input_shape": list(SHAPE)}))
     (r,) = bench(tmp_path, batch_sizes=(2,), **FAST)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from taslora_core import SearchSpace, Subnet, Supernet
-from taslora_core.checkpoint import CheckpointError, load_supernet, save_supernet
+from taslora_core.checkpoint import CheckpointError, load_autoformer_supernet, load_supernet, save_supernet
 from taslora_core.subnet import sample_subnet
 from taslora_core.vit_ops import rel_pos_index
 
@@ -163,13 +163,13 @@ def _autoformer_ckpt(model: Supernet, path, prefix: str = "") -> None:
 def test_autoformer_checkpoint_loads_with_weights_only(fmnist_model, tmp_path):
     path = tmp_path / "supernet.pth"
     _autoformer_ckpt(fmnist_model, path)
-    loaded = Supernet.from_autoformer_checkpoint(path, fmnist_model.space).eval()
+    loaded = load_autoformer_supernet(path, fmnist_model.space).eval()
     sub = sample_subnet(fmnist_model.space, random.Random(1))
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x, sub), fmnist_model(x, sub))
     _autoformer_ckpt(fmnist_model, tmp_path / "ddp.pth", prefix="module.")
-    Supernet.from_autoformer_checkpoint(tmp_path / "ddp.pth", "fmnist")
+    load_autoformer_supernet(tmp_path / "ddp.pth", "fmnist")
 
 
 def test_autoformer_checkpoint_errors_name_keys(fmnist_model, tmp_path):
@@ -179,14 +179,14 @@ def test_autoformer_checkpoint_errors_name_keys(fmnist_model, tmp_path):
     state["extra.thing"] = torch.zeros(1)
     torch.save({"model": state}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError) as err:
-        Supernet.from_autoformer_checkpoint(tmp_path / "bad.pth", fmnist_model.space)
+        load_autoformer_supernet(tmp_path / "bad.pth", fmnist_model.space)
     msg = str(err.value)
     assert "blocks.2.fc1.bias" in msg and "extra.thing" in msg and "blocks.0.attn.qkv.weight (3, 3)" in msg
     torch.save({"weights": state}, tmp_path / "nomodel.pth")
     with pytest.raises(CheckpointError, match="no 'model' entry"):
-        Supernet.from_autoformer_checkpoint(tmp_path / "nomodel.pth", fmnist_model.space)
+        load_autoformer_supernet(tmp_path / "nomodel.pth", fmnist_model.space)
     with pytest.raises(CheckpointError, match="does not exist"):
-        Supernet.from_autoformer_checkpoint(tmp_path / "missing.pth", fmnist_model.space)
+        load_autoformer_supernet(tmp_path / "missing.pth", fmnist_model.space)
 
 
 class _Evil:
@@ -197,7 +197,7 @@ class _Evil:
 def test_untrusted_pickle_is_refused(tmp_path):
     torch.save({"model": {}, "payload": _Evil()}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match="weights_only"):
-        Supernet.from_autoformer_checkpoint(tmp_path / "evil.pth", "fmnist")
+        load_autoformer_supernet(tmp_path / "evil.pth", "fmnist")
 
 
 def test_safetensors_round_trip(fmnist_model, tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taslora_core.checkpoint import atomic_write_json, file_sha256, save_supernet
+from taslora_core.atomic import atomic_write_json
+from taslora_core.checkpoint import file_sha256, load_autoformer_supernet, save_supernet
 from taslora_core.space import SearchSpace
-from taslora_core.supernet import Supernet
 from taslora_core.train.run_files import SUMMARY
 from taslora_core.workspace import new_run
 
@@ -14,7 +14,7 @@ from taslora_core.workspace import new_run
 def import_supernet(ckpt: str | Path, space: str | SearchSpace, workdir: str | Path, name: str | None = None) -> Path:
     """Turn an official AutoFormer checkpoint into a new `supernets` run (weights-only loading)."""
     sp = SearchSpace.resolve(space) if isinstance(space, str) else space
-    model = Supernet.from_autoformer_checkpoint(ckpt, sp)
+    model = load_autoformer_supernet(ckpt, sp)
     run_dir = new_run(workdir, "supernets", name or f"{sp.name}-imported")
     save_supernet(run_dir, model, extra={
         "kind": "imported", "imported_from": str(Path(ckpt).resolve()), "imported_sha256": file_sha256(ckpt),

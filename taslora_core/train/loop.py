@@ -31,7 +31,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from taslora_core.checkpoint import atomic_torch_save, atomic_write_text, load_torch
+from taslora_core.atomic import atomic_torch_save, atomic_write_text
+from taslora_core.checkpoint import load_torch
 from taslora_core.distributed import DistContext, all_reduce_grads
 from taslora_core.train.optim import OptimizerSet
 from taslora_core.space import SearchSpace

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taslora_core.checkpoint import atomic_write_json
+from taslora_core.atomic import atomic_write_json
 from taslora_core.train.config import TrainConfig
 from taslora_core.workspace import SUMMARY_JSON
 

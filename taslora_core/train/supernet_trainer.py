@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from taslora_core import data as D
-from taslora_core.checkpoint import atomic_write_json, save_supernet
+from taslora_core.atomic import atomic_write_json
+from taslora_core.checkpoint import save_supernet
 from taslora_core.distributed import broadcast_object, broadcast_tensors
 from taslora_core.run_data import describe_data
 from taslora_core.space import SearchSpace
