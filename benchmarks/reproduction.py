@@ -47,6 +47,7 @@ from taslora_core.plots import plot_training_curves, training_curve_points
 from taslora_core.run_io import load_checkpoint
 from taslora_core.slicing import LINEAR_LAYERS, LINEAR_PATHS, block_dims, weight
 from taslora_core.subnet import Subnet
+from taslora_core.train.run_files import recorded_epochs
 from taslora_core.workspace import runs
 from taslora_deploy.standalone import materialize
 
@@ -156,11 +157,6 @@ class Store:
 def _run_named(workdir: Path, kind: str, name: str) -> Path | None:
     found = [r.path for r in runs(workdir, kind) if r.name.endswith(f"-{name}") and (r.path / "summary.json").exists()]
     return found[-1] if found else None
-
-
-def _supernet_epochs(supernet_dir: Path) -> int:
-    doc = json.loads((supernet_dir / "train_config.json").read_text())
-    return int((doc.get("config") or doc)["epochs"])
 
 
 def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str, Any]) -> Path:
@@ -539,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     args.supernet = args.supernet.resolve()
     state.write_text(json.dumps({"supernet": str(args.supernet)}) + "\n")
     if args.epochs is None:
-        args.epochs = max(1, round(_supernet_epochs(args.supernet) / 10))
+        args.epochs = max(1, round(recorded_epochs(args.supernet) / 10))
     if args.warmup_epochs is None:
         args.warmup_epochs = max(0, round(args.epochs / 10))
     started = time.perf_counter()

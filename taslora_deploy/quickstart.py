@@ -21,7 +21,7 @@ from taslora_core.run_io import is_supernet_dir
 from taslora_core.search import Constraints, SearchConfig, SearchEvents, SearchRunConfig, run_search
 from taslora_core.subnet import Subnet
 from taslora_core.train import MoLETrainConfig, SupernetTrainConfig, train_mole, train_supernet
-from taslora_core.train.run_files import TRAIN_CONFIG
+from taslora_core.train.run_files import recorded_epochs
 from taslora_deploy.artifacts import MODEL_CONFIG, MODEL_ONNX
 from taslora_deploy.bench import bench
 from taslora_deploy.pipeline import ExportOptions, export
@@ -59,15 +59,6 @@ FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, supernet_lr=4e-3, mo
                       expert_lr=2e-3, lora_alpha=16.0, router_lr=1.0, train_subset=3000,
                       search_population=6, search_iterations=2, search_val_subset=500, latency_iters=60,
                       bench_min_time_s=0.2)
-
-
-def _supernet_epochs(supernet_dir: Path, default: int) -> int:
-    """Epochs the supernet run recorded in train_config.json (imported supernets record none: `default`)."""
-    path = supernet_dir / TRAIN_CONFIG
-    if not path.exists():
-        return default
-    doc = json.loads(path.read_text())
-    return int((doc.get("config") or doc).get("epochs", default))
 
 
 def _test_with_and_without(mole_dir: Path, subnet) -> dict[str, Any]:
@@ -152,7 +143,7 @@ def quickstart(
             space="fmnist", data="fmnist", epochs=plan.supernet_epochs, warmup_epochs=plan.supernet_warmup,
             lr=plan.supernet_lr, **common), log=log).run_dir
         done("supernet")
-    mole_epochs = max(1, round(plan.mole_share * _supernet_epochs(supernet_dir, plan.supernet_epochs)))
+    mole_epochs = max(1, round(plan.mole_share * recorded_epochs(supernet_dir, plan.supernet_epochs)))
     step("mole", f"train MoLE experts + router, {mole_epochs} epochs")
     mole_dir = train_mole(MoLETrainConfig(
         supernet=str(supernet_dir), epochs=mole_epochs, warmup_epochs=round(plan.mole_warmup_share * mole_epochs), expert_lr=plan.expert_lr,

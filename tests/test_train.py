@@ -300,3 +300,18 @@ def test_autoformer_no_decay_groups_and_supernet_schedule() -> None:
     assert lrs[0] == pytest.approx(1e-6) and lrs[10] == pytest.approx(1e-3, rel=0.03)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:11])) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] == pytest.approx(1e-5, rel=0.05)
+
+
+def test_recorded_epochs_reads_train_config_and_falls_back_only_when_asked(tmp_path) -> None:
+    import json as _json
+
+    from taslora_core.checkpoint import CheckpointError
+    from taslora_core.train.run_files import recorded_epochs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match="records no training epochs"):
+        recorded_epochs(run)
+    assert recorded_epochs(run, default=6) == 6  # e.g. an imported AutoFormer supernet
+    (run / "train_config.json").write_text(_json.dumps({"kind": "supernet", "config": {"epochs": 60}}))
+    assert recorded_epochs(run) == 60 and recorded_epochs(run, default=6) == 60

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from taslora_core.atomic import atomic_write_json
+from taslora_core.state_check import CheckpointError
 from taslora_core.train.config import TrainConfig
 from taslora_core.workspace import SUMMARY_JSON
 
@@ -32,6 +34,20 @@ def run_kind_dir(kind: str) -> str:
 def write_run_config(run_dir: Path, kind: str, cfg: TrainConfig, extra: dict[str, Any]) -> None:
     """Record the run's kind, config and `extra` (space, data, supernet) in train_config.json."""
     atomic_write_json(run_dir / TRAIN_CONFIG, {"kind": kind, "config": cfg.to_dict(), **extra})
+
+
+def recorded_epochs(run_dir: Path, default: int | None = None) -> int:
+    """Epochs a training run recorded in its train_config.json; `default` where the run recorded none
+    (e.g. an imported AutoFormer supernet). Without a default a missing record is a CheckpointError."""
+    path = Path(run_dir) / TRAIN_CONFIG
+    if path.exists():
+        doc = json.loads(path.read_text())
+        epochs = (doc.get("config") or doc).get("epochs")
+        if epochs is not None:
+            return int(epochs)
+    if default is None:
+        raise CheckpointError(f"{run_dir} records no training epochs ({TRAIN_CONFIG} missing or without 'epochs')")
+    return default
 
 
 def relative_to_run(path: Path, start: Path, workdir: Path) -> str:
