@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from taslora_cli.app import run_command
 from taslora_core.analysis import feature_collapse, mean_off_diagonal, paired_bootstrap, sample_distinct
-from taslora_core.data import DataConfig, build_data, load_split, make_loaders
+from taslora_core.data import DataConfig, build_data, load_split, load_test_batches, make_loaders
 from taslora_core.evaluate import per_image as evaluate_per_image
 from taslora_core.mole import MoLEModel
 from taslora_core.plots import plot_training_curves, training_curve_points
@@ -84,9 +84,7 @@ class Batches:
 
 def test_batches(n: int | None = None) -> Batches:
     """Fashion-MNIST test set (10,000 images; or the first n)."""
-    cfg = DataConfig.fmnist()
-    bundle = build_data(cfg, val_size=10)
-    batches = list(make_loaders(bundle, cfg, batch_size=500, num_workers=0).test)
+    batches = load_test_batches(DataConfig.fmnist())
     if n is not None:
         images, labels = torch.cat([b[0] for b in batches])[:n], torch.cat([b[1] for b in batches])[:n]
         batches = [(images, labels)]

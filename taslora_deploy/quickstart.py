@@ -63,14 +63,12 @@ FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, supernet_lr=4e-3, mo
 
 def _test_with_and_without(mole_dir: Path, subnet) -> dict[str, Any]:
     """The searched subnet on the test set with and without its experts, paired on the same images."""
-    from taslora_core.data import DataConfig, build_data, make_loaders
+    from taslora_core.data import DataConfig, load_test_batches
     from taslora_core.evaluate import per_image
     from taslora_core.run_io import load_checkpoint
 
     loaded = load_checkpoint(mole_dir)
-    cfg = DataConfig(**loaded.data)
-    bundle = build_data(cfg, val_size=10)
-    batches = list(make_loaders(bundle, cfg, batch_size=500, num_workers=0).test)
+    batches = load_test_batches(DataConfig(**loaded.data))
     ok_e, loss_e = per_image(loaded.supernet, subnet, batches, loaded.mole, use_experts=True)
     ok_s, loss_s = per_image(loaded.supernet, subnet, batches, loaded.mole, use_experts=False)
     top1 = paired_bootstrap(ok_e.double() - ok_s.double())

@@ -335,3 +335,15 @@ def test_mixup_batch_gives_soft_targets(fmnist_bundle: D.DataBundle) -> None:
     assert not torch.equal(mixed, x)
     loss = D.make_train_loss(cfg)(torch.zeros(64, 10), soft)
     assert torch.isfinite(loss) and abs(loss.item() - np.log(10)) < 1e-4
+
+
+@needs_fmnist
+def test_load_test_batches_is_the_whole_test_set_in_file_order() -> None:
+    cfg = D.DataConfig.fmnist()
+    batches = D.load_test_batches(cfg, batch_size=4000)
+    assert [len(y) for _, y in batches] == [4000, 4000, 2000]
+    images, labels = D.load_fmnist("test")
+    assert torch.equal(torch.cat([y for _, y in batches]), labels)
+    first = batches[0][0][:3]
+    assert first.shape == (3, 1, 28, 28) and first.dtype == torch.float32
+    assert torch.allclose(first, D.normalize_batch(images[:3].reshape(3, 1, 28, 28), cfg))  # normalised, not augmented

@@ -45,6 +45,7 @@ Public API:
 * ``build_data(cfg, val_size=10000, seed=0, train_subset=None, val_subset=None, split=None) -> DataBundle``
   with ``train`` / ``val`` / ``test`` sources (``TensorSource`` or ``FolderSource``), ``split``,
   ``num_classes`` and ``classes``.
+* ``load_test_batches(cfg, batch_size=500)``: the whole test set as evaluation batches (no split needed).
 * ``shard_indices(...)`` and ``ShardedOrder`` (a ``torch.utils.data.Sampler``): the per-rank order.
 * ``augment_batch(images, generator, pad, hflip)`` and ``normalize_batch(images, cfg)``.
 * ``TensorLoader`` / ``FolderLoader``: iterables of ``(images float32 (B,C,H,W), labels int64 (B,))``
@@ -81,7 +82,7 @@ from taslora_core.data.errors import DataUnavailable
 from taslora_core.data.fmnist import (
     FMNIST_CLASSES, FMNIST_ENV, FMNIST_MEAN, FMNIST_ROOT, FMNIST_STD, fmnist_root, load_fmnist,
 )
-from taslora_core.data.loaders import FolderLoader, Loaders, TensorLoader, make_loaders
+from taslora_core.data.loaders import FolderLoader, Loaders, TensorLoader, load_test_batches, make_loaders
 from taslora_core.data.order import ShardedOrder, shard_indices
 from taslora_core.data.split import effective_val_size, load_split, make_split, save_split, split_indices
 
@@ -119,4 +120,5 @@ __all__ = [
     "FolderLoader",
     "Loaders",
     "make_loaders",
+    "load_test_batches",
 ]

@@ -10,11 +10,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from taslora_core.data.batch import augment_batch, normalize_batch
-from taslora_core.data.bundle import DataBundle, FolderSource, TensorSource
+from taslora_core.data.bundle import DataBundle, FolderSource, TensorSource, build_data
 from taslora_core.data.config import DataConfig, make_transforms
 from taslora_core.data.order import ShardedOrder
 
-__all__ = ["TensorLoader", "FolderLoader", "Loaders", "make_loaders"]
+__all__ = ["TensorLoader", "FolderLoader", "Loaders", "make_loaders", "load_test_batches"]
 
 def _batch_seed(seed: int, epoch: int, rank: int, position: int) -> int:
     state = np.random.SeedSequence([seed, epoch, rank, position]).generate_state(2, dtype=np.uint32)
@@ -171,3 +171,10 @@ def make_loaders(bundle: DataBundle, cfg: DataConfig, batch_size: int, rank: int
         FolderLoader(bundle.val, eval_tf, eval_bs, val_o, num_workers=num_workers),
         FolderLoader(bundle.test, eval_tf, eval_bs, test_o, num_workers=num_workers),
     )
+
+
+def load_test_batches(cfg: DataConfig, batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole test set of ``cfg.data`` (Fashion-MNIST's t10k, or a folder's ``val/``) as evaluation batches,
+    in file order. The test set does not depend on the held-out split, so only a token one is carved."""
+    bundle = build_data(cfg, val_size=10)
+    return list(make_loaders(bundle, cfg, batch_size=batch_size, num_workers=0).test)
