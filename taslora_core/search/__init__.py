@@ -9,6 +9,9 @@ search stage as a library verb (`run_search`). One module per job:
     messages      human descriptions of constraints and ranges
     operators     the candidate tuple, mutation, crossover
     evolution     EvolutionSearch (model-free: the fitness is injected), its resumable state, SearchResult
+    objectives    the objectives of a Pareto search (--objectives loss,flops|params|latency) and their values
+    nsga          NSGA-II: dominance, non-dominated sorting, crowding distance, selection, 2-D hypervolume
+    pareto_file   pareto.json: ParetoFront / ParetoMember, write_pareto, the validating read_pareto
     random_search the random-sampling baseline
     fitness       validation data of a checkpoint and CheckpointFitness
     run_folder    the files of a search run folder
@@ -22,13 +25,17 @@ from taslora_core.search.evolution import (
 )
 from taslora_core.search.latency import LatencyFn, LatencyLookup
 from taslora_core.search.measures import measure
+from taslora_core.search.objectives import DEFAULT_OBJECTIVES, parse_objectives
+from taslora_core.search.pareto_file import (
+    ParetoFileError, ParetoFront, ParetoMember, check_same_space, read_pareto, write_pareto,
+)
 from taslora_core.search.operators import crossover, mutate, subnet_from_key
 from taslora_core.search.random_search import random_search
 from taslora_core.search.run import SearchEvents, SearchRun, SearchRunConfig, SearchStart, resumed_config, run_search
 
 __all__ = [
-    "METRICS", "STATE_FORMAT", "STATE_VERSION", "Constraints", "EvolutionSearch", "FitnessFn", "InfeasibleConstraints",
+    "DEFAULT_OBJECTIVES", "METRICS", "ParetoFileError", "ParetoFront", "ParetoMember", "STATE_FORMAT", "STATE_VERSION", "Constraints", "EvolutionSearch", "FitnessFn", "InfeasibleConstraints",
     "LatencyFn", "LatencyLookup", "Record", "SearchConfig", "SearchError", "SearchEvents", "SearchResult",
-    "SearchRun", "SearchRunConfig", "SearchStart", "check_metric", "crossover", "measure", "mutate",
-    "random_search", "resumed_config", "run_search", "subnet_from_key",
+    "SearchRun", "SearchRunConfig", "SearchStart", "check_metric", "check_same_space", "crossover", "measure", "mutate",
+    "parse_objectives", "random_search", "read_pareto", "resumed_config", "run_search", "subnet_from_key", "write_pareto",
 ]
