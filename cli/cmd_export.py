@@ -1,8 +1,7 @@
-"""`taslora export`, `taslora check-overhead`, `taslora bench`."""
+"""`taslora export`, `taslora check-overhead`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, err_console, fail, handle_errors
-from taslora_deploy.artifacts import BASELINE_ONNX, BENCH_RESULTS, MODEL_ONNX
+from taslora_deploy.artifacts import BASELINE_ONNX, MODEL_ONNX
 
 if TYPE_CHECKING:
     from taslora_deploy.pipeline import ExportResult
@@ -124,32 +123,3 @@ def check_overhead_cmd(
     console.print(f"report: {check.report_path}")
     if not check.ok:
         raise typer.Exit(1)
-
-
-@app.command("bench")
-@handle_errors
-def bench_cmd(
-    artifacts: Annotated[list[Path] | None, typer.Argument(help=f".onnx files, TensorRT .plan/.engine files, or export folders (standalone PyTorch). Default: the latest export's {MODEL_ONNX} and its folder.")] = None,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8,32",
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda (onnxruntime provider / torch device).")] = "cpu",
-    threads: Annotated[int | None, typer.Option("--threads", help="Intra-op threads (default: runtime's choice).")] = None,
-    warmup_s: Annotated[float, typer.Option("--warmup-s", help="Warm-up seconds per artifact and batch size.")] = 0.5,
-    min_iters: Annotated[int, typer.Option("--min-iters", help="Minimum timed iterations.")] = 50,
-    min_time_s: Annotated[float, typer.Option("--min-time-s", help="Minimum timed seconds.")] = 1.0,
-    compile_: Annotated[bool, typer.Option("--compile", help="Also time torch.compile for PyTorch artifacts (falls back to eager with a note).")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help=f"Write results as JSON here (default: {BENCH_RESULTS} beside the first artifact).")] = None,
-    workdir: WorkdirOpt = DEFAULT_WORKDIR_PATH,
-) -> None:
-    """Latency (mean/median/p90/p95/p99) and throughput of artifacts side by side, with the environment."""
-    from taslora_deploy.bench import bench_table, benchmark
-
-    try:
-        sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
-    except ValueError:
-        raise fail(f"--batch-sizes must be comma-separated integers, not '{batch_sizes}'") from None
-    result = benchmark(artifacts, workdir=workdir, batch_sizes=sizes, device=device, threads=threads,
-                       warmup_s=warmup_s, min_iters=min_iters, min_time_s=min_time_s, compile=compile_,
-                       json_out=json_out, log=console.print)
-    console.print(bench_table(result.rows))
-    console.print(f"environment: {json.dumps(result.environment)}")
-    console.print(f"results: {result.json_path}")

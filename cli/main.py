@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from taslora_cli import cmd_analyze  # noqa: F401  (registers `analyze collapse`, `analyze routing`)
-from taslora_cli import cmd_export  # noqa: F401  (registers `export`, `check-overhead`, `bench`)
+from taslora_cli import cmd_bench  # noqa: F401  (registers `bench`)
+from taslora_cli import cmd_export  # noqa: F401  (registers `export`, `check-overhead`)
 from taslora_cli import cmd_quickstart  # noqa: F401  (registers `quickstart`)
 from taslora_cli import cmd_runs  # noqa: F401  (registers `runs`)
 from taslora_cli import cmd_space  # noqa: F401  (registers `space`, `flops`)

@@ -156,3 +156,29 @@ def plot_training_curves(runs: dict[str, Sequence[dict[str, Any]]], path: str | 
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_bench(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "latency vs batch size") -> Path:
+    """Median latency against batch size, one line per benchmarked series (artifact, CUDA graph on/off), log-log,
+    with p10-p90 error bars (`taslora bench` rows: `artifact`, `batch`, `p50_ms`, `p10_ms`, `p90_ms`)."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        name = f"{r['artifact']} [{r.get('precision') or r.get('runtime')}]" + (" +CUDA graph" if r.get("cuda_graph") else "")
+        series.setdefault(name, []).append(r)
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    for name, pts in series.items():
+        pts = sorted(pts, key=lambda r: r["batch"])
+        xs = [r["batch"] for r in pts]
+        p50 = [r.get("p50_ms", r["median_ms"]) for r in pts]
+        lo = [max(m - r.get("p10_ms", r["min_ms"]), 0.0) for m, r in zip(p50, pts)]
+        hi = [max(r["p90_ms"] - m, 0.0) for m, r in zip(p50, pts)]
+        ax.errorbar(xs, p50, yerr=[lo, hi], marker="o", capsize=3, linewidth=1.3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency p50, ms (bars: p10-p90)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)

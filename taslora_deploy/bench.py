@@ -3,8 +3,13 @@
 Conventions (trtexec-like): time-based warm-up, then at least ``min_iters``
 iterations *and* ``min_time_s`` seconds, timed by :mod:`taslora_deploy.timing`
 on the synchronous runners of :mod:`taslora_deploy.runners`.
-Reported per artefact and batch: mean/median/p90/p95/p99/min/max/std latency in
-ms, coefficient of variation and throughput in images/s, with the environment.
+Reported per artefact and batch: mean/median/p10/p90/p95/p99/min/max/std latency in
+ms of the host wall clock, coefficient of variation and throughput in images/s and
+queries/s, with the environment. On CUDA, runners that run on a known stream (torch,
+TensorRT) also get the GPU compute time from CUDA events, and a second row per batch
+replays the inference as a CUDA graph (``cuda_graph: true``; trtexec's default).
+The output side (bench.json rows, tables, ratios) is :mod:`taslora_deploy.bench_report`;
+labels, kinds and precisions of the artifacts are :mod:`taslora_deploy.bench_artifacts`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -21,17 +26,19 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from taslora_core.atomic import atomic_write_text, json_default
 from taslora_core.workspace import DEFAULT_WORKDIR, latest
 from taslora_deploy import standalone_io
-from taslora_deploy.artifacts import BENCH_RESULTS, MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS
-from taslora_deploy.runners import ort_runner, torch_runner, trt_runner
-from taslora_deploy.timing import Runner, latency_stats, time_calls, torch_threads, warm_up
+from taslora_deploy.artifacts import BENCH_RESULTS, MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS, REPORT
+from taslora_deploy.bench_artifacts import ONNX_SUFFIXES, TRT_SUFFIXES, ArtifactInfo, describe_artifacts
+from taslora_deploy.bench_report import attach_ratios, bench_table, compare_ratios, find_baseline, write_json
+from taslora_deploy.runners import ort_runner, torch_graph_runner, torch_runner, trt_graph_runner, trt_runner
+from taslora_deploy.timing import (Runner, interleaved_latency, latency_stats, time_calls, time_calls_events,
+                                   torch_threads, warm_up)
 
-__all__ = ["bench", "bench_table", "write_json", "environment", "latency_stats", "BenchResult", "benchmark"]
+__all__ = ["bench", "bench_table", "write_json", "environment", "latency_stats", "BenchResult", "benchmark",
+           "default_output"]
 
-ONNX_SUFFIXES = {".onnx"}
-TRT_SUFFIXES = {".plan", ".engine"}
+_GPU_KEYS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "cv")
 
 
 # --------------------------------------------------------------------------- environment
@@ -160,6 +167,8 @@ def _torch_runners(
             info["compile_error"] = msg
             _dynamo_reset()
     info["eager"] = lambda b: torch_runner(module, b, input_shape, device)
+    if torch.device(device).type == "cuda":  # the CUDA-graph twin captures the eager module
+        info["graph"] = lambda b: torch_graph_runner(module, b, input_shape, device)
     return runtime, (lambda b: torch_runner(target, b, input_shape, device)), info
 
 
@@ -168,6 +177,15 @@ def _dynamo_reset() -> None:
         torch._dynamo.reset()
     except Exception:
         pass
+
+
+def _check_sizes(batch_sizes: Iterable[int], min_iters: int) -> list[int]:
+    sizes = [int(b) for b in batch_sizes]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {sizes}")
+    if min_iters < 1:
+        raise ValueError("min_iters must be >= 1")
+    return sizes
 
 
 def bench(
@@ -181,8 +199,9 @@ def bench(
     compile: bool = False,
     input_shape: Sequence[int] | None = None,
     name: str | None = None,
+    cuda_graphs: bool = True,
 ) -> list[dict]:
-    """Benchmark one artefact at each batch size; returns one result dict per batch.
+    """Benchmark one artefact at each batch size; returns one result dict per batch (and CUDA-graph variant).
 
     ``artifact``: ``.onnx`` file (onnxruntime on ``device``; the active provider is
     verified and recorded), ``.plan``/``.engine`` (TensorRT on CUDA; raises
@@ -192,67 +211,99 @@ def bench(
     from the ONNX file / engine; for modules it is taken from the module/config when
     not given.  ``threads`` sets onnxruntime intra-op threads or torch threads (for
     the duration of the call).  ``compile=True`` uses ``torch.compile`` for modules,
-    falling back to eager with a ``note`` when compilation fails.
+    falling back to eager with a ``note`` when compilation fails.  On CUDA, torch and
+    TensorRT artefacts get a second row per batch replayed as a CUDA graph
+    (``cuda_graph: true``) unless ``cuda_graphs=False``.
     """
-    batch_sizes = [int(b) for b in batch_sizes]
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
-    if min_iters < 1:
-        raise ValueError("min_iters must be >= 1")
-
+    sizes = _check_sizes(batch_sizes, min_iters)
     with torch_threads(threads):
         env = environment(device, threads)
-        make_runner, runtime, label, info, shape = _prepare(artifact, batch_sizes, device, threads, compile,
-                                                            input_shape)
-        results: list[dict] = []
-        for b in batch_sizes:
-            run = make_runner(b)
-            batch_runtime, batch_note = runtime, info.get("note")
-            try:
-                times = _measure(run, warmup_s, int(min_iters), float(min_time_s))
-            except Exception as exc:
-                if not info.get("compiled"):
-                    raise
-                # torch.compile can fail on a recompilation for a new batch size: eager for this batch
-                msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-                batch_runtime, batch_note = "torch", f"torch.compile failed at batch {b}, eager fallback: {msg}"
-                _dynamo_reset()
-                run = info["eager"](b)
-                times = _measure(run, warmup_s, int(min_iters), float(min_time_s))
+        prep = _prepare(artifact, sizes, device, threads, compile, input_shape)
+        return _bench_prepared(prep, name or prep.label, {}, sizes, warmup_s, int(min_iters), float(min_time_s),
+                               device, threads, env, cuda_graphs)
+
+
+@dataclass
+class _Prepared:
+    """One artefact ready to run: ``make(batch)`` builds its runner; ``info['graph']`` its CUDA-graph twin."""
+
+    make: Callable[[int], Runner]
+    runtime: str
+    label: str
+    info: dict[str, Any]
+    shape: tuple[int, ...]
+
+
+def _bench_prepared(prep: _Prepared, name: str, described: dict[str, Any], sizes: Sequence[int], warmup_s: float,
+                    min_iters: int, min_time_s: float, device: str, threads: int | None, env: dict[str, Any],
+                    cuda_graphs: bool) -> list[dict]:
+    info = prep.info
+    results: list[dict] = []
+    for b in sizes:
+        run = prep.make(b)
+        variants: list[tuple[Runner, str, str | None, bool]] = []
+        try:
+            stats = _measure(run, b, warmup_s, min_iters, min_time_s)
+            variants.append((run, prep.runtime, info.get("note"), False))
+        except Exception as exc:
+            if not info.get("compiled"):
+                raise
+            # torch.compile can fail on a recompilation for a new batch size: eager for this batch
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+            _dynamo_reset()
+            run = info["eager"](b)
+            stats = _measure(run, b, warmup_s, min_iters, min_time_s)
+            variants.append((run, "torch", f"torch.compile failed at batch {b}, eager fallback: {msg}", False))
+        measured = [stats]
+        if cuda_graphs and "graph" in info:
+            graph_run = info["graph"](b)
+            measured.append(_measure(graph_run, b, warmup_s, min_iters, min_time_s))
+            variants.append((graph_run, "torch" if prep.runtime.startswith("torch") else prep.runtime, None, True))
+        for (vrun, runtime, note, graph), vstats in zip(variants, measured):
             res: dict[str, Any] = {
-                "artifact": name or label,
-                "runtime": batch_runtime,
+                "artifact": name,
+                **described,
+                "runtime": runtime,
                 "provider": info.get("provider"),
                 "device": str(device),
                 "batch": b,
-                "input_shape": list(shape),
-                "dtype": getattr(run, "dtype", info.get("dtype")),
+                "input_shape": list(prep.shape),
+                "dtype": getattr(vrun, "dtype", info.get("dtype")),
+                "cuda_graph": graph,
                 "threads": threads,
                 "warmup_s": float(warmup_s),
             }
-            res.update(latency_stats(times, b))
-            res["note"] = batch_note
+            res.update(vstats)
+            res["note"] = note
             if "compile_error" in info:
                 res["compile_error"] = info["compile_error"]
             res["environment"] = env
             results.append(res)
-        return results
+    return results
 
 
-def _measure(run: Runner, warmup_s: float, min_iters: int, min_time_s: float) -> np.ndarray:
-    """trtexec-like: time-based warm-up (at least one call), then >= min_iters calls and >= min_time_s."""
+def _measure(run: Runner, batch: int, warmup_s: float, min_iters: int, min_time_s: float) -> dict[str, Any]:
+    """trtexec-like: time-based warm-up (at least one call), then >= min_iters calls and >= min_time_s.
+
+    Host wall-clock statistics; with ``gpu_compute`` from CUDA events when the runner names its stream.
+    """
     warm_up([run], seconds=warmup_s)
-    return time_calls(run, min_iters, min_time_s)
+    stream = getattr(run, "stream", None)
+    if stream is None:
+        return {**latency_stats(time_calls(run, min_iters, min_time_s), batch), "gpu_compute": None}
+    host, gpu = time_calls_events(run, stream, min_iters, min_time_s)
+    gpu_stats = latency_stats(gpu, batch)
+    return {**latency_stats(host, batch), "gpu_compute": {k: gpu_stats[k] for k in _GPU_KEYS}}
 
 
-def _prepare(artifact, batch_sizes, device, threads, compile, input_shape):
-    """-> (make_runner(batch), runtime, label, info, input_shape)."""
+def _prepare(artifact, batch_sizes, device, threads, compile, input_shape) -> _Prepared:
+    """The artefact's runner factory, runtime, default label, info and input shape."""
     if isinstance(artifact, torch.nn.Module):
         shape = tuple(input_shape) if input_shape is not None else _module_input_shape(artifact, None)
         if shape is None:
             raise ValueError("input_shape (C, H, W) is required to benchmark an nn.Module without input_shape/img_size")
         runtime, make, info = _torch_runners(artifact, batch_sizes, shape, device, compile)
-        return make, runtime, type(artifact).__name__, info, shape
+        return _Prepared(make, runtime, type(artifact).__name__, info, shape)
 
     if not isinstance(artifact, (str, os.PathLike)):
         raise TypeError(f"artifact must be a path or an nn.Module, got {type(artifact).__name__}")
@@ -265,7 +316,7 @@ def _prepare(artifact, batch_sizes, device, threads, compile, input_shape):
         if shape is None:
             raise ValueError(f"cannot tell the input shape of {path}; pass input_shape=(C, H, W)")
         runtime, make, info = _torch_runners(module, batch_sizes, shape, device, compile)
-        return make, runtime, label, info, shape
+        return _Prepared(make, runtime, label, info, shape)
 
     if not path.exists():
         raise FileNotFoundError(path)
@@ -283,7 +334,7 @@ def _prepare(artifact, batch_sizes, device, threads, compile, input_shape):
                 return cache.pop(b)
             return ort_runner(path, b, shape, device=device, threads=threads, allow_spinning=True)
 
-        return make, "onnxruntime", label, info, shape
+        return _Prepared(make, "onnxruntime", label, info, shape)
 
     if suffix in TRT_SUFFIXES:
         from taslora_deploy.trt_engine import TrtRunner, require_tensorrt
@@ -297,78 +348,15 @@ def _prepare(artifact, batch_sizes, device, threads, compile, input_shape):
         bad = [b for b in batch_sizes if not lo <= b <= hi]
         if bad:
             raise ValueError(f"batch sizes {bad} are outside the engine profile range [{lo}, {hi}]")
-        info = {"provider": "TensorRT", "dtype": str(runner.input_dtype).replace("torch.", "")}
+        info = {"provider": "TensorRT", "dtype": str(runner.input_dtype).replace("torch.", ""),
+                "graph": lambda b: trt_graph_runner(runner, b, shape)}
 
         def make(b):
             return trt_runner(runner, b, shape)
 
-        return make, "tensorrt", label, info, shape
+        return _Prepared(make, "tensorrt", label, info, shape)
 
     raise ValueError(f"unsupported artefact {path}: expected .onnx, .plan/.engine, or a standalone model directory")
-
-
-# --------------------------------------------------------------------------- output
-
-
-def bench_table(results: Sequence[dict], title: str = "Latency benchmark"):
-    """A rich Table with artefacts side by side per batch size.
-
-    Rows are grouped by batch; ``vs first`` is the median latency relative to the
-    first artefact (in input order) benchmarked at that batch size.
-    """
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col, kw in (
-        ("batch", {"justify": "right"}),
-        ("artifact", {}),
-        ("runtime", {}),
-        ("provider", {}),
-        ("mean ms", {"justify": "right"}),
-        ("p50 ms", {"justify": "right"}),
-        ("p90 ms", {"justify": "right"}),
-        ("p99 ms", {"justify": "right"}),
-        ("std ms", {"justify": "right"}),
-        ("img/s", {"justify": "right"}),
-        ("vs first", {"justify": "right"}),
-    ):
-        table.add_column(col, **kw)
-    order = {id(r): i for i, r in enumerate(results)}
-    rows = sorted(results, key=lambda r: (r["batch"], order[id(r)]))
-    first_p50: dict[int, float] = {}
-    for r in rows:
-        ref = first_p50.setdefault(r["batch"], r["median_ms"])
-        rel = f"{r['median_ms'] / ref:.3f}x" if ref > 0 else "-"
-        table.add_row(
-            str(r["batch"]),
-            str(r["artifact"]),
-            str(r["runtime"]),
-            str(r.get("provider") or ""),
-            f"{r['mean_ms']:.3f}",
-            f"{r['median_ms']:.3f}",
-            f"{r['p90_ms']:.3f}",
-            f"{r['p99_ms']:.3f}",
-            f"{r['std_ms']:.3f}",
-            f"{r['throughput_ips']:.1f}",
-            rel,
-        )
-    return table
-
-
-def _json_default(obj: Any):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (torch.device, torch.dtype)):
-        return str(obj)
-    return json_default(obj)
-
-
-def write_json(results: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Write ``results`` (a list of dicts) as JSON, atomically (``taslora_core.atomic``)."""
-    text = json.dumps(list(results), indent=2, default=_json_default, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
 
 
 # --------------------------------------------------------------------------- `taslora bench`
@@ -376,11 +364,60 @@ def write_json(results: Sequence[dict], path: str | os.PathLike) -> Path:
 
 @dataclass
 class BenchResult:
-    """Outcome of :func:`benchmark`: one row per artifact and batch size (the JSON's entries)."""
+    """Outcome of :func:`benchmark`: one row per artifact, batch size and variant (the JSON's entries)."""
 
     rows: list[dict]
     environment: dict[str, Any]
     json_path: Path
+    artifacts: list[ArtifactInfo] = field(default_factory=list)
+    ratios: list[dict] = field(default_factory=list)  # compare_ratios against the --compare baseline
+    plot_path: Path | None = None
+
+
+def default_output(first: Path, out: str | os.PathLike | None = None) -> Path:
+    """Where bench.json goes: in ``out`` when given, else in the export folder of the first artifact.
+
+    The export folder is the artifact's folder (or the folder itself, for a standalone model), or the one
+    above it when that one holds the export's report.json (``baseline/model.onnx``).
+    """
+    if out is not None:
+        return Path(out) / BENCH_RESULTS
+    here = first if first.is_dir() else first.parent
+    return next((d for d in (here, here.parent) if (d / REPORT).is_file()), here) / BENCH_RESULTS
+
+
+def _artifact_paths(artifacts: Sequence[str | os.PathLike] | None, workdir: str | os.PathLike,
+                    compare: str | os.PathLike | None) -> list[Path]:
+    if artifacts:
+        paths = [Path(a) for a in artifacts]
+    else:
+        exp = latest(workdir, "exports", "run `taslora export --onnx` first or name the artifacts")
+        paths = [p for p in (exp / MODEL_ONNX, exp) if p.exists()]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"artifact {path} does not exist")
+    if compare is not None and Path(compare).exists() and not any(
+            os.path.abspath(p) == os.path.abspath(compare) for p in paths):
+        paths.insert(0, Path(compare))  # a baseline path not listed is benchmarked too, first
+    return paths
+
+
+def _paired_ratios(prepared: dict[str, _Prepared], baseline: str, sizes: Sequence[int], warmup_s: float,
+                   iters: int, cuda_graphs: bool, log: Callable[[str], None]) -> dict[tuple[str, bool, int], dict]:
+    """Interleaved A/B runs (A = baseline) of every other series at each batch size."""
+    out: dict[tuple[str, bool, int], dict] = {}
+    for b in sizes:
+        base_run = prepared[baseline].make(b)
+        for label, prep in prepared.items():
+            makers = [(False, prep.make)] if label != baseline else []
+            if cuda_graphs and "graph" in prep.info:
+                makers.append((True, prep.info["graph"]))
+            for graph, make in makers:
+                try:
+                    out[(label, graph, b)] = interleaved_latency(base_run, make(b), warmup_s=warmup_s, iters=iters)
+                except Exception as exc:  # e.g. a torch.compile recompilation: the independent ratio still stands
+                    log(f"paired run of {label} at batch {b} failed, ratio of medians only: {type(exc).__name__}: {exc}")
+    return out
 
 
 def benchmark(
@@ -395,29 +432,49 @@ def benchmark(
     min_time_s: float = 1.0,
     compile: bool = False,
     json_out: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    compare: str | os.PathLike | None = None,
+    paired_iters: int | None = None,
+    cuda_graphs: bool = True,
+    plot: bool = True,
     log: Callable[[str], None] = print,
 ) -> BenchResult:
-    """Benchmark artifacts side by side and write the rows as JSON.
+    """Benchmark artifacts side by side; write the rows as bench.json and the latency curves as bench.png.
 
-    ``artifacts`` default to the latest export's ``model.onnx`` and its folder (standalone PyTorch). The JSON
-    goes to ``json_out``, else ``bench.json`` beside the first artifact. Raises FileNotFoundError for a
-    missing artifact before timing anything.
+    ``artifacts`` default to the latest export's ``model.onnx`` and its folder (standalone PyTorch); each is
+    labelled by its shortest unique path suffix, with kind and precision read from the file. ``compare``
+    names the baseline (a label or a path; a path not listed is benchmarked too): every other series gets
+    the ratio of its median to the baseline's per batch size and, unless ``paired_iters`` is 0, an
+    interleaved A/B measurement of ``paired_iters`` pairs (default ``min_iters``). The JSON goes to
+    ``json_out``, else ``bench.json`` in ``out``, else in the first artifact's export folder; the PNG beside
+    it with the suffix ``.png``. Raises FileNotFoundError for a missing artifact before timing anything.
     """
-    if artifacts:
-        paths = [Path(a) for a in artifacts]
-    else:
-        exp = latest(workdir, "exports", "run `taslora export --onnx` first or name the artifacts")
-        paths = [p for p in (exp / MODEL_ONNX, exp) if p.exists()]
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"artifact {path} does not exist")
-    sizes = tuple(batch_sizes)
+    paths = _artifact_paths(artifacts, workdir, compare)
+    user_first = Path(artifacts[0]) if artifacts else paths[0]
+    infos = describe_artifacts(paths)
+    baseline = find_baseline(compare, infos) if compare is not None else None
+    sizes = _check_sizes(batch_sizes, min_iters)
     rows: list[dict] = []
-    for path in paths:
-        log(f"benchmarking {path}")
-        label = f"{path.name}/ (torch)" if path.is_dir() else path.name
-        rows += bench(path, name=label, batch_sizes=sizes, warmup_s=warmup_s, min_iters=min_iters,
-                      min_time_s=min_time_s, device=device, threads=threads, compile=compile)
-    target = Path(json_out) if json_out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent) / BENCH_RESULTS
+    prepared: dict[str, _Prepared] = {}
+    with torch_threads(threads):
+        env = environment(device, threads)
+        for path, info in zip(paths, infos):
+            log(f"benchmarking {info.label} ({info.kind}, {info.precision})")
+            prep = prepared[info.label] = _prepare(path, sizes, device, threads, compile, None)
+            described = {k: v for k, v in info.to_dict().items() if k != "label"}
+            rows += _bench_prepared(prep, info.label, described, sizes, warmup_s, int(min_iters), float(min_time_s),
+                                    device, threads, env, cuda_graphs)
+        ratios: list[dict] = []
+        if baseline is not None:
+            iters = int(min_iters if paired_iters is None else paired_iters)
+            paired = _paired_ratios(prepared, baseline.label, sizes, warmup_s, iters, cuda_graphs, log) if iters > 0 else {}
+            ratios = compare_ratios(rows, baseline.label, paired)
+            attach_ratios(rows, ratios)
+    target = Path(json_out) if json_out is not None else default_output(user_first, out)
     write_json(rows, target)
-    return BenchResult(rows, environment(device, threads), target)
+    plot_path = None
+    if plot:
+        from taslora_core.plots import plot_bench
+
+        plot_path = plot_bench(rows, target.with_suffix(".png"), title=f"latency vs batch size ({env['device_name']})")
+    return BenchResult(rows, env, target, infos, ratios, plot_path)

@@ -1,7 +1,13 @@
 """Runners: zero-argument callables doing one inference of an artifact on a pre-allocated random batch.
 
 They are what :mod:`taslora_deploy.timing` times. Each returns only when its work is done (CUDA is
-synchronised) and carries ``.input_shape`` and ``.dtype`` (and ``.provider`` for onnxruntime).
+synchronised) and carries ``.input_shape`` and ``.dtype`` (and ``.provider`` for onnxruntime). A runner whose
+work goes to a known CUDA stream also carries ``.stream``, so the timing loop can record GPU compute time with
+CUDA events on it.
+
+CUDA-graph variants (:func:`torch_graph_runner`, :func:`trt_graph_runner`) capture one inference at a fixed
+batch into a ``torch.cuda.CUDAGraph`` and replay it: launch overhead is paid once at capture, which is what
+trtexec measures by default (its ``--noCudaGraph`` turns it off).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from taslora_deploy.onnx_graph import onnx_input_info
 from taslora_deploy.ort_parity import ort_session
 from taslora_deploy.timing import Runner, synchronize
 
-__all__ = ["ort_runner", "torch_runner", "trt_runner"]
+__all__ = ["ort_runner", "torch_runner", "trt_runner", "torch_graph_runner", "trt_graph_runner"]
 
 
 def ort_runner(
@@ -92,11 +98,7 @@ def torch_runner(
     timing is meaningful.
     """
     device = torch.device(device)
-    module = module.eval().to(device)
-    if dtype is None:
-        dtype = next((p.dtype for p in module.parameters()), torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((int(batch), *(int(s) for s in input_shape)), generator=gen).to(device=device, dtype=dtype)
+    module, x = _module_and_batch(module, batch, input_shape, device, dtype, seed)
 
     def run():
         with torch.inference_mode():
@@ -104,9 +106,75 @@ def torch_runner(
         synchronize(device)
         return out
 
+    return _describe(run, input_shape, x.dtype, torch.cuda.current_stream(device) if device.type == "cuda" else None)
+
+
+def _module_and_batch(module: torch.nn.Module, batch: int, input_shape: Sequence[int], device: torch.device,
+                      dtype: torch.dtype | None, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The module in eval mode on ``device`` and a seeded random batch in ``dtype`` (default: the parameters')."""
+    module = module.eval().to(device)
+    if dtype is None:
+        dtype = next((p.dtype for p in module.parameters()), torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((int(batch), *(int(s) for s in input_shape)), generator=gen).to(device=device, dtype=dtype)
+    return module, x
+
+
+def _describe(run: Runner, input_shape: Sequence[int], dtype: torch.dtype, stream: Any = None) -> Runner:
     run.input_shape = tuple(int(s) for s in input_shape)  # type: ignore[attr-defined]
     run.dtype = str(dtype).replace("torch.", "")  # type: ignore[attr-defined]
+    if stream is not None:
+        run.stream = stream  # type: ignore[attr-defined]
     return run
+
+
+def _require_cuda(device: torch.device, what: str) -> None:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ValueError(f"{what} needs a CUDA device, got {device} (cuda available: {torch.cuda.is_available()})")
+
+
+def torch_graph_runner(
+    module: torch.nn.Module,
+    batch: int,
+    input_shape: Sequence[int],
+    device: str | torch.device = "cuda",
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    warmup_calls: int = 3,
+) -> Runner:
+    """Zero-arg callable replaying one forward pass of ``module`` captured in a ``torch.cuda.CUDAGraph``.
+
+    Follows the documented capture recipe: warm-up calls on a side stream (lazy initialisation must not
+    happen inside the capture), then capture under ``torch.cuda.graph``; the input and output are the
+    graph's static tensors. Each call replays the graph on the current stream and synchronises.
+    """
+    device = torch.device(device)
+    _require_cuda(device, "a CUDA graph")
+    module, x = _module_and_batch(module, batch, input_shape, device, dtype, seed)
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.no_grad():
+        with torch.cuda.stream(side):
+            for _ in range(max(int(warmup_calls), 1)):
+                module(x)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = module(x)
+
+    def run():
+        graph.replay()
+        synchronize(device)
+        return out
+
+    run.graph = graph  # type: ignore[attr-defined]  # keeps the captured graph (and its memory pool) alive
+    return _describe(run, input_shape, x.dtype, torch.cuda.current_stream(device))
+
+
+def _engine_batch(engine: Any, batch: int, input_shape: Sequence[int], seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((int(batch), *(int(s) for s in input_shape)), generator=gen).to(
+        device=engine.device, dtype=engine.input_dtype)
 
 
 def trt_runner(engine: Any, batch: int, input_shape: Sequence[int], seed: int = 0) -> Runner:
@@ -114,11 +182,49 @@ def trt_runner(engine: Any, batch: int, input_shape: Sequence[int], seed: int = 
 
     The batch lives on the engine's device in its input dtype; the engine synchronises its stream per call.
     """
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((int(batch), *(int(s) for s in input_shape)), generator=gen).to(
-        device=engine.device, dtype=engine.input_dtype)
+    x = _engine_batch(engine, batch, input_shape, seed)
 
     def run():
         return engine(x)
 
-    return run
+    return _describe(run, input_shape, engine.input_dtype, engine.stream)
+
+
+def trt_graph_runner(engine: Any, batch: int, input_shape: Sequence[int], seed: int = 0) -> Runner:
+    """Zero-arg callable replaying a TensorRT inference (``execute_async_v3``) captured in a CUDA graph.
+
+    ``engine`` is a :class:`~taslora_deploy.trt_engine.TrtRunner`. A fresh execution context of its engine
+    gets fixed shapes and tensor addresses, runs once outside the capture (TensorRT finishes its lazy set-up
+    there), then ``execute_async_v3`` is captured on a non-default stream with no synchronisation inside, as
+    TensorRT's CUDA-graph notes require; one graph per batch size.
+    """
+    device = engine.device
+    _require_cuda(device, "a TensorRT CUDA graph")
+    x = _engine_batch(engine, batch, input_shape, seed)
+    context = engine.engine.create_execution_context()  # its own context: the plain runner changes shapes
+    if context is None or not context.set_input_shape(engine.input_name, tuple(x.shape)):
+        raise ValueError(f"batch {batch} is outside the engine's optimisation profile {engine.batch_range}")
+    outputs = {name: torch.empty(tuple(int(d) for d in context.get_tensor_shape(name)),
+                                 dtype=engine.output_dtypes[name], device=device) for name in engine.output_names}
+    context.set_tensor_address(engine.input_name, x.data_ptr())
+    for name, tensor in outputs.items():
+        context.set_tensor_address(name, tensor.data_ptr())
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise RuntimeError("execute_async_v3 failed before CUDA-graph capture")
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        captured = context.execute_async_v3(stream.cuda_stream)
+    if not captured:
+        raise RuntimeError("execute_async_v3 failed under CUDA-graph capture")
+    logits = outputs[engine.output_names[0]]
+
+    def run():
+        graph.replay()
+        synchronize(device)
+        return logits
+
+    run.graph, run.context, run.buffers = graph, context, (x, outputs)  # type: ignore[attr-defined]  # keep alive
+    return _describe(run, input_shape, engine.input_dtype, torch.cuda.current_stream(device))

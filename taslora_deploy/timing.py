@@ -6,7 +6,10 @@ Every timed loop here follows the same rules:
 
 - warm-up first (lazy initialisation, autotuning, compilation): at least ``min_calls`` rounds and until
   ``seconds`` have passed;
-- each sample is ``time.perf_counter`` around ``inner`` consecutive calls, divided by ``inner``;
+- each sample is ``time.perf_counter`` around ``inner`` consecutive calls, divided by ``inner`` (the clock is looked
+  up at call time, so tests replace ``time.perf_counter`` with a controlled clock);
+- on CUDA, :func:`time_calls_events` also records a ``torch.cuda.Event`` pair on the runner's stream around each
+  call: host latency (wall clock, what a caller waits) and GPU compute time (events) side by side, trtexec-style;
 - the garbage collector is paused while timing, so a collection does not land in one sample;
 - A/B comparisons interleave the two runners and alternate which goes first in each pair, so that drift of
   the machine (clock, load, caches) hits both sides alike; the ratio is taken per pair.
@@ -23,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Runner", "synchronize", "torch_threads", "warm_up", "time_calls", "time_pairs", "latency_stats",
-           "interleaved_latency", "pair_ratio_stats"]
+__all__ = ["Runner", "synchronize", "torch_threads", "warm_up", "time_calls", "time_calls_events", "time_pairs",
+           "latency_stats", "interleaved_latency", "pair_ratio_stats"]
 
 Runner = Callable[[], Any]
 """One inference per call; returns when its work is finished."""
@@ -83,17 +86,53 @@ def _timed(run: Runner, inner: int) -> float:
     return (perf() - t0) / inner
 
 
+def _sample_until(take_sample: Callable[[], None], count: Callable[[], int], min_iters: int,
+                  min_time_s: float) -> None:
+    """Call ``take_sample`` until at least ``min_iters`` samples and ``min_time_s`` seconds (gc paused)."""
+    perf = time.perf_counter
+    with _gc_paused():
+        start = perf()
+        while count() < min_iters or perf() - start < min_time_s:
+            take_sample()
+
+
 def time_calls(run: Runner, min_iters: int, min_time_s: float = 0.0, inner: int = 1) -> np.ndarray:
     """Seconds per call of at least ``min_iters`` samples, sampling until ``min_time_s`` of timed calls passed."""
     if min_iters < 1 or inner < 1:
         raise ValueError("min_iters and inner must be >= 1")
-    perf = time.perf_counter
     times: list[float] = []
-    with _gc_paused():
-        start = perf()
-        while len(times) < min_iters or perf() - start < min_time_s:
-            times.append(_timed(run, inner))
+    _sample_until(lambda: times.append(_timed(run, inner)), times.__len__, min_iters, min_time_s)
     return np.asarray(times, dtype=np.float64)
+
+
+def _cuda_timing_event() -> Any:
+    return torch.cuda.Event(enable_timing=True)
+
+
+def time_calls_events(run: Runner, stream: Any, min_iters: int, min_time_s: float = 0.0,
+                      make_event: Callable[[], Any] = _cuda_timing_event) -> tuple[np.ndarray, np.ndarray]:
+    """Host seconds per call (wall clock) and GPU seconds per call (an event pair recorded on ``stream``).
+
+    The events are recorded around each call without synchronising on them inside the loop; their times are
+    read once at the end. ``make_event`` returns an object with ``record(stream)``, ``synchronize()`` and
+    ``elapsed_time(end) -> ms`` (``torch.cuda.Event(enable_timing=True)``; tests pass a fake).
+    """
+    if min_iters < 1:
+        raise ValueError("min_iters must be >= 1")
+    host: list[float] = []
+    events: list[tuple[Any, Any]] = []
+
+    def sample() -> None:
+        begin, end = make_event(), make_event()
+        begin.record(stream)
+        host.append(_timed(run, 1))
+        end.record(stream)
+        events.append((begin, end))
+
+    _sample_until(sample, host.__len__, min_iters, min_time_s)
+    events[-1][1].synchronize()
+    gpu = [begin.elapsed_time(end) / 1e3 for begin, end in events]
+    return np.asarray(host, dtype=np.float64), np.asarray(gpu, dtype=np.float64)
 
 
 def time_pairs(run_a: Runner, run_b: Runner, iters: int, inner: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -116,11 +155,15 @@ def time_pairs(run_a: Runner, run_b: Runner, iters: int, inner: int = 1) -> tupl
 
 
 def latency_stats(times_s: Sequence[float] | np.ndarray, batch: int) -> dict[str, float]:
-    """trtexec-style statistics (ms) of per-call wall times in seconds, and throughput for ``batch`` images."""
+    """trtexec-style statistics (ms) of per-call wall times in seconds, and throughput for ``batch`` images.
+
+    ``throughput_qps`` counts queries (calls, one batch each) per second of timed calls, as trtexec's
+    "Throughput: X qps"; ``throughput_ips`` = ``batch`` x ``throughput_qps`` (images per second).
+    """
     t = np.asarray(times_s, dtype=np.float64) * 1e3
     if t.size == 0:
         raise ValueError("no timings")
-    p50, p90, p95, p99 = np.percentile(t, [50, 90, 95, 99])
+    p10, p50, p90, p95, p99 = np.percentile(t, [10, 50, 90, 95, 99])
     mean = float(t.mean())
     std = float(t.std(ddof=1)) if t.size > 1 else 0.0
     total_s = float(t.sum() / 1e3)
@@ -129,6 +172,7 @@ def latency_stats(times_s: Sequence[float] | np.ndarray, batch: int) -> dict[str
         "total_s": total_s,
         "mean_ms": mean,
         "median_ms": float(p50),
+        "p10_ms": float(p10),
         "p50_ms": float(p50),
         "p90_ms": float(p90),
         "p95_ms": float(p95),
@@ -138,6 +182,7 @@ def latency_stats(times_s: Sequence[float] | np.ndarray, batch: int) -> dict[str
         "std_ms": std,
         "cv": std / mean if mean > 0 else 0.0,
         "throughput_ips": float(batch * t.size / total_s) if total_s > 0 else 0.0,
+        "throughput_qps": float(t.size / total_s) if total_s > 0 else 0.0,
     }
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from taslora_deploy.timing import time_calls, time_pairs, torch_threads, warm_up
+from taslora_deploy.timing import (interleaved_latency, latency_stats, time_calls, time_calls_events, time_pairs,
+                                   torch_threads, warm_up)
 
 
 @pytest.fixture
@@ -59,3 +60,79 @@ def test_torch_threads_is_restored():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def _stepping_runner(clock: list[float], costs_s: list[float]):
+    """Each call costs the next of ``costs_s`` (cycling) on the controlled clock."""
+    state = {"i": 0}
+
+    def run():
+        clock[0] += costs_s[state["i"] % len(costs_s)]
+        state["i"] += 1
+
+    return run
+
+
+def test_latency_stats_on_the_controlled_clock(clock):
+    """Percentiles, extremes and both throughputs of 10 calls costing 1..10 ms at batch 4, exactly."""
+    times = time_calls(_stepping_runner(clock, [k / 1e3 for k in range(1, 11)]), min_iters=10)
+    s = latency_stats(times, batch=4)
+    assert s["iters"] == 10 and s["total_s"] == pytest.approx(0.055)
+    assert s["mean_ms"] == pytest.approx(5.5) and s["median_ms"] == s["p50_ms"] == pytest.approx(5.5)
+    assert s["p10_ms"] == pytest.approx(1.9) and s["p90_ms"] == pytest.approx(9.1)  # linear interpolation
+    assert s["p99_ms"] == pytest.approx(9.91) and s["min_ms"] == pytest.approx(1) and s["max_ms"] == pytest.approx(10)
+    assert s["throughput_qps"] == pytest.approx(10 / 0.055)  # queries (batches) per second
+    assert s["throughput_ips"] == pytest.approx(4 * 10 / 0.055)  # images per second
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event(enable_timing=True): records a separate 'GPU' clock."""
+
+    def __init__(self, gpu_clock: list[float], streams: list):
+        self.gpu_clock, self.streams, self.t = gpu_clock, streams, None
+
+    def record(self, stream):
+        self.streams.append(stream)
+        self.t = self.gpu_clock[0]
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end) -> float:
+        return (end.t - self.t) * 1e3  # ms, as CUDA events report
+
+
+def test_time_calls_events_reports_host_and_gpu_time_apart(clock):
+    """Host wall time (3 ms, launch + sync) and GPU compute time (2 ms, between the events) per call."""
+    gpu_clock, streams = [0.0], []
+
+    def run():
+        clock[0] += 0.003
+        gpu_clock[0] += 0.002
+
+    host, gpu = time_calls_events(run, "stream-1", min_iters=4, min_time_s=0.02,
+                                  make_event=lambda: _FakeEvent(gpu_clock, streams))
+    assert len(host) == len(gpu) == 7  # 7 x 3 ms reaches the 20 ms bound
+    assert host.tolist() == pytest.approx([0.003] * 7) and gpu.tolist() == pytest.approx([0.002] * 7)
+    assert set(streams) == {"stream-1"} and len(streams) == 14  # one event pair per call, on the runner's stream
+
+
+def test_interleaved_latency_ratio_is_per_pair(clock):
+    calls: list[str] = []
+    res = interleaved_latency(_runner(clock, 0.002, calls, "a"), _runner(clock, 0.001, calls, "b"), warmup_s=0.0,
+                              iters=6)
+    assert res["ratio_median"] == pytest.approx(0.5) and res["ratio_of_medians"] == pytest.approx(0.5)
+    assert res["median_a_ms"] == pytest.approx(2.0) and res["median_b_ms"] == pytest.approx(1.0)
+
+
+@pytest.mark.gpu
+def test_cuda_events_and_graph_replay_on_a_real_device():
+    """On CUDA: a captured graph replays the module's output; GPU time from real events is positive."""
+    from taslora_deploy.runners import torch_graph_runner, torch_runner
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10)).cuda()
+    plain, graph = torch_runner(module, 4, (3, 4, 4), "cuda"), torch_graph_runner(module, 4, (3, 4, 4), "cuda")
+    assert torch.allclose(plain(), graph(), atol=1e-5)  # same seeded batch, same weights
+    host, gpu = time_calls_events(graph, graph.stream, min_iters=5)
+    assert len(host) == len(gpu) == 5 and (gpu > 0).all()
