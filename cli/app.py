@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -54,7 +56,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from taslora_core.subnet import SubnetError
     from taslora_core.workspace import WorkspaceError
 
-    types: list[type[BaseException]] = [CheckpointError, SpaceError, SubnetError, WorkspaceError, FileNotFoundError]
+    from taslora_core.atomic import DiskFullError
+
+    types: list[type[BaseException]] = [CheckpointError, SpaceError, SubnetError, WorkspaceError, FileNotFoundError,
+                                         DiskFullError]
     try:
         from taslora_core.data import DataUnavailable
 
@@ -64,8 +69,34 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+DEBUG_ENV = "TASLORA_DEBUG"
+_debug = False
+
+
+def debug_enabled() -> bool:
+    """True with `taslora --debug` or TASLORA_DEBUG=1: errors keep their tracebacks (for developers)."""
+    return _debug or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def damage_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a damaged file, caught as a last resort where no checked reader named the file
+    (taslora_core.artifact_read is the first line: its errors name the file)."""
+    import pickle
+    import zipfile
+
+    types: list[type[BaseException]] = [EOFError, zipfile.BadZipFile, pickle.UnpicklingError]
+    for module, names in (("safetensors", ("SafetensorError",)), ("google.protobuf.message", ("DecodeError",)),
+                          ("onnx.checker", ("ValidationError",)), ("onnx.onnx_cpp2py_export.checker", ("ValidationError",)),
+                          ("onnxruntime.capi.onnxruntime_pybind11_state",
+                           ("InvalidProtobuf", "Fail", "InvalidGraph", "NoSuchFile"))):
+        mod = sys.modules.get(module)  # only modules the command imported can have raised
+        types.extend(t for t in (getattr(mod, n, None) for n in names) if isinstance(t, type))
+    return tuple(types)
+
+
 def handle_errors(func: F) -> F:
-    """Decorator: turn known bad-input errors into a one-line message and exit code 2."""
+    """Decorator: turn known bad-input errors (and, as a last resort, damaged-file errors) into a one-line
+    message and exit code 2; with --debug / TASLORA_DEBUG=1 the traceback is printed first."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -73,13 +104,20 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except user_errors() as err:
-            raise fail(str(err)) from None
-        except ValueError as err:
-            raise fail(str(err)) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; finished checkpoints are kept (resume with --resume where offered)")
             sys.exit(130)
+        except Exception as err:  # noqa: BLE001 - sorted below; anything else keeps its traceback
+            if isinstance(err, (*user_errors(), ValueError)):
+                message = str(err)
+            elif isinstance(err, damage_errors()):
+                message = (f"a damaged file could not be read ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                           "check the files the command read, or run `taslora verify` on an export folder")
+            else:
+                raise
+            if debug_enabled():
+                traceback.print_exc()
+            raise fail(message) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -116,5 +154,17 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help=f"Show the traceback of errors (for developers; or {DEBUG_ENV}=1).")
+    ] = False,
+    allow_modified: Annotated[
+        bool, typer.Option("--allow-modified", help="Load artifacts whose sha256 differs from the one recorded when "
+                           "they were written (prints a warning; or TASLORA_ALLOW_MODIFIED=1).")
+    ] = False,
 ) -> None:
     """TAS-LoRA toolchain."""
+    global _debug
+    from taslora_core.integrity import set_allow_modified
+
+    _debug = debug
+    set_allow_modified(allow_modified)

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, handle_errors
+from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, fail, handle_errors
+from taslora_core.artifact_read import ArtifactError, read_json_artifact
 from taslora_core.workspace import BEST_JSON, KINDS, SUMMARY_JSON, runs
 from taslora_deploy.artifacts import REPORT
 
 
-def key_numbers(kind: str, path: Path) -> str:
-    """A short 'key=value' summary of a run from its summary.json / best.json / report.json."""
+def key_numbers(kind: str, path: Path, damaged: list[str] | None = None) -> str:
+    """A short 'key=value' summary of a run from its summary.json / best.json / report.json; the message of
+    each damaged file is appended to `damaged` (the run is listed without its numbers)."""
     doc: dict[str, Any] = {}
     for name in (SUMMARY_JSON, BEST_JSON if kind == "searches" else "", REPORT if kind == "exports" else ""):
         if name and (path / name).exists():
             try:
-                doc = {**json.loads((path / name).read_text()), **doc}
-            except json.JSONDecodeError:
+                doc = {**read_json_artifact(path / name, "run record", "restore it or delete the run folder"), **doc}
+            except ArtifactError as err:
+                if damaged is not None:
+                    damaged.append(str(err))
                 continue
     if kind == "exports" and "parity" in doc:
         parts = [f"ok={doc.get('ok')}"]
@@ -50,12 +53,15 @@ def runs_cmd(
     for col in ("kind", "run", "finished", "key numbers"):
         table.add_column(col)
     count = 0
+    damaged: list[str] = []
     for kind in KINDS:
         finished = {r.path for r in runs(workdir, kind)}
         for run in runs(workdir, kind, finished_only=not all_runs):
-            table.add_row(kind, run.name, "yes" if run.path in finished else "no", key_numbers(kind, run.path))
+            table.add_row(kind, run.name, "yes" if run.path in finished else "no", key_numbers(kind, run.path, damaged))
             count += 1
     if count == 0:
         console.print(f"workspace {workdir} holds no runs yet; start with `taslora quickstart` or `taslora supernet train`")
         return
     console.print(table)
+    if damaged:
+        raise fail(damaged[0] + (f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""))

@@ -10,6 +10,7 @@ from taslora_cli import cmd_runs  # noqa: F401  (registers `runs`)
 from taslora_cli import cmd_space  # noqa: F401  (registers `space`, `flops`)
 from taslora_cli import cmd_search  # noqa: F401
 from taslora_cli import cmd_train  # noqa: F401
+from taslora_cli import cmd_verify  # noqa: F401  (registers `verify`)
 from taslora_cli.app import app
 
 __all__ = ["app"]

@@ -8,6 +8,7 @@ previous file untouched and no temporary behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -19,7 +20,21 @@ import torch
 from safetensors.torch import save_file
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-           "atomic_save_safetensors", "json_default", "umask_mode"]
+           "atomic_save_safetensors", "json_default", "umask_mode", "DiskFullError"]
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) filled up while writing an artifact; the previous file is intact."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ENOSPC, f"disk full while writing {path}; the previous file is intact: "
+                                       "free space and rerun (training: rerun with --resume)")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -46,6 +61,10 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in _NO_SPACE:
+            raise DiskFullError(path) from err
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

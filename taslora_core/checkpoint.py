@@ -7,54 +7,34 @@ extra class allowed, and only while reading an AutoFormer checkpoint.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
+from taslora_core.artifact_read import load_safetensors_checked, load_torch_checked, read_json_artifact
 from taslora_core.atomic import atomic_save_safetensors, atomic_write_json
+from taslora_core.integrity import SHA256_KEY, check_recorded, file_sha256, hashes_of  # file_sha256: also from here
 from taslora_core.space import SearchSpace
 from taslora_core.state_check import CheckpointError, load_state_strict  # CheckpointError: also imported from here
 from taslora_core.supernet import Supernet
 
-
-def load_torch(path: str | Path) -> Any:
-    """torch.load with weights_only=True and a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is reported the same way
-        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {str(err).splitlines()[0]}") from None
+__all__ = ["CheckpointError", "load_state_strict", "atomic_save_safetensors", "atomic_write_json", "file_sha256",
+           "load_torch", "load_autoformer_state", "load_autoformer_supernet", "SUPERNET_WEIGHTS", "SPACE_JSON",
+           "HASHED_RUN_FILES", "save_supernet", "read_supernet_meta", "load_supernet"]
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (identifies the source checkpoint of an export)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def load_torch(path: str | Path, what: str = "checkpoint", fix: str = "check the path or rerun the step that wrote it") -> Any:
+    """torch.load with weights_only=True; a missing or damaged file is a one-line ArtifactError naming it."""
+    return load_torch_checked(path, what, fix)
 
 
 # ---------------------------------------------------------------------- AutoFormer format
 def load_autoformer_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The supernet state dict of an official AutoFormer checkpoint ({'model': state, 'args': Namespace, ...})."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"AutoFormer checkpoint {path} does not exist; check the path")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(
-            f"cannot read {path} with weights_only loading ({str(err).splitlines()[0]}); "
-            "it must be an AutoFormer .pth holding tensors under 'model'"
-        ) from None
+    ckpt = load_torch_checked(path, "AutoFormer checkpoint",
+                              "it must be an AutoFormer .pth holding tensors under 'model'", [argparse.Namespace])
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} has no 'model' entry (found {keys}); expected AutoFormer's checkpoint layout")
@@ -78,14 +58,23 @@ def load_autoformer_supernet(path: str | Path, space: SearchSpace | str) -> Supe
 # ---------------------------------------------------------------------- our format
 SUPERNET_WEIGHTS = "supernet.safetensors"
 SPACE_JSON = "space.json"
+HASHED_RUN_FILES = ("split.json",)  # besides the weights, recorded in the run's JSON (train.SPLIT_FILE)
+SUPERNET_FIX = "restore the run folder from its source or retrain (`taslora supernet train` / `supernet import`)"
 
 
 def save_supernet(directory: str | Path, model: Supernet, extra: dict[str, Any] | None = None) -> Path:
-    """Write `supernet.safetensors` + `space.json` (plus `extra` fields) into `directory`."""
+    """Write `supernet.safetensors` + `space.json` (plus `extra` fields, and the sha256 of the weights and of
+    split.json) into `directory`; space.json comes last, so a run is complete once it exists."""
     directory = Path(directory)
     atomic_save_safetensors(directory / SUPERNET_WEIGHTS, model.state_dict(), metadata={"format": "taslora-supernet"})
-    atomic_write_json(directory / SPACE_JSON, {"space": model.space.to_dict(), **(extra or {})})
+    hashes = hashes_of(directory, (SUPERNET_WEIGHTS, *HASHED_RUN_FILES))
+    atomic_write_json(directory / SPACE_JSON, {"space": model.space.to_dict(), **(extra or {}), SHA256_KEY: hashes})
     return directory
+
+
+def read_supernet_meta(directory: str | Path) -> dict[str, Any]:
+    """space.json of a supernet run folder (checked: a damaged file is a one-line ArtifactError)."""
+    return read_json_artifact(Path(directory) / SPACE_JSON, "supernet record", SUPERNET_FIX)
 
 
 def load_supernet(directory: str | Path, device: str | torch.device = "cpu") -> Supernet:
@@ -99,7 +88,13 @@ def load_supernet(directory: str | Path, device: str | torch.device = "cpu") -> 
             f"{directory} is not a taslora supernet (needs {SUPERNET_WEIGHTS} and {SPACE_JSON}); "
             "train one with `taslora supernet train` or import one with `taslora supernet import`"
         )
-    space = SearchSpace.from_dict(json.loads(meta.read_text())["space"])
+    doc = read_supernet_meta(directory)
+    if not isinstance(doc.get("space"), dict):
+        raise CheckpointError(f"supernet record {meta} lacks its search space ('space'); {SUPERNET_FIX}")
+    space = SearchSpace.from_dict(doc["space"])
+    check_recorded(directory, doc, meta, SUPERNET_FIX, names=HASHED_RUN_FILES)
+    want = (doc.get(SHA256_KEY) or {}).get(SUPERNET_WEIGHTS) if isinstance(doc.get(SHA256_KEY), dict) else None
+    state = load_safetensors_checked(weights, "supernet weights", SUPERNET_FIX, sha256=want, recorded_in=meta)
     model = Supernet(space)
-    load_state_strict(model, load_file(str(weights)), source=str(weights))
+    load_state_strict(model, state, source=str(weights))
     return model.to(device)

@@ -5,28 +5,31 @@ The model (`taslora_core.mole`) does no file I/O; this module writes and reads i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
+from taslora_core.artifact_read import load_safetensors_checked, read_json_artifact
 from taslora_core.atomic import atomic_save_safetensors, atomic_write_json
+from taslora_core.checkpoint import HASHED_RUN_FILES
+from taslora_core.integrity import SHA256_KEY, check_recorded, hashes_of
 from taslora_core.state_check import CheckpointError, check_state_keys
 from taslora_core.mole import MoLEConfig, MoLEModel
 from taslora_core.supernet import Supernet
 
 MOLE_WEIGHTS = "mole.safetensors"
 MOLE_CONFIG = "mole.json"
+MOLE_FIX = "restore the run folder from its source or retrain the experts with `taslora train`"
 
 
 def save_mole(directory: str | Path, model: MoLEModel, extra: dict[str, Any] | None = None) -> Path:
-    """Write `mole.safetensors` (experts + router) and `mole.json` (config, space, `extra`)."""
+    """Write `mole.safetensors` (experts + router) and `mole.json` (config, space, `extra`, the sha256 of the
+    weights and of split.json); mole.json comes last, so a run is complete once it exists."""
     directory = Path(directory)
     atomic_save_safetensors(directory / MOLE_WEIGHTS, model.trainable_state(), metadata={"format": "taslora-mole"})
     atomic_write_json(
         directory / MOLE_CONFIG,
-        {"format": "taslora-mole", "config": model.config.to_dict(), "space": model.space.to_dict(), **(extra or {})},
+        {"format": "taslora-mole", "config": model.config.to_dict(), "space": model.space.to_dict(), **(extra or {}),
+         SHA256_KEY: hashes_of(directory, (MOLE_WEIGHTS, *HASHED_RUN_FILES))},
     )
     return directory
 
@@ -36,7 +39,10 @@ def read_mole_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MOLE_CONFIG
     if not path.exists():
         raise CheckpointError(f"{directory} holds no MoLE checkpoint ({MOLE_CONFIG} missing); run `taslora train`")
-    return json.loads(path.read_text())
+    doc = read_json_artifact(path, "MoLE record", MOLE_FIX)
+    if not isinstance(doc.get("config"), dict):
+        raise CheckpointError(f"MoLE record {path} lacks its expert settings ('config'); {MOLE_FIX}")
+    return doc
 
 
 def load_mole(directory: str | Path, supernet: Supernet) -> MoLEModel:
@@ -44,7 +50,10 @@ def load_mole(directory: str | Path, supernet: Supernet) -> MoLEModel:
     directory = Path(directory)
     meta = read_mole_config(directory)
     model = MoLEModel(supernet, MoLEConfig.from_dict(meta["config"]))
-    state = load_file(str(directory / MOLE_WEIGHTS))
+    check_recorded(directory, meta, directory / MOLE_CONFIG, MOLE_FIX, names=HASHED_RUN_FILES)
+    recorded = meta.get(SHA256_KEY) if isinstance(meta.get(SHA256_KEY), dict) else {}
+    state = load_safetensors_checked(directory / MOLE_WEIGHTS, "MoLE weights", MOLE_FIX,
+                                     sha256=recorded.get(MOLE_WEIGHTS), recorded_in=directory / MOLE_CONFIG)
     expected = model.trainable_state()
     check_state_keys(expected, state, str(directory / MOLE_WEIGHTS))
     model.load_state_dict({**{f"supernet.{k}": v for k, v in supernet.state_dict().items()}, **state}, strict=True)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import json
-
-from taslora_core.checkpoint import SPACE_JSON, SUPERNET_WEIGHTS, CheckpointError, file_sha256, load_supernet
+from taslora_core.checkpoint import (
+    SPACE_JSON, SUPERNET_WEIGHTS, CheckpointError, file_sha256, load_supernet, read_supernet_meta,
+)
+from taslora_core.integrity import check_sha256
 from taslora_core.mole import MoLEModel
 from taslora_core.mole_io import MOLE_CONFIG, MOLE_WEIGHTS, load_mole, read_mole_config
 from taslora_core.supernet import Supernet
@@ -59,12 +60,24 @@ def is_supernet_dir(path: Path) -> bool:
 
 
 def supernet_dir_of(mole_dir: Path, meta: dict[str, Any]) -> Path:
-    """The supernet folder a MoLE checkpoint was trained on."""
+    """The supernet folder a MoLE checkpoint was trained on.
+
+    A relative record is resolved from the MoLE folder (a workspace moved as a whole keeps loading). An absolute
+    record that no longer exists falls back to the workspace layout `<mole_dir>/../../supernets/<same name>`
+    (a workspace moved elsewhere) when that folder holds a supernet with the recorded sha256."""
     ref = meta.get("supernet_dir")
-    if not ref:
+    if not ref or not isinstance(ref, str):
         raise CheckpointError(f"{mole_dir / MOLE_CONFIG} does not name its supernet (supernet_dir)")
     path = Path(ref)
-    return path if path.is_absolute() else (mole_dir / path).resolve()
+    if not path.is_absolute():
+        return (Path(mole_dir) / path).resolve()
+    if is_supernet_dir(path):
+        return path
+    moved = Path(mole_dir).resolve().parent.parent / "supernets" / path.name
+    want = meta.get("supernet_sha256")
+    if want and is_supernet_dir(moved) and file_sha256(moved / SUPERNET_WEIGHTS) == want:
+        return moved
+    return path
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", verify_hash: bool = True) -> LoadedCheckpoint:
@@ -79,16 +92,14 @@ def load_checkpoint(path: str | Path, device: str = "cpu", verify_hash: bool = T
         sdir = supernet_dir_of(path, meta)
         if not is_supernet_dir(sdir):
             raise CheckpointError(f"MoLE checkpoint {path} needs supernet {sdir}, which is missing; restore it or retrain")
-        want = meta.get("supernet_sha256")
-        if verify_hash and want and file_sha256(sdir / SUPERNET_WEIGHTS) != want:
-            raise CheckpointError(
-                f"supernet {sdir} changed since MoLE checkpoint {path} was trained on it (sha256 mismatch); retrain the experts"
-            )
+        if verify_hash:
+            check_sha256(sdir / SUPERNET_WEIGHTS, meta.get("supernet_sha256"), path / MOLE_CONFIG,
+                         f"the experts of {path} were trained on another supernet: restore that supernet or retrain the experts")
         supernet = load_supernet(sdir, device)
         mole = load_mole(path, supernet).to(device)
         return LoadedCheckpoint("mole", path, supernet, mole, meta)
     if is_supernet_dir(path):
-        meta = json.loads((path / SPACE_JSON).read_text())
+        meta = read_supernet_meta(path)
         return LoadedCheckpoint("supernet", path, load_supernet(path, device), None, meta)
     raise CheckpointError(
         f"{path} holds neither a MoLE checkpoint ({MOLE_CONFIG}) nor a supernet ({SUPERNET_WEIGHTS}); "

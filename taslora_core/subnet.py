@@ -147,11 +147,12 @@ class Subnet:
         path = Path(path)
         if not path.exists():
             raise SubnetError(f"subnet file {path} does not exist; pass a JSON written by `taslora search`")
-        text = path.read_text()
         try:
+            text = path.read_text(encoding="utf-8")
             doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise SubnetError(f"cannot parse subnet file {path}: {err}") from None
+        except (ValueError, yaml.YAMLError) as err:  # JSONDecodeError, UnicodeDecodeError
+            raise SubnetError(f"subnet file {path} is damaged or not a subnet description "
+                              f"({' '.join(str(err).split())[:160]}); pass a JSON written by `taslora search`") from None
         if not isinstance(doc, dict):
             raise SubnetError(f"{path}: expected a mapping describing one subnet")
         return Subnet.from_dict(doc)

@@ -7,7 +7,10 @@ Layout, one folder per run, named `<UTC timestamp>-<name>` so that names sort by
     searches/<run>/    best.json, history.jsonl, fitness_vs_flops.png, state.json
     exports/<run>/     model.safetensors, config.json, model.onnx, model.plan, report.json
 
-A run counts as finished once its `marker` file exists; `latest` only returns finished runs.
+A run counts as finished once every file of `FINISHED_FILES[kind]` exists (the record written last, so a run
+still being written never counts) and, for exports, once report.json is no longer marked "in_progress";
+`latest` only returns finished runs. Run folders are created with an exclusive mkdir (a suffix on collision),
+so two commands started in the same second never share one.
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ KINDS: dict[str, str] = {
     "searches": BEST_JSON,
     "exports": "config.json",
 }
-"""Run kind -> the file whose presence marks a finished (usable) run."""
+"""Run kind -> the file whose presence marks a usable run (kept for callers; see FINISHED_FILES)."""
+
+FINISHED_FILES: dict[str, tuple[str, ...]] = {
+    "supernets": ("supernet.safetensors", "space.json"),  # space.json is written after the weights
+    "mole": ("mole.safetensors", "mole.json"),  # mole.json is written after the weights
+    "searches": (BEST_JSON,),
+    "exports": ("config.json", "report.json"),
+}
+EXPORT_IN_PROGRESS = "in_progress"  # report.json key while `taslora export` is still writing the folder
 
 
 class WorkspaceError(RuntimeError):
@@ -52,9 +63,22 @@ class Run:
         """Key numbers recorded by the run (its summary.json), or {}."""
         path = self.path / SUMMARY_JSON
         try:
-            return json.loads(path.read_text()) if path.exists() else {}
-        except json.JSONDecodeError:
+            doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        except (OSError, ValueError):  # damaged: `taslora runs` shows the run without its numbers
             return {}
+        return doc if isinstance(doc, dict) else {}
+
+
+def is_finished(kind: str, path: Path) -> bool:
+    """True when run folder `path` of `kind` was completely written (see the module docstring)."""
+    if not all((path / name).exists() for name in FINISHED_FILES[kind]):
+        return False
+    if kind == "exports":
+        try:
+            return not json.loads((path / "report.json").read_text(encoding="utf-8")).get(EXPORT_IN_PROGRESS)
+        except (OSError, ValueError, AttributeError):
+            return True  # a damaged report is reported by the command that reads it, naming the file
+    return True
 
 
 def _check_kind(kind: str) -> None:
@@ -88,7 +112,7 @@ def runs(workdir: str | Path, kind: str, finished_only: bool = True) -> list[Run
     found = [
         Run(kind, p)
         for p in sorted(base.iterdir())
-        if p.is_dir() and (not finished_only or (p / KINDS[kind]).exists())
+        if p.is_dir() and (not finished_only or is_finished(kind, p))
     ]
     return found
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from taslora_core.artifact_read import load_onnx_checked
 from taslora_deploy.errors import ExportError
 
 __all__ = ["onnx_input_info", "op_histogram", "initializer_param_count", "referenced_param_count",
@@ -43,7 +44,7 @@ def onnx_input_info(path: str | os.PathLike) -> tuple[str, tuple, Any]:
     """(input name, dims with None for symbolic, numpy dtype) of the single graph input."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx_checked(path)
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     if len(inputs) != 1:
@@ -82,7 +83,7 @@ def op_histogram(path: str | os.PathLike) -> dict[str, int]:
     """
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx_checked(path)
     counts: Counter[str] = Counter()
     for g in _iter_graphs(model.graph):
         counts.update(_op_key(n) for n in g.node)
@@ -132,9 +133,7 @@ def initializer_param_count(path: str | os.PathLike) -> int:
     with identical values (e.g. freshly initialised LayerNorm weights), so this
     can be lower than the torch parameter count; see :func:`referenced_param_count`.
     """
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx_checked(path)
     return sum(_numel(d) for d in _float_initializers(model).values())
 
 
@@ -144,9 +143,7 @@ def referenced_param_shapes(path: str | os.PathLike) -> list[tuple[int, ...]]:
     Unlike the stored initializers this does not depend on whether the exporter
     merged initializers that happen to hold identical values.
     """
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx_checked(path)
     inits = _float_initializers(model)
     shapes: list[tuple[int, ...]] = []
     graphs = list(_iter_graphs(model.graph))
@@ -167,7 +164,7 @@ def io_signature(path: str | os.PathLike) -> dict[str, Any]:
     """Names, element types and dims of the graph inputs (initializers excluded) and outputs."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx_checked(path)
     init_names = {i.name for i in model.graph.initializer}
 
     def sig(vi):

@@ -9,7 +9,6 @@ must be ~1. The timing itself is :mod:`taslora_deploy.timing` (``interleaved_lat
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from taslora_core.artifact_read import read_json_artifact
 from taslora_core.atomic import atomic_write_json
 from taslora_core.workspace import DEFAULT_WORKDIR, latest
 from taslora_deploy.artifacts import BASELINE_ONNX, MODEL_CONFIG, MODEL_ONNX, OVERHEAD_REPORT, baseline_onnx
@@ -212,7 +212,7 @@ def check_overhead(
         raise FileNotFoundError(
             f"{directory} lacks {MODEL_ONNX} or {BASELINE_ONNX}; re-run `taslora export --onnx`")
     config_path = directory / MODEL_CONFIG
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config = read_json_artifact(config_path, "model config", "re-export it with `taslora export`") if config_path.exists() else {}
     f = config.get("flops_macs")
     structure = structural_compare(folded, base, flops_a=f, flops_b=f)
     shape = tuple(config.get("input_shape", ())) or None

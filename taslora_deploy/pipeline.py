@@ -10,27 +10,27 @@ end; TensorRT runs last, so without it everything else is still written.
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from taslora_core.artifact_read import read_json_artifact
 from taslora_core.atomic import atomic_write_json
+from taslora_core.integrity import EXPORT_HASHES_KEY, tree_hashes
 from taslora_core.checkpoint import SUPERNET_WEIGHTS, file_sha256
 from taslora_core.complexity import flops, params
 from taslora_core.mole_io import MOLE_WEIGHTS
 from taslora_core.run_io import LoadedCheckpoint, load_checkpoint, resolve_mole, supernet_dir_of
 from taslora_core.subnet import Subnet
-from taslora_core.workspace import BEST_JSON, DEFAULT_WORKDIR, latest, new_run
+from taslora_core.workspace import BEST_JSON, DEFAULT_WORKDIR, EXPORT_IN_PROGRESS, latest, new_run
 from taslora_deploy.artifacts import (
     MODEL_CONFIG,
     MODEL_FP16_ONNX,
-    MODEL_FP16_PLAN,
     MODEL_ONNX,
     MODEL_PLAN,
     MODEL_WEIGHTS,
@@ -38,6 +38,8 @@ from taslora_deploy.artifacts import (
     TIMING_CACHE,
     baseline_onnx,
 )
+from taslora_deploy.precision_gate import DEFAULT_MAX_TOP1_DROP
+from taslora_deploy.precision_steps import parse_precisions, precision_steps, trt_precision_steps
 from taslora_deploy.fold import FoldResult, UnmergedMoLEViT, check_parity, fold_subnet
 from taslora_deploy.standalone import StandaloneViT
 from taslora_deploy.standalone_io import save_standalone
@@ -69,10 +71,24 @@ class ExportOptions:
     threads: int | None = None
     trt_max_batch: int = 64
     seed: int = 0
+    precisions: tuple[str, ...] = ("fp32",)  # + fp16 / int8: reduced-precision twins, each with an accuracy gate
+    calib_size: int = 512  # int8 calibration images from the run's held-out validation split
+    max_top1_drop: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_TOP1_DROP))
+    gate_images: int | None = None  # test images of the accuracy gates (None: the whole test split)
 
     def __post_init__(self) -> None:
         if self.latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency mode must be strict or report, not '{self.latency_mode}'")
+        # `fp16=True` (the --fp16 flag) and "fp16" in `precisions` mean the same: keep both spellings in step
+        self.precisions = parse_precisions([*self.precisions, *(("fp16",) if self.fp16 else ())])
+        self.fp16 = "fp16" in self.precisions
+        if self.calib_size < 1:
+            raise ValueError(f"--calib-size must be >= 1, got {self.calib_size}")
+        if self.gate_images is not None and self.gate_images < 1:
+            raise ValueError(f"--gate-images must be >= 1, got {self.gate_images}")
+        self.max_top1_drop = {**DEFAULT_MAX_TOP1_DROP, **self.max_top1_drop}
+        if len(self.precisions) > 1:
+            self.onnx = True  # the reduced-precision files are made from (and gated against) the fp32 ONNX
 
 
 @dataclass
@@ -145,25 +161,33 @@ class _StepRecorder:
         try:
             result = fn()
         except Exception as err:  # noqa: BLE001 - every failure is recorded; later steps still run
-            line = " ".join(str(err).split()) or type(err).__name__
-            self.failures[step] = line
-            self.data[step] = {"ok": False, "error": line, "type": type(err).__name__,
-                               "trace": traceback.format_exc(limit=3)[-2000:]}
-            self.save()
+            self.fail(step, err)
             return None
         self.artifacts.update({str(p.relative_to(self.out)): p for p in writes})
         self.record(step, result)
         return result
+
+    def fail(self, step: str, err: Exception) -> None:
+        """Record a step's failure (one line, its type, a short trace) and rewrite the report."""
+        line = " ".join(str(err).split()) or type(err).__name__
+        self.failures[step] = line
+        # an accuracy gate's failure carries its numbers (PrecisionGateError.report): keep them
+        numbers = getattr(err, "report", None)
+        self.data[step] = {**({"gate": numbers} if isinstance(numbers, dict) else {}), "ok": False, "error": line,
+                           "type": type(err).__name__, "trace": traceback.format_exc(limit=3)[-2000:]}
+        self.save()
 
     def record(self, step: str, value: Any) -> None:
         """Store a step's result and rewrite the report."""
         self.data[step] = value
         self.save()
 
-    def save(self) -> None:
-        """Atomically rewrite report.json."""
+    def save(self, final: bool = False) -> None:
+        """Atomically rewrite report.json: marked in progress until the `final` save, which records the sha256
+        of every file of the folder (what `taslora verify` and the checked readers compare against)."""
         lines = [f"{step}: {line}" for step, line in self.failures.items()]
-        atomic_write_json(self.out / REPORT, {**self.data, "failures": lines, "ok": not lines})
+        marks = {EXPORT_HASHES_KEY: tree_hashes(self.out)} if final else {EXPORT_IN_PROGRESS: True}
+        atomic_write_json(self.out / REPORT, {**marks, **self.data, "failures": lines, "ok": not lines})
         self.artifacts[REPORT] = self.out / REPORT
 
     def result(self, **paths: Path | None) -> ExportResult:
@@ -208,7 +232,8 @@ def export(
         workdir, "searches", "run `taslora search --flops ...` first or pass --subnet FILE") / SEARCH_RESULT
     if not subnet_path.exists():
         raise FileNotFoundError(f"subnet file {subnet_path} does not exist; pass --subnet FILE")
-    doc = json.loads(subnet_path.read_text()) if subnet_path.suffix == ".json" else {}
+    doc = read_json_artifact(subnet_path, "subnet file", "pass a JSON written by `taslora search` (--subnet FILE)") \
+        if subnet_path.suffix == ".json" else {}
     ckpt_path = Path(ckpt) if ckpt is not None else (Path(doc["ckpt"]) if doc.get("ckpt") else resolve_mole(workdir, None))
     log(f"subnet: {subnet_path}")
     log(f"checkpoint: {ckpt_path}")
@@ -292,12 +317,17 @@ def run_export(
 
     onnx_path, base_onnx = out / MODEL_ONNX, baseline_onnx(out)
     if options.onnx:
+        _require_onnxruntime(steps)
         _export_onnx_steps(steps, folded.model, baseline, onnx_path, base_onnx, options, inputs, log)
+        if len(options.precisions) > 1:
+            precision_steps(steps, ckpt, onnx_path, options.precisions, calib_size=options.calib_size,
+                            max_top1_drop=options.max_top1_drop, gate_images=options.gate_images,
+                            threads=options.threads, log=log)
         if options.overhead and onnx_path.exists() and base_onnx.exists():
             _overhead_steps(steps, ckpt, subnet, folded.model, baseline, mole, onnx_path, base_onnx, options, log)
     if options.trt:
-        _trt_steps(steps, folded.model, onnx_path, options, log)
-    steps.save()
+        _trt_steps(steps, ckpt, folded.model, onnx_path, options, log)
+    steps.save(final=True)
     return steps.result()
 
 
@@ -319,11 +349,6 @@ def _export_onnx_steps(steps: _StepRecorder, model: StandaloneViT, baseline: Sta
     steps.run("onnx_baseline", lambda: {
         "path": str(export_onnx(baseline, base_onnx, input_shape=shape, opset=options.opset)), "ok": True},
         writes=(base_onnx,))
-    if options.fp16:
-        half = onnx_path.with_name(MODEL_FP16_ONNX)
-        steps.run("onnx_fp16", lambda: {
-            "path": str(export_onnx(model, half, input_shape=shape, opset=options.opset, dtype=torch.float16)),
-            "ok": True}, writes=(half,))
 
 
 def _overhead_steps(steps: _StepRecorder, ckpt, subnet, model, baseline, mole, onnx_path, base_onnx,
@@ -372,19 +397,38 @@ def _overhead_steps(steps: _StepRecorder, ckpt, subnet, model, baseline, mole, o
             log(f"unmerged MoLE / folded latency (torch eager, batch {options.latency_batch}): {saved['ratio_median']:.3f}x")
 
 
-def _trt_steps(steps: _StepRecorder, model: StandaloneViT, onnx_path: Path, options: ExportOptions, log) -> None:
+def _require_onnxruntime(steps: _StepRecorder) -> None:
+    """Without onnxruntime the ONNX steps cannot run: record it, close the report, raise the one-line user error
+    (model.safetensors is already written)."""
+    from taslora_deploy.errors import OnnxRuntimeMissing
+    from taslora_deploy.ort_parity import require_onnxruntime
+
+    try:
+        require_onnxruntime()
+    except OnnxRuntimeMissing as err:
+        steps.fail("onnx", err)
+        steps.save(final=True)
+        raise
+
+
+def _trt_steps(steps: _StepRecorder, ckpt: LoadedCheckpoint, model: StandaloneViT, onnx_path: Path,
+               options: ExportOptions, log) -> None:
+    """TensorRT engines (strongly typed: precision comes from each ONNX file): fp32 from model.onnx, fp16 from
+    model_fp16.onnx, int8 from the QDQ model_int8.onnx (explicit quantization)."""
     from taslora_deploy.trt_engine import build_engine, compare_trt_to_ort, require_tensorrt
 
-    def build(fp16: bool, plan: Path) -> dict[str, Any]:
+    def build(src: Path, plan: Path, precision: str = "fp32") -> dict[str, Any]:
         require_tensorrt()
-        src = onnx_path.with_name(MODEL_FP16_ONNX) if fp16 else onnx_path
         build_engine(src, plan, model.input_shape, max_batch=options.trt_max_batch,
                      timing_cache_path=onnx_path.with_name(TIMING_CACHE))
-        cmp = compare_trt_to_ort(plan, onnx_path, model.input_shape, batch_sizes=(1, 8), fp16=fp16)
-        return {"plan": str(plan), "compare": cmp, "ok": True}
+        if precision == "int8":  # random inputs say little about int8 ranges: the accuracy gate checks it
+            return {"plan": str(plan), "source": str(src)}
+        cmp = compare_trt_to_ort(plan, onnx_path, model.input_shape, batch_sizes=(1, 8), fp16=precision == "fp16")
+        return {"plan": str(plan), "source": str(src), "compare": cmp, "ok": True}
 
-    plan, plan_fp16 = onnx_path.with_name(MODEL_PLAN), onnx_path.with_name(MODEL_FP16_PLAN)
-    if steps.run("tensorrt", lambda: build(False, plan), writes=(plan,)) is not None:
+    plan = onnx_path.with_name(MODEL_PLAN)
+    if steps.run("tensorrt", lambda: build(onnx_path, plan), writes=(plan,)) is not None:
         log(f"wrote {plan}")
-    if options.fp16:
-        steps.run("tensorrt_fp16", lambda: build(True, plan_fp16), writes=(plan_fp16,))
+    trt_precision_steps(steps, ckpt, onnx_path, options.precisions, max_top1_drop=options.max_top1_drop,
+                        gate_images=options.gate_images, log=log,
+                        build=lambda src, plan: build(src, plan, "fp16" if src.name == MODEL_FP16_ONNX else "int8"))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
+from taslora_core.artifact_read import load_safetensors_checked, read_json_artifact
 from taslora_core.atomic import atomic_save_safetensors, atomic_write_json
 from taslora_core.space import SearchSpace
 from taslora_core.state_check import CheckpointError, load_state_strict
@@ -44,7 +43,10 @@ def load_standalone(directory: str | Path, device: str | torch.device = "cpu") -
         raise CheckpointError(
             f"{directory} holds no standalone model (needs {MODEL_WEIGHTS} and {MODEL_CONFIG}); run `taslora export`"
         )
-    config = json.loads(config_path.read_text())
+    fix = "re-export it with `taslora export` or restore the shipped folder"
+    config = read_json_artifact(config_path, "model config", fix)
+    if not isinstance(config.get("space"), dict) or not isinstance(config.get("subnet"), dict):
+        raise CheckpointError(f"model config {config_path} lacks 'space' or 'subnet'; {fix}")
     model = StandaloneViT(SearchSpace.from_dict(config["space"]), Subnet.from_dict(config["subnet"]))
-    load_state_strict(model, load_file(str(weights)), str(weights))
+    load_state_strict(model, load_safetensors_checked(weights, "model weights", fix), str(weights))
     return model.to(device).eval()

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from taslora_core.artifact_read import read_bytes_checked
 from taslora_core.atomic import atomic_write_bytes
 from taslora_deploy.errors import ParityError
 from taslora_deploy.onnx_export import OUTPUT_NAME
@@ -255,7 +256,8 @@ class TrtRunner:
         self._logger = _make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):
-            self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+            self.engine = self._runtime.deserialize_cuda_engine(
+                read_bytes_checked(self.plan_path, "TensorRT engine", "rebuild it with `taslora export --trt`"))
             if self.engine is None:
                 raise EngineBuildError(
                     f"could not deserialize {self.plan_path} (plans only load on the TensorRT version and GPU that "

@@ -9,6 +9,7 @@ from typing import Any, Union
 
 import torch
 
+from taslora_core.artifact_read import read_json_artifact
 from taslora_core.atomic import atomic_write_text
 
 __all__ = ["effective_val_size", "seeded_perm", "make_split", "split_indices", "save_split", "load_split",
@@ -85,12 +86,13 @@ def save_split(path: Union[str, Path], split: dict[str, Any]) -> None:
 
 
 def load_split(path: Union[str, Path]) -> dict[str, Any]:
-    """Read a split record written by :func:`save_split` (validated)."""
-    with open(path, encoding="utf-8") as fh:
-        split = json.load(fh)
-    if not isinstance(split, dict):
-        raise ValueError(f"{path}: not a split record")
-    _check_split(split)
+    """Read a split record written by :func:`save_split` (validated; a damaged file is a one-line error)."""
+    fix = "restore it from a copy of the run folder, or retrain to carve a new split"
+    split = read_json_artifact(path, "held-out split", fix)
+    try:
+        _check_split(split)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"held-out split {path} is not a valid split record ({err}); {fix}") from None
     return split
 
 

@@ -253,9 +253,10 @@ def save_train_state(
 
 def load_train_state(path: Path) -> dict[str, Any]:
     """Read a `train_state.pt` with weights-only loading."""
-    state = load_torch(path)
+    fix = "resume from a copy of the run folder, or start a new run"
+    state = load_torch(path, "training state", fix)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a taslora training state")
+        raise ValueError(f"training state {path} is not a taslora training state; {fix}")
     return state
 
 

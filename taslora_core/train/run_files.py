@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from taslora_core.artifact_read import read_json_artifact
 from taslora_core.atomic import atomic_write_json
 from taslora_core.state_check import CheckpointError
 from taslora_core.train.config import TrainConfig
@@ -36,12 +36,21 @@ def write_run_config(run_dir: Path, kind: str, cfg: TrainConfig, extra: dict[str
     atomic_write_json(run_dir / TRAIN_CONFIG, {"kind": kind, "config": cfg.to_dict(), **extra})
 
 
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """train_config.json of a training run folder (checked: a damaged file is a one-line ArtifactError)."""
+    doc = read_json_artifact(Path(run_dir) / TRAIN_CONFIG, "training record",
+                             "restore it from a copy of the run folder, or start a new run")
+    if not isinstance(doc.get("config", {}), dict):
+        raise CheckpointError(f"training record {Path(run_dir) / TRAIN_CONFIG} lacks its settings ('config'); start a new run")
+    return doc
+
+
 def recorded_epochs(run_dir: Path, default: int | None = None) -> int:
     """Epochs a training run recorded in its train_config.json; `default` where the run recorded none
     (e.g. an imported AutoFormer supernet). Without a default a missing record is a CheckpointError."""
     path = Path(run_dir) / TRAIN_CONFIG
     if path.exists():
-        doc = json.loads(path.read_text())
+        doc = read_run_config(run_dir)
         epochs = (doc.get("config") or doc).get("epochs")
         if epochs is not None:
             return int(epochs)
