@@ -32,6 +32,9 @@ def export_cmd(
     threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads for the latency check (default: runtime's choice).")] = None,
     workdir: WorkdirOpt = DEFAULT_WORKDIR_PATH,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random parity inputs.")] = 0,
+    family: Annotated[Path | None, typer.Option("--family", help="Export every member of this pareto.json (`taslora search --pareto`) into its own folder, plus family.json/.md/.png.")] = None,
+    members: Annotated[int | None, typer.Option("--members", help="With --family: export N members spread evenly along the front (both ends included; default all).")] = None,
+    eval_test: Annotated[bool, typer.Option("--eval-test", help="With --family: also measure each member's test top-1.")] = False,
 ) -> None:
     """Fold the routed experts into the chosen subnet, check parity, write safetensors (+ ONNX, TensorRT).
 
@@ -45,6 +48,10 @@ def export_cmd(
         raise fail(f"--latency-check must be strict or report, not '{latency_check}'")
     opts = ExportOptions(onnx=onnx, trt=trt, fp16=fp16, no_lora=no_lora, opset=opset, latency_mode=latency_check,
                          latency_iters=latency_iters, threads=threads, seed=seed)
+    if family is not None or members is not None or eval_test:
+        from taslora_cli.cmd_family import run_family_export
+
+        return run_family_export(family, ckpt, out, members, opts, eval_test, workdir, subnet=subnet)
     result = export(subnet, ckpt, workdir=workdir, out=out, options=opts, log=console.print)
     console.print(report_table(result))
     console.print(f"report: {result.report_path}")

@@ -158,6 +158,32 @@ def plot_training_curves(runs: dict[str, Sequence[dict[str, Any]]], path: str | 
     return _save(fig, path)
 
 
+def plot_family(points: Sequence[dict[str, Any]], path: str | Path, xlabel: str = "latency p50 (ms)",
+                ylabel: str = "validation loss", title: str = "exported family: accuracy vs measured latency") -> Path:
+    """Scatter of a family export: one labelled point per member (`label`, `x` = measured latency, `y` =
+    accuracy, `ok`), failed members as red crosses; members without both numbers are listed in a note."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    shown = [p for p in points if p.get("x") is not None and p.get("y") is not None]
+    for p in shown:
+        ok = bool(p.get("ok", True))
+        ax.scatter([p["x"]], [p["y"]], marker="o" if ok else "x", s=40, color="tab:blue" if ok else "tab:red",
+                   zorder=3)
+        ax.annotate(str(p.get("label", "")), (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ordered = sorted((p for p in shown if p.get("ok", True)), key=lambda p: p["x"])
+    if len(ordered) > 1:
+        ax.plot([p["x"] for p in ordered], [p["y"] for p in ordered], color="tab:blue", linewidth=0.8, alpha=0.5)
+    missing = [str(p.get("label", "")) for p in points if p not in shown]
+    if missing:
+        ax.text(0.01, 0.01, "not measured: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
+                color="tab:red", va="bottom")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_bench(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "latency vs batch size") -> Path:
     """Median latency against batch size, one line per benchmarked series (artifact, CUDA graph on/off), log-log,
     with p10-p90 error bars (`taslora bench` rows: `artifact`, `batch`, `p50_ms`, `p10_ms`, `p90_ms`)."""

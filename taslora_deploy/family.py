@@ -1,0 +1,331 @@
+"""`taslora export --family`: the members of a Pareto front (pareto.json) exported and certified, one table.
+
+:func:`export_family` is the library verb. It reads the front (``taslora_core.search.pareto_file``), checks it
+against the checkpoint's search space, picks the members (all, or N spread evenly along the front, both ends
+included) and runs the one export verb (:func:`taslora_deploy.pipeline.export`) for each into its own folder
+``member-<i>-<flops>/`` (usual artifacts + report.json: fold parity, ONNX parity, zero-overhead checks). It then
+times each member on the chosen runtime (:func:`taslora_deploy.bench.bench`, THE timing loop underneath),
+optionally measures test top-1 (:func:`taslora_core.evaluate.evaluate`), and writes ``family.json`` (rewritten
+after every member), ``family.md`` and ``family.png``. A member that fails a step is marked failed with that
+step and its one-line message; the others still go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from taslora_core.atomic import atomic_write_json, atomic_write_text
+from taslora_core.complexity import format_amount
+from taslora_core.run_io import LoadedCheckpoint, load_checkpoint
+from taslora_core.search.pareto_file import ParetoMember, check_same_space, read_pareto
+from taslora_core.workspace import DEFAULT_WORKDIR, new_run
+from taslora_deploy.artifacts import MODEL_ONNX, MODEL_PLAN
+from taslora_deploy.pipeline import ExportOptions, ExportResult, export
+
+__all__ = ["FAMILY_JSON", "FAMILY_MD", "FAMILY_PNG", "RUNTIMES", "FamilyError", "FamilyMember", "FamilyResult",
+           "TABLE_COLUMNS", "export_family", "family_markdown", "member_row", "spread_indices"]
+
+FAMILY_JSON = "family.json"
+FAMILY_MD = "family.md"
+FAMILY_PNG = "family.png"
+SUBNET_JSON = "subnet.json"  # the member's subnet, the file its export was run from
+FAMILY_FORMAT, FAMILY_VERSION = "taslora-family", 1
+
+RUNTIMES: dict[str, tuple[str | None, str]] = {
+    # runtime -> (artifact inside the member folder, None = the standalone PyTorch folder; bench device)
+    "ort-cpu": (MODEL_ONNX, "cpu"),
+    "ort-cuda": (MODEL_ONNX, "cuda"),
+    "trt": (MODEL_PLAN, "cuda"),
+    "torch-cpu": (None, "cpu"),
+    "torch-cuda": (None, "cuda"),
+}
+
+
+class FamilyError(ValueError):
+    """Bad input to a family export (unusable pareto.json, wrong space, --members < 1): one line naming the file."""
+
+
+@dataclass
+class FamilyMember:
+    """One exported member of the front and what was measured on it."""
+
+    index: int  # position in the front (sorted by cost ascending)
+    folder: str  # relative to the family folder
+    subnet: dict[str, Any]
+    flops_autoformer: float
+    flops_macs: float
+    params: int
+    val_loss: float | None  # validation loss the search measured
+    search_latency_ms: float | None = None  # the search's latency objective, when it had one
+    search_latency_source: str | None = None
+    top1_test: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    overhead_ratio: float | None = None  # median folded/baseline latency ratio (onnxruntime)
+    fold_parity_max_diff: float | None = None
+    onnx_parity_max_diff: float | None = None
+    same_structure: bool | None = None
+    status: str = "ok"  # ok | failed
+    failed_step: str | None = None
+    error: str | None = None
+    failures: dict[str, str] = field(default_factory=dict)  # every failed step -> one-line message
+
+    @property
+    def ok(self) -> bool:
+        """No step failed for this member."""
+        return self.status == "ok"
+
+    def fail(self, step: str, message: str) -> None:
+        """Record a failed step (the first one is the member's failed_step)."""
+        line = " ".join(str(message).split()) or "failed"
+        self.failures[step] = line
+        if self.status == "ok":
+            self.status, self.failed_step, self.error = "failed", step, line
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (a family.json member)."""
+        return asdict(self)
+
+
+@dataclass
+class FamilyResult:
+    """Outcome of :func:`export_family`: the family folder, its members and the files written there."""
+
+    out: Path
+    pareto_path: Path
+    ckpt_path: Path
+    runtime: str
+    latency_batch: int
+    members: list[FamilyMember]
+    accuracy: str  # what family.png plots: "test top-1" or "validation loss"
+
+    @property
+    def ok(self) -> bool:
+        """Every member passed every step."""
+        return all(m.ok for m in self.members)
+
+    @property
+    def failed(self) -> list[FamilyMember]:
+        """The members that failed a step."""
+        return [m for m in self.members if not m.ok]
+
+    @property
+    def json_path(self) -> Path:
+        """family.json."""
+        return self.out / FAMILY_JSON
+
+    @property
+    def md_path(self) -> Path:
+        """family.md."""
+        return self.out / FAMILY_MD
+
+    @property
+    def png_path(self) -> Path:
+        """family.png."""
+        return self.out / FAMILY_PNG
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of family.json."""
+        return {"format": FAMILY_FORMAT, "version": FAMILY_VERSION, "pareto": str(self.pareto_path),
+                "ckpt": str(self.ckpt_path), "runtime": self.runtime, "latency_batch": self.latency_batch,
+                "accuracy": self.accuracy, "ok": self.ok,
+                "failures": [f"{m.folder}: {m.failed_step}: {m.error}" for m in self.failed],
+                "members": [m.to_dict() for m in self.members]}
+
+
+def spread_indices(count: int, wanted: int | None) -> list[int]:
+    """Indices of `wanted` (>= 1) members spread evenly over a front of `count` (both ends included; all when None
+    or `wanted >= count`; the last, most accurate one when `wanted == 1`)."""
+    if wanted is None or wanted >= count:
+        return list(range(count))
+    if wanted == 1:
+        return [count - 1]
+    steps = wanted - 1  # floor(i * (count - 1) / steps + 1/2) in integers: distinct because the step is >= 1
+    return [(2 * i * (count - 1) + steps) // (2 * steps) for i in range(wanted)]
+
+
+def default_runtime(options: ExportOptions) -> str:
+    """The runtime the family is timed on: TensorRT with --trt, else onnxruntime on the CPU with --onnx, else
+    the standalone PyTorch model on the CPU."""
+    return "trt" if options.trt else "ort-cpu" if options.onnx else "torch-cpu"
+
+
+def export_family(
+    pareto_json: str | os.PathLike,
+    ckpt: str | os.PathLike | None = None,
+    *,
+    workdir: str | os.PathLike = DEFAULT_WORKDIR,
+    out: str | os.PathLike | None = None,
+    members: int | None = None,
+    options: ExportOptions | None = None,
+    eval_test: bool = False,
+    runtime: str | None = None,
+    latency_batch: int = 1,
+    log: Callable[[str], None] = print,
+) -> FamilyResult:
+    """Export the members of a Pareto front (all, or `members` spread along it) and tabulate them.
+
+    ``ckpt``: a MoLE or supernet run folder (default: the checkpoint the search recorded). ``out``: the family
+    folder (default: a new ``exports/`` run named ``family`` in ``workdir``). ``runtime``: one of
+    :data:`RUNTIMES` (default: :func:`default_runtime`), timed at ``latency_batch``. ``eval_test``: also
+    measure test top-1 of each member (experts folded as exported). Bad input (missing or damaged pareto.json,
+    an empty front, a front of another search space, ``members < 1``, an unknown runtime) raises before any
+    folder is created; a member that fails a step is recorded as failed and the others go on.
+    """
+    options = options or ExportOptions()
+    runtime = runtime or default_runtime(options)
+    if runtime not in RUNTIMES:
+        raise FamilyError(f"unknown family runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+    if latency_batch < 1:
+        raise FamilyError(f"latency batch must be at least 1, not {latency_batch}")
+    if members is not None and members < 1:
+        raise FamilyError(f"--members must be at least 1, not {members} (how many members of {pareto_json} to export)")
+    front = read_pareto(pareto_json)  # refuses a missing, damaged, foreign or empty file in one line
+    pareto_path = front.path or Path(pareto_json)
+    chosen = spread_indices(len(front.members), members)
+    ckpt_path = Path(ckpt) if ckpt is not None else Path(front.ckpt)
+    loaded = load_checkpoint(ckpt_path)
+    check_same_space(front, loaded.supernet.space)
+    out_dir = Path(out) if out is not None else new_run(workdir, "exports", "family")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"pareto front: {pareto_path} ({len(front.members)} members; exporting {len(chosen)})")
+    log(f"checkpoint: {ckpt_path}")
+    log(f"output: {out_dir}")
+
+    test_batches = _test_batches(loaded) if eval_test else None
+    result = FamilyResult(out_dir, pareto_path, ckpt_path, runtime, latency_batch, [],
+                          "test top-1" if eval_test else "validation loss")
+    for n, index in enumerate(chosen, 1):
+        member = front.members[index]
+        record = _member_record(index, member, front.counter)
+        log(f"member {n}/{len(chosen)}: {record.folder}")
+        _export_member(record, out_dir, ckpt_path, workdir, options, runtime, latency_batch, log)
+        if test_batches is not None:
+            _evaluate_member(record, member, loaded, test_batches, options)
+        result.members.append(record)
+        atomic_write_json(result.json_path, result.to_dict())  # progress survives a kill
+        log(f"member {record.folder}: {record.status}" + (f" ({record.failed_step}: {record.error})" if record.error else ""))
+    _write_summary(result)
+    return result
+
+
+# --------------------------------------------------------------------------- one member
+
+
+def _member_record(index: int, member: ParetoMember, counter: str) -> FamilyMember:
+    return FamilyMember(
+        index=index, folder=f"member-{index}-{format_amount(member.flops(counter))}", subnet=member.subnet.to_dict(),
+        flops_autoformer=member.flops_autoformer, flops_macs=member.flops_macs, params=member.params,
+        val_loss=member.loss, search_latency_ms=member.latency_ms, search_latency_source=member.latency_source)
+
+
+def _export_member(record: FamilyMember, out_dir: Path, ckpt_path: Path, workdir: str | os.PathLike,
+                   options: ExportOptions, runtime: str, latency_batch: int, log: Callable[[str], None]) -> None:
+    """The usual export into the member's folder, then its latency on `runtime`; failures go into `record`."""
+    folder = out_dir / record.folder
+    subnet_path = atomic_write_json(folder / SUBNET_JSON, record.subnet)
+    try:
+        exported = export(subnet_path, ckpt_path, workdir=workdir, out=folder, options=options,
+                          log=lambda line: log(f"  {line}"))
+    except Exception as err:  # noqa: BLE001 - a member that cannot be exported is marked failed; the rest go on
+        record.fail("export", f"{type(err).__name__}: {err}")
+        return
+    _copy_checks(record, exported)
+    try:
+        record.latency_p50_ms, record.latency_p99_ms = _latency(folder, runtime, latency_batch, options)
+    except Exception as err:  # noqa: BLE001 - recorded like a failed export step
+        record.fail("latency", f"{type(err).__name__}: {err}")
+
+
+def _copy_checks(record: FamilyMember, exported: ExportResult) -> None:
+    record.fold_parity_max_diff = exported.fold_parity_max_diff
+    record.onnx_parity_max_diff = exported.onnx_parity_max_diff
+    record.same_structure = exported.same_structure
+    record.overhead_ratio = exported.latency_ratio
+    for step, line in exported.failures.items():
+        record.fail(step, line)
+
+
+def _latency(folder: Path, runtime: str, batch: int, options: ExportOptions) -> tuple[float, float]:
+    """p50/p99 latency (ms) of the member's artifact on `runtime` (bench's trtexec-like loop)."""
+    from taslora_deploy.bench import bench
+
+    name, device = RUNTIMES[runtime]
+    artifact = folder / name if name is not None else folder
+    if not artifact.exists():
+        raise FileNotFoundError(f"{artifact} was not written; runtime {runtime} needs it")
+    row = bench(artifact, batch_sizes=(batch,), warmup_s=options.latency_warmup_s, min_iters=options.latency_iters,
+                min_time_s=0.0, device=device, threads=options.threads)[0]
+    return float(row["p50_ms"]), float(row["p99_ms"])
+
+
+def _test_batches(loaded: LoadedCheckpoint) -> list:
+    """The checkpoint's test set as evaluation batches, loaded once for every member."""
+    from taslora_core.data import DataConfig, load_test_batches
+
+    if not loaded.data:
+        raise FamilyError(f"checkpoint {loaded.path} records no data settings; --eval-test cannot find its test set")
+    return load_test_batches(DataConfig(**loaded.data))
+
+
+def _evaluate_member(record: FamilyMember, member: ParetoMember, loaded: LoadedCheckpoint, batches: list, options: ExportOptions) -> None:
+    """Test top-1 of the member as exported (experts folded unless --no-lora); a failure marks the member."""
+    from taslora_core.evaluate import evaluate
+
+    try:
+        res = evaluate(loaded.supernet, member.subnet, batches, loaded.mole, use_experts=not options.no_lora)
+        record.top1_test = float(res.top1)
+    except Exception as err:  # noqa: BLE001 - recorded like a failed export step
+        record.fail("eval_test", f"{type(err).__name__}: {err}")
+
+
+# --------------------------------------------------------------------------- family.json / .md / .png
+
+
+TABLE_COLUMNS = ("member", "FLOPs (autoformer)", "FLOPs (MACs)", "params", "val loss", "test top-1 %",
+                 "p50 ms", "p99 ms", "overhead ratio", "status")
+"""The columns of the family table (family.md and the CLI's table); one :func:`member_row` per member."""
+
+
+def member_row(m: FamilyMember) -> list[str]:
+    """A member's cells under :data:`TABLE_COLUMNS` ('-' for what was not measured)."""
+    def num(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    status = "ok" if m.ok else f"failed: {m.failed_step}: {m.error}"
+    return [m.folder, format_amount(m.flops_autoformer), format_amount(m.flops_macs), format_amount(m.params),
+            num(m.val_loss, ".4f"), num(None if m.top1_test is None else 100 * m.top1_test, ".2f"),
+            num(m.latency_p50_ms, ".3f"), num(m.latency_p99_ms, ".3f"), num(m.overhead_ratio, ".4f"), status]
+
+
+def family_markdown(result: FamilyResult) -> str:
+    """family.md: one row per member (the same numbers as family.json)."""
+    head = (f"Family of {result.pareto_path} on {result.ckpt_path}; latency on {result.runtime}, "
+            f"batch {result.latency_batch}.\n\n")
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in member_row(m)) + " |" for m in result.members]
+    return head + "\n".join(lines) + "\n"
+
+
+def _write_summary(result: FamilyResult) -> None:
+    from taslora_core.plots import plot_family
+
+    atomic_write_json(result.json_path, result.to_dict())
+    atomic_write_text(result.md_path, family_markdown(result))
+    ylabel = "test top-1 (%)" if result.accuracy == "test top-1" else "validation loss"
+    plot_family(_plot_points(result.members, result.accuracy), result.png_path, ylabel=ylabel,
+                xlabel=f"latency p50 (ms), {result.runtime}, batch {result.latency_batch}")
+
+
+def _plot_points(members: Sequence[FamilyMember], accuracy: str) -> list[dict[str, Any]]:
+    """One point per member: label, measured latency, accuracy (test top-1 in % or validation loss), ok."""
+    def y(m: FamilyMember) -> float | None:
+        if accuracy == "test top-1":
+            return None if m.top1_test is None else 100 * m.top1_test
+        return m.val_loss
+
+    return [{"label": m.folder, "x": m.latency_p50_ms, "y": y(m), "ok": m.ok} for m in members]
