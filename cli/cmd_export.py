@@ -24,7 +24,11 @@ def export_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: a new exports/ run in the workspace).")] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Also export ONNX (single file, dynamic batch) and run the zero-overhead checks.")] = False,
     trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine (needs TensorRT and a CUDA GPU; runs last).")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Also write a half-precision ONNX (and TensorRT fp16 engine with --trt).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Same as --precision fp16 (kept for older scripts).")] = False,
+    precision: Annotated[list[str] | None, typer.Option("--precision", help="fp32|fp16|int8, repeatable or comma-separated (fp32 always). fp16: model_fp16.onnx (LayerNorm, softmax and head kept fp32); int8: model_int8.onnx (static QDQ, per-channel). Each is gated against fp32 on the test split; implies --onnx.")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="int8 calibration images, taken from the run's held-out validation split (never the test set).")] = 512,
+    max_top1_drop: Annotated[str | None, typer.Option("--max-top1-drop", help="Accuracy gates: allowed top-1 drop in points vs fp32 on the test split, e.g. 'fp16=0.2,int8=1.0' (the defaults); a failed gate fails that precision's step only.")] = None,
+    gate_images: Annotated[int | None, typer.Option("--gate-images", help="Gate on the first N test images (default: the whole test split).")] = None,
     no_lora: Annotated[bool, typer.Option("--no-lora", help="Export the subnet of the frozen supernet without experts (the baseline).")] = False,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
     latency_check: Annotated[str, typer.Option("--latency-check", help="strict: a folded/baseline latency ratio outside 1 +- 3% fails the export; report: only record it.")] = "strict",
@@ -46,8 +50,13 @@ def export_cmd(
 
     if latency_check not in ("strict", "report"):
         raise fail(f"--latency-check must be strict or report, not '{latency_check}'")
+    from taslora_deploy.precision_gate import parse_drop_limits
+    from taslora_deploy.precision_steps import parse_precisions
+
     opts = ExportOptions(onnx=onnx, trt=trt, fp16=fp16, no_lora=no_lora, opset=opset, latency_mode=latency_check,
-                         latency_iters=latency_iters, threads=threads, seed=seed)
+                         latency_iters=latency_iters, threads=threads, seed=seed,
+                         precisions=parse_precisions(precision), calib_size=calib_size,
+                         max_top1_drop=parse_drop_limits(max_top1_drop), gate_images=gate_images)
     if family is not None or members is not None or eval_test:
         from taslora_cli.cmd_family import run_family_export
 
@@ -95,10 +104,27 @@ def report_table(result: ExportResult) -> Table:
         u = data["unmerged_vs_folded"]
         text = u.get("error") or f"unmerged MoLE is {u['ratio_median']:.2f}x the folded latency (torch eager)"
         table.add_row("what folding saves", text, mark("unmerged_vs_folded"))
-    for step in ("tensorrt", "tensorrt_fp16"):
+    for precision in ("fp16", "int8"):
+        step = f"onnx_{precision}"
         if step in data:
-            table.add_row(step, escape(data[step].get("error") or "engine built and compared"), mark(step))
+            table.add_row(f"{precision} ONNX vs fp32 (test split)", escape(_precision_text(data[step])), mark(step))
+    for step in ("tensorrt", "tensorrt_fp16", "tensorrt_int8"):
+        if step in data:
+            entry = data[step]
+            text = entry.get("error") or (_precision_text(entry) if "gate" in entry else "engine built and compared")
+            table.add_row(step, escape(text), mark(step))
     return table
+
+
+def _precision_text(entry: dict) -> str:
+    """A precision step's gate numbers and file size (or its error, with the numbers when the gate measured them)."""
+    from taslora_deploy.precision_gate import gate_summary
+
+    gate = entry.get("gate")
+    size = f"; {entry['size_bytes'] / 1e6:.2f} MB" if entry.get("size_bytes") else ""
+    if entry.get("error"):
+        return entry["error"] if not gate else f"FAILED gate: {gate_summary(gate)}"
+    return f"{gate_summary(gate)}{size}" if gate else "written"
 
 
 @app.command("check-overhead")

@@ -4,9 +4,11 @@ An export folder (`exports/<run>/` in the workspace, or `--out`) holds::
 
     model.safetensors + config.json   standalone PyTorch model (load_standalone)
     model.onnx                        folded model, single file, dynamic batch
-    model_fp16.onnx                   half-precision twin (--fp16)
+    model_fp16.onnx                   mixed fp16 twin (--precision fp16 or --fp16)
+    model_int8.onnx                   static int8 QDQ twin (--precision int8)
     baseline/model.onnx               the no-LoRA subnet, for the zero-overhead checks
-    model.plan, model_fp16.plan       TensorRT engines (--trt), timing.cache
+    model.plan, model_fp16.plan,      TensorRT engines (--trt), timing.cache
+    model_int8.plan
     report.json                       every export step's outcome
     overhead.json, bench.json         written by `check-overhead` and `bench`
 """
@@ -19,10 +21,14 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
 MODEL_ONNX = "model.onnx"
 MODEL_FP16_ONNX = "model_fp16.onnx"
+MODEL_INT8_ONNX = "model_int8.onnx"
 BASELINE_DIR = "baseline"
 BASELINE_ONNX = f"{BASELINE_DIR}/{MODEL_ONNX}"  # relative to the export folder
 MODEL_PLAN = "model.plan"
 MODEL_FP16_PLAN = "model_fp16.plan"
+MODEL_INT8_PLAN = "model_int8.plan"
+PRECISION_ONNX = {"fp32": MODEL_ONNX, "fp16": MODEL_FP16_ONNX, "int8": MODEL_INT8_ONNX}
+PRECISION_PLAN = {"fp32": MODEL_PLAN, "fp16": MODEL_FP16_PLAN, "int8": MODEL_INT8_PLAN}
 TIMING_CACHE = "timing.cache"
 REPORT = "report.json"
 OVERHEAD_REPORT = "overhead.json"

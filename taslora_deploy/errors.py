@@ -13,3 +13,15 @@ class ParityError(AssertionError):
 
 class ProviderUnavailableError(RuntimeError):
     """The requested onnxruntime execution provider is not active in the session."""
+
+
+class OnnxRuntimeMissing(ValueError):
+    """onnxruntime is not installed (the `cpu` or `gpu` extra): a user error with the install line."""
+
+
+class PrecisionGateError(AssertionError):
+    """A reduced-precision artifact lost more top-1 than allowed; ``report`` holds the measured numbers."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report

@@ -43,6 +43,7 @@ __all__ = [
     "ParityError",
     "ProviderUnavailableError",
     "export_onnx",
+    "fold_constant_subgraphs",
     "ort_session",
     "check_onnx_parity",
     "op_histogram",
@@ -64,6 +65,7 @@ def export_onnx(
     opset: int = 18,
     dtype: torch.dtype = torch.float32,
     trace_batch: int = 2,
+    fold_constants: bool = True,
 ) -> Path:
     """Export ``model`` to a single-file ONNX model at ``path`` and verify it.
 
@@ -74,6 +76,9 @@ def export_onnx(
     equal to ``opset``.  The file is written atomically
     (:func:`taslora_core.atomic.atomic_write`): on any failure nothing is left behind
     (an earlier file at ``path`` stays) and :class:`ExportError` is raised.
+
+    ``fold_constants`` (default) folds every subgraph that depends only on weights into one initializer
+    (:func:`fold_constant_subgraphs`), so the shipped graph is minimal.
 
     ``dtype=torch.float16`` exports a half-precision copy of the model (fp16 input
     and weights), e.g. for strongly typed TensorRT fp16 engines.  The caller's
@@ -125,12 +130,29 @@ def export_onnx(
             if side_data.exists():
                 # its location inside the graph names the temporary file, so it could not follow the rename
                 raise ExportError("exporter wrote external data although external_data=False was requested")
+            if fold_constants:
+                fold_constant_subgraphs(tmp)
             _verify_exported(tmp, opset=int(opset))
         finally:
             side_data.unlink(missing_ok=True)
 
     atomic_write(path, write)
     return path
+
+
+FOLD_SIZE_LIMIT = 1 << 22
+"""Largest constant (elements) the folding reads or writes. The exporter's own pass stops at 8192 input
+elements, which leaves e.g. the relative-position tables of a fixed input size (17x17x32 per block) unfolded."""
+
+
+def fold_constant_subgraphs(path: str | os.PathLike) -> None:
+    """Fold, in place, every node whose inputs are all constants (onnxscript's optimizer, raised size limits)."""
+    import onnx
+    from onnxscript import optimizer
+
+    model = onnx.load(str(path))
+    folded = optimizer.optimize(model, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=FOLD_SIZE_LIMIT)
+    onnx.save(folded, str(path))
 
 
 def _verify_exported(path: Path, opset: int) -> None:

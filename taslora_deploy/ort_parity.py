@@ -12,15 +12,28 @@ import numpy as np
 import torch
 
 from taslora_deploy.devices import module_device_dtype, parse_device
-from taslora_deploy.errors import ExportError, ParityError, ProviderUnavailableError
+from taslora_deploy.errors import ExportError, OnnxRuntimeMissing, ParityError, ProviderUnavailableError
 
-__all__ = ["ort_session", "check_onnx_parity"]
+__all__ = ["ort_session", "check_onnx_parity", "require_onnxruntime", "ONNXRUNTIME_INSTALL"]
+
+ONNXRUNTIME_INSTALL = "pip install 'taslora[cpu]'"  # pyproject.toml's extras: `cpu` (onnxruntime) or `gpu`
 
 _ONNX_TO_NP = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
 }
+
+
+def require_onnxruntime():
+    """The onnxruntime module, or :class:`OnnxRuntimeMissing` naming the extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OnnxRuntimeMissing(
+            f"onnxruntime is not installed, so the ONNX steps cannot run: {ONNXRUNTIME_INSTALL} "
+            "(or 'taslora[gpu]' on a CUDA machine, never both)") from None
+    return onnxruntime
 
 
 def ort_session(
@@ -38,8 +51,7 @@ def ort_session(
     ``allow_spinning=False`` stops idle worker threads from busy-waiting, which
     matters when several sessions (or torch) share few cores.
     """
-    import onnxruntime as ort
-
+    ort = require_onnxruntime()
     kind, idx = parse_device(device)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

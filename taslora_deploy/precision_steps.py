@@ -1,0 +1,127 @@
+"""The export's reduced-precision steps: one artifact per precision, each with its own accuracy gate.
+
+``onnx_fp16`` / ``onnx_int8`` write ``model_fp16.onnx`` / ``model_int8.onnx`` from the verified fp32
+``model.onnx`` and gate them against it on the run's test split; ``tensorrt_fp16`` / ``tensorrt_int8`` build
+engines from those same files (TensorRT strongly typed / explicit quantization) and gate the engines the same
+way. A failing step (a gate, missing data) is recorded and the other steps still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from taslora_core.run_io import LoadedCheckpoint
+from taslora_deploy.artifacts import PRECISION_ONNX, PRECISION_PLAN
+
+__all__ = ["PRECISIONS", "REDUCED_PRECISIONS", "parse_precisions", "precision_steps", "trt_precision_steps"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+REDUCED_PRECISIONS = ("fp16", "int8")
+
+
+class Steps(Protocol):
+    """What the export's step recorder offers (pipeline._StepRecorder)."""
+
+    out: Path
+    data: dict[str, Any]
+
+    def run(self, step: str, fn: Callable[[], Any], writes: tuple[Path, ...] = ()) -> Any: ...
+
+
+def parse_precisions(values: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """`--precision` values (repeatable, each comma-separated) -> ordered unique precisions; fp32 always first."""
+    chosen = {"fp32"}
+    for value in values or ():
+        for part in str(value).split(","):
+            name = part.strip().lower()
+            if not name:
+                continue
+            if name not in PRECISIONS:
+                raise ValueError(f"--precision takes {', '.join(PRECISIONS)} (repeat it or separate with commas), not '{name}'")
+            chosen.add(name)
+    return tuple(p for p in PRECISIONS if p in chosen)
+
+
+class _GateData:
+    """The gate's test batches, loaded once for every precision (and the engines)."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, n: int | None) -> None:
+        self.ckpt, self.n = ckpt, n
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._batches is None:
+            from taslora_deploy.precision_data import gate_batches
+
+            self._batches = gate_batches(self.ckpt, self.n)
+        return self._batches
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    return {"path": str(path), "size_bytes": path.stat().st_size}
+
+
+def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, precisions: tuple[str, ...], *,
+                    calib_size: int, max_top1_drop: dict[str, float], gate_images: int | None,
+                    threads: int | None, log: Callable[[str], None]) -> None:
+    """Write and gate every reduced precision in `precisions` next to the fp32 `onnx_path`."""
+    from taslora_deploy.precision import FP32_OPS, convert_fp16, ort_cpu_fp32_fallbacks, quantize_int8
+    from taslora_deploy.precision_data import calibration_images
+    from taslora_deploy.precision_gate import accuracy_gate, gate_summary
+
+    data = _GateData(ckpt, gate_images)
+    steps.data["gate_data"] = {"split": "test", "images": gate_images or "all"}
+    for precision in (p for p in REDUCED_PRECISIONS if p in precisions):
+        target = onnx_path.with_name(PRECISION_ONNX[precision])
+
+        def make(precision: str = precision, target: Path = target) -> dict[str, Any]:
+            if not (steps.data.get("onnx") or {}).get("ok"):
+                raise FileNotFoundError(f"{onnx_path.name} did not pass its step; no {precision} twin is made from it")
+            if precision == "fp16":
+                convert_fp16(onnx_path, target)
+                facts = {"kept_fp32": [*FP32_OPS, "classifier head"],
+                         "ort_cpu_fp32_fallback_ops": ort_cpu_fp32_fallbacks(target)}
+            else:
+                images = calibration_images(ckpt, calib_size)
+                quantize_int8(onnx_path, images, target)
+                facts = {"scheme": "static QDQ, per-channel symmetric int8 weights, symmetric int8 activations (MinMax)",
+                         "calibration": {"split": "validation", "images": len(images)}}
+            gate = accuracy_gate(onnx_path, target, data.batches(), max_top1_drop[precision], threads=threads)
+            return {**_file_facts(target), "size_fp32_bytes": onnx_path.stat().st_size, **facts, "gate": gate, "ok": True}
+
+        result = steps.run(f"onnx_{precision}", make, writes=(target,))
+        if result is not None:
+            log(f"wrote {target}: {gate_summary(result['gate'])}")
+        else:
+            log(f"{precision} FAILED: {steps.data[f'onnx_{precision}'].get('error')}")
+
+
+def trt_precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, precisions: tuple[str, ...], *,
+                        build: Callable[[Path, Path], dict[str, Any]], max_top1_drop: dict[str, float],
+                        gate_images: int | None, log: Callable[[str], None]) -> None:
+    """TensorRT engines from the reduced-precision ONNX files that passed their step, gated like them.
+
+    `build(onnx, plan)` builds (and, for fp16, compares) one engine and returns its record."""
+    from taslora_deploy.precision_gate import accuracy_gate
+
+    data = _GateData(ckpt, gate_images)
+    for precision in (p for p in REDUCED_PRECISIONS if p in precisions):
+        src, plan = onnx_path.with_name(PRECISION_ONNX[precision]), onnx_path.with_name(PRECISION_PLAN[precision])
+
+        def make(precision: str = precision, src: Path = src, plan: Path = plan) -> dict[str, Any]:
+            if not (steps.data.get(f"onnx_{precision}") or {}).get("ok"):
+                raise FileNotFoundError(f"{src.name} did not pass its step; no {precision} engine is built from it")
+            record = build(src, plan)
+            from taslora_deploy.trt_engine import TrtRunner
+
+            runner = TrtRunner(plan)
+            gate = accuracy_gate(onnx_path, lambda x: runner(torch.from_numpy(x)).float().cpu().numpy(),
+                                 data.batches(), max_top1_drop[precision])
+            return {**record, **_file_facts(plan), "gate": gate, "ok": True}
+
+        if steps.run(f"tensorrt_{precision}", make, writes=(plan,)) is not None:
+            log(f"wrote {plan}")
