@@ -16,8 +16,8 @@ from taslora_cli.app import WorkdirOpt, app, console, err_console, handle_errors
 from taslora_core.complexity import format_amount
 from taslora_core.distributed import DistContext
 from taslora_core.search import (
-    Constraints, LatencyLookup, SearchConfig, SearchError, SearchEvents, SearchRun, SearchRunConfig, SearchStart,
-    run_search,
+    DEFAULT_OBJECTIVES, Constraints, LatencyLookup, SearchConfig, SearchError, SearchEvents, SearchRun, SearchRunConfig, SearchStart,
+    parse_objectives, run_search,
 )
 from taslora_core.search.constraints import DEFAULT_LATENCY_TARGET
 from taslora_core.workspace import DEFAULT_WORKDIR
@@ -72,8 +72,16 @@ def search_cmd(
         "passes the FLOPs/params bounds is materialised and timed once; values are cached per subnet under "
         "<workdir>/latency-cache).")] = None,
     target: Annotated[str, typer.Option(
-        "--target", help="Latency target of --latency-budget: torch-cpu, ort-cpu (onnxruntime on the CPU) or "
-        "torch-cuda.")] = DEFAULT_LATENCY_TARGET,
+        "--target", help="Latency target of --latency-budget and of the latency objective: torch-cpu, ort-cpu "
+        "(onnxruntime on the CPU), torch-cuda or trt (TensorRT engine on the GPU).")] = DEFAULT_LATENCY_TARGET,
+    pareto: Annotated[bool, typer.Option(
+        "--pareto", help="Multi-objective search (NSGA-II: non-dominated sorting + crowding distance) over "
+        "--objectives; writes the whole front to pareto.json and pareto.png beside best.json (which keeps the "
+        "single-objective pick: the best fitness within the bounds).")] = False,
+    objectives: Annotated[Optional[str], typer.Option(
+        "--objectives", help="With --pareto (implies it): a quality and a cost objective, all minimised: "
+        "loss|error , flops|params|latency (default loss,flops). 'latency' is measured once per subnet on "
+        "--target (cached like --latency-budget).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted search: RUN_DIR, or the latest unfinished search of the workspace. "
@@ -93,7 +101,8 @@ def search_cmd(
         budget=Constraints.from_amounts(flops, params, min_flops, min_params, counter, latency_budget, target),
         search=SearchConfig(population=population, iterations=iterations, parents=parents, mutation_num=mutation_num,
                             crossover_num=crossover_num, m_prob=m_prob, s_prob=s_prob, seed=seed, metric=metric,
-                            val_subset=val_subset, batch_size=batch_size, use_experts=not no_experts),
+                            val_subset=val_subset, batch_size=batch_size, use_experts=not no_experts,
+                            objectives=_objectives(pareto, objectives), latency_target=target),
         ckpt=ckpt, data=data, workdir=workdir, out=out, resume=resume, run_dir=run_dir,
     )
     ctx = init_distributed(device)
@@ -108,10 +117,20 @@ def search_cmd(
         raise
     shutdown(ctx)
     if run.best_path is not None:  # rank 0
-        _top_table(run)
+        if run.pareto is not None:
+            _front_table(run)
+        else:
+            _top_table(run)
         for note in run.result.notes:
-            err_console.print(f"note: {note}", highlight=False)
+            err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
         typer.echo(str(run.best_path))
+
+
+def _objectives(pareto: bool, objectives: str | None) -> list[str] | None:
+    """The objectives of a Pareto search (--objectives implies --pareto), None for the single-objective one."""
+    if objectives is None:
+        return list(DEFAULT_OBJECTIVES) if pareto else None
+    return list(parse_objectives(objectives))
 
 
 def _latency_factory(workdir: Path, ctx: DistContext):
@@ -159,10 +178,11 @@ class SearchPrinter(SearchEvents):
         _say(f"gen {info['generation']:>3}/{info['iterations']}: {info['population_size']:>3} new"
              f" (total {info['evaluated']}), fitness best {info['pop_best']:.4f} median {info['pop_median']:.4f}"
              f" | best so far {best['fitness']:.4f} at {format_amount(best[f'flops_{counter}'])} FLOPs,"
-             f" {format_amount(best['params'])} params [{info['seconds']:.1f} s]")
+             f" {format_amount(best['params'])} params"
+             + (f" | front {info['front_size']}" if "front_size" in info else "") + f" [{info['seconds']:.1f} s]")
 
     def note(self, message: str) -> None:
-        err_console.print(f"note: {message}", highlight=False)
+        err_console.print(f"note: {message}", highlight=False, soft_wrap=True)
 
     def latency(self, lookup: LatencyLookup) -> None:
         _say(f"latency ({lookup.target}): {lookup.measured} subnets measured in this run, {len(lookup.table)} in "
@@ -192,6 +212,44 @@ def _top_table(run: SearchRun) -> None:
             " ".join(f"{x:g}" for x in s["mlp_ratio"]), str(r["generation"]),
         )
     console.print(table)
+
+
+def _front_table(run: SearchRun) -> None:
+    """The Pareto front as a table (cost ascending; the single-objective pick marked), then the latency report."""
+    assert run.pareto is not None
+    cons, res = run.constraints, run.result
+    quality, cost = res.objectives or ("loss", "flops")
+    pick_key = res.best["key"]
+    table = Table(title=f"Pareto front: {len(res.front)} of {len(res.history)} evaluated subnets, {quality} vs "
+                        f"{cost} ({cons.describe()}); * = single-objective pick (best.json)")
+    lat = any(r.get("latency_ms") is not None for r in res.front)
+    cols = ["#", quality, "top1", f"FLOPs ({cons.counter})", "params"] + (["ms"] if lat else [])
+    for col in cols + ["depth", "embed", "heads", "MLP ratios", "gen"]:
+        table.add_column(col, justify="right" if col not in ("heads", "MLP ratios") else "left")
+    for i, r in enumerate(res.front, 1):
+        s = r["subnet"]
+        q = r.get("loss") if quality == "loss" else (None if r.get("top1") is None else 1.0 - r["top1"])
+        table.add_row(
+            f"{i}{'*' if r['key'] == pick_key else ''}", f"{q:.4f}" if q is not None else "-",
+            f"{r['top1']:.4f}" if r.get("top1") is not None else "-",
+            format_amount(r[f"flops_{cons.counter}"]), format_amount(r["params"]),
+            *([f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"] if lat else []),
+            str(s["depth"]), str(s["embed_dim"]), " ".join(map(str, s["num_heads"])),
+            " ".join(f"{x:g}" for x in s["mlp_ratio"]), str(r["generation"]),
+        )
+    console.print(table)
+    _say(f"pareto:     {run.pareto['pareto_json']} (plot {run.pareto['pareto_png']})")
+    report = run.pareto.get("latency_report")
+    if report:
+        rho = report["spearman_flops_latency"]
+        _say(f"latency:    {report['target']}: Spearman rank correlation of FLOPs ({report['counter']}) vs measured "
+             f"latency {'n/a' if rho is None else f'{rho:.3f}'} over {report['measured']} measured subnets; "
+             f"{report['cliff_count']} cliffs (fewer FLOPs yet > {100 * report['cliff_noise']:.0f}% slower, confirmed "
+             f"by interleaved re-timing of the worst {report['cliffs_checked']} of {report['cliff_candidates']} "
+             f"candidate pairs)")
+        for c in report["cliffs"][:5]:
+            _say(f"  cliff: {format_amount(c['flops'][0])} FLOPs {c['latency_ms'][0]:.3f} ms vs "
+                 f"{format_amount(c['flops'][1])} FLOPs {c['latency_ms'][1]:.3f} ms (+{100 * c['slower_by']:.0f}%)")
 
 
 __all__ = ["search_cmd", "SearchError"]

@@ -208,3 +208,45 @@ def plot_bench(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "l
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_pareto(
+    history: Sequence[dict[str, Any]],
+    front: Sequence[dict[str, Any]],
+    pick: dict[str, Any] | None,
+    objectives: Sequence[str],
+    path: str | Path,
+    counter: str = "autoformer",
+    title: str | None = None,
+) -> Path:
+    """A Pareto search in one panel: every evaluated subnet in grey, the front (non-dominated members) as a
+    highlighted staircase, the single-objective pick (best.json) starred; x = the cost objective, y = the
+    quality objective, both lower is better. Returns `path`."""
+    from taslora_core.search.objectives import objective_value
+
+    quality, cost = objectives[0], objectives[-1]
+    scale, unit = {"flops": (1e6, f"FLOPs ({counter}), M"), "params": (1e6, "params, M"),
+                   "latency": (1.0, "measured latency, ms (batch 1)")}[cost]
+
+    def xy(records: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
+        pts = [(objective_value(r, cost, counter) / scale, objective_value(r, quality, counter)) for r in records]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.8))
+    xs, ys = xy(history)
+    ax.scatter(xs, ys, s=12, color="0.7", edgecolors="none", label=f"evaluated ({len(history)})")
+    fx, fy = xy(front)
+    ax.step(fx, fy, where="post", color="tab:blue", linewidth=1.2, alpha=0.7)
+    ax.scatter(fx, fy, s=34, color="tab:blue", edgecolors="black", linewidths=0.5, zorder=4,
+               label=f"Pareto front ({len(front)})")
+    if pick is not None:
+        px, py = xy([pick])
+        ax.scatter(px, py, marker="*", s=260, color="tab:orange", edgecolors="black", linewidths=0.8, zorder=5,
+                   label="single-objective pick (best.json)")
+    ax.set_xlabel(unit)
+    ax.set_ylabel(f"validation {'loss' if quality == 'loss' else 'top-1 error'} (lower is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(title or f"Pareto search: {quality} vs {cost}")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -6,7 +6,8 @@ that is the zero-overhead claim) and timed at batch 1:
 
 - ``torch-cpu``: the standalone ViT in torch (inference mode) on the CPU;
 - ``torch-cuda``: the same on the current CUDA device (synchronised per call);
-- ``ort-cpu``: exported with `taslora_deploy.onnx_export.export_onnx` and run by onnxruntime on the CPU.
+- ``ort-cpu``: exported with `taslora_deploy.onnx_export.export_onnx` and run by onnxruntime on the CPU;
+- ``trt``: the same ONNX file built into a TensorRT engine (batch 1 profile) and run on the current CUDA device.
 
 The value is the median of `iters` timed runs after `warmup` runs (`taslora_deploy.timing`), single-threaded by default (`threads=1`:
 stable on a shared machine; multi-threaded batch-1 timings of small models vary by 10x under load). Measurements are noisy, so every value is
@@ -18,6 +19,7 @@ torch.distributed only rank 0 measures and broadcasts the value, so every rank m
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import platform
 import tempfile
@@ -30,9 +32,9 @@ from taslora_core.atomic import atomic_write_json
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_deploy.artifacts import MODEL_ONNX
-from taslora_deploy.timing import latency_stats, time_calls, torch_threads, warm_up
+from taslora_deploy.timing import interleaved_latency, latency_stats, time_calls, torch_threads, warm_up
 
-TARGETS = ("torch-cpu", "torch-cuda", "ort-cpu")
+TARGETS = ("torch-cpu", "torch-cuda", "ort-cpu", "trt")
 
 
 class LatencyUnavailable(ValueError):
@@ -57,9 +59,16 @@ def check_target(target: str) -> None:
         raise LatencyUnavailable("--target torch-cuda needs a CUDA device; use --target torch-cpu or ort-cpu here")
     if target == "ort-cpu":
         try:
-            import onnxruntime  # noqa: F401
+            importlib.import_module("onnxruntime")
         except ImportError:
             raise LatencyUnavailable("--target ort-cpu needs onnxruntime (pip install 'taslora[cpu]')") from None
+    if target == "trt":
+        from taslora_deploy.trt_engine import tensorrt_status
+
+        ok, reason = tensorrt_status()
+        if not ok:
+            raise LatencyUnavailable(f"--target trt needs TensorRT on a CUDA device ({reason.splitlines()[0]}); "
+                                     "use --target torch-cuda, torch-cpu or ort-cpu here")
 
 
 class LatencyTable:
@@ -107,18 +116,8 @@ class LatencyTable:
     # ------------------------------------------------------------------ measuring
     def measure(self, subnet: Subnet) -> float:
         """Median latency (ms) of one batch-1 forward of the materialised subnet on the target."""
-        from taslora_deploy.standalone import materialize
-
         self.measured += 1
-        model = materialize(self.supernet, subnet).float().cpu().eval()
-        shape = (self.space.in_chans, self.space.img_size, self.space.img_size)
-        if self.target == "ort-cpu":
-            run, cleanup = self._ort(model, shape)
-        else:
-            from taslora_deploy.runners import torch_runner
-
-            device = "cuda" if self.target == "torch-cuda" else "cpu"
-            run, cleanup = torch_runner(model, 1, shape, device=device), None
+        run, cleanup = self._runner(subnet)
         try:
             with torch_threads(self.threads if self.target == "torch-cpu" else None):
                 warm_up([run], min_calls=self.warmup)
@@ -128,16 +127,52 @@ class LatencyTable:
             if cleanup is not None:
                 cleanup()
 
-    def _ort(self, model: torch.nn.Module, shape: tuple[int, int, int]):
+    def compare(self, slower: Subnet, faster: Subnet, warmup_s: float = 0.3, iters: int = 60) -> dict[str, float]:
+        """Re-time two subnets interleaved (AB, BA, ...; `timing.interleaved_latency`, the zero-overhead check's
+        discipline) to tell a real latency difference from noise; returns the per-pair ratios slower/faster
+        (ratio_median, ratio_p10, ratio_p90). Not cached: it is asked only for a few suspicious pairs."""
+        run_a, done_a = self._runner(faster)
+        run_b, done_b = self._runner(slower)
+        try:
+            with torch_threads(self.threads if self.target == "torch-cpu" else None):
+                stats = interleaved_latency(run_a, run_b, warmup_s=warmup_s, iters=iters)
+            return {k: stats[k] for k in ("ratio_median", "ratio_p10", "ratio_p90")}
+        finally:
+            for done in (done_a, done_b):
+                if done is not None:
+                    done()
+
+    def _runner(self, subnet: Subnet):
+        """(zero-arg batch-1 runner of the materialised subnet on the target, cleanup or None)."""
+        from taslora_deploy.standalone import materialize
+
+        model = materialize(self.supernet, subnet).float().cpu().eval()
+        shape = (self.space.in_chans, self.space.img_size, self.space.img_size)
+        if self.target in ("ort-cpu", "trt"):
+            return self._onnx(model, shape)
+        from taslora_deploy.runners import torch_runner
+
+        device = "cuda" if self.target == "torch-cuda" else "cpu"
+        return torch_runner(model, 1, shape, device=device), None
+
+    def _onnx(self, model: torch.nn.Module, shape: tuple[int, int, int]):
+        """A runner of the exported ONNX file: onnxruntime on the CPU, or a TensorRT engine built from it."""
         from taslora_deploy.onnx_export import export_onnx
-        from taslora_deploy.runners import ort_runner
+        from taslora_deploy.runners import ort_runner, trt_runner
 
         tmp = tempfile.TemporaryDirectory(prefix="taslora-lat-")
         path = Path(tmp.name) / MODEL_ONNX
         try:
             export_onnx(model, path, input_shape=shape)
-            run = ort_runner(path, 1, input_shape=shape, device="cpu", threads=self.threads)
+            if self.target == "trt":
+                from taslora_deploy.trt_engine import TrtRunner, build_engine
+
+                plan = build_engine(path, Path(tmp.name) / "model.plan", shape, min_batch=1, opt_batch=1, max_batch=1)
+                run = trt_runner(TrtRunner(plan), 1, input_shape=shape)
+            else:
+                run = ort_runner(path, 1, input_shape=shape, device="cpu", threads=self.threads)
         except Exception as err:  # noqa: BLE001 - reported as one line
             tmp.cleanup()
-            raise LatencyUnavailable(f"ONNX export/onnxruntime failed for a candidate: {str(err).splitlines()[0]}") from None
+            raise LatencyUnavailable(f"ONNX export/{'TensorRT' if self.target == 'trt' else 'onnxruntime'} failed "
+                                     f"for a candidate: {str(err).splitlines()[0]}") from None
         return run, tmp.cleanup

@@ -39,6 +39,15 @@ def test_dominance_and_non_dominated_sort() -> None:
     assert pareto_indices(POINTS) == [0, 1, 3, 5, 6] and pareto_indices([]) == []
 
 
+def test_two_objective_sweep_equals_the_general_sort() -> None:
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        pts = [(float(rng.randint(0, 6)), float(rng.choice([rng.randint(0, 6), math.inf]))) for _ in range(12)]
+        assert pareto_indices(pts) == sorted(non_dominated_sort(pts)[0]), pts
+
+
 def test_crowding_distance_by_hand() -> None:
     pts = [(0.0, 4.0), (1.0, 2.0), (3.0, 1.0), (4.0, 0.0)]
     d = crowding_distance(pts, [0, 1, 2, 3])
@@ -132,3 +141,148 @@ def test_damaged_pareto_file_is_one_line_naming_it(tmp_path: Path, how: str, say
     assert isinstance(err.value, ValueError) and "\n" not in msg and str(path) in msg and says in msg
     with pytest.raises(ParetoFileError, match="does not exist"):
         read_pareto(tmp_path / "nope.json")
+
+
+# ---------------------------------------------------------------------------------------------- the evolution
+LO, HI = (complexity.flops(SPACE, f(SPACE)) for f in (smallest_subnet, largest_subnet))
+CAP = LO + 0.7 * (HI - LO)
+SMALL = dict(population=12, iterations=4, parents=6, mutation_num=6, crossover_num=6)
+
+
+def quality(subnet: Subnet) -> dict:
+    """A synthetic loss that falls with size (more blocks, wider MLPs) plus a gene-dependent wiggle, so that
+    the loss/FLOPs trade-off has a real front."""
+    size = complexity.params(SPACE, subnet) / 1e6
+    wiggle = sum((h * 7 + int(r * 3)) % 5 for h, r in zip(subnet.num_heads, subnet.mlp_ratios)) / 100
+    loss = 1.0 / (0.2 + size) + wiggle
+    return {"fitness": loss, "loss": loss, "top1": 1 - loss / 10}
+
+
+class Calls:
+    """A fitness that records its calls and can raise after n of them (a kill mid-search)."""
+
+    def __init__(self, fn=quality, interrupt_after: int | None = None) -> None:
+        self.fn, self.calls, self.interrupt_after = fn, [], interrupt_after
+
+    def __call__(self, subnet: Subnet) -> dict:
+        if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.calls.append(subnet)
+        return self.fn(subnet)
+
+
+def _pareto(seed: int = 0, fn=None, objectives=("loss", "flops"), constraints=None, **kw):
+    from taslora_core.search import EvolutionSearch, SearchConfig
+
+    fn = fn or Calls()
+    cfg = SearchConfig(seed=seed, objectives=list(objectives), **{**SMALL, **kw})
+    return EvolutionSearch(SPACE, fn, constraints or Constraints(flops_max=CAP), cfg), fn
+
+
+def _vectors(records: list[dict], objectives=("loss", "flops")) -> list[tuple]:
+    from taslora_core.search.objectives import objective_vector
+
+    return [objective_vector(r, objectives) for r in records]
+
+
+def test_pareto_evolution_front_is_the_non_dominated_set_within_the_constraints() -> None:
+    cons = Constraints(flops_max=CAP, params_min=complexity.params(SPACE, smallest_subnet(SPACE)) * 1.1)
+    search, calls = _pareto(constraints=cons)
+    result = search.run()
+    assert result.objectives == ("loss", "flops") and len(result.history) > SMALL["population"]
+    for r in [*result.history, *result.front]:
+        assert r["flops_autoformer"] <= CAP and r["params"] >= cons.params_min
+    front = _vectors(result.front)
+    assert len(front) >= 3
+    assert not any(dominates(a, b) for a in front for b in front)
+    everything = _vectors(result.history)
+    assert all(not dominates(p, f) for p in everything for f in front)  # nothing evaluated beats a member
+    assert sorted(map(tuple, front)) == sorted(everything[i] for i in pareto_indices(everything))
+    assert [f[1] for f in front] == sorted(f[1] for f in front)  # cost ascending
+    assert result.best["fitness"] == min(r["fitness"] for r in result.history)  # the single-objective pick
+    assert result.best["key"] == result.front[-1]["key"]  # the lowest loss ends the front
+
+
+def test_pareto_selection_keeps_the_extremes_single_objective_does_not() -> None:
+    search, _ = _pareto(iterations=0)
+    search.run()
+    keys = search.population
+    parents = search.merge_topk([], keys, 4)
+    points = {k: search.objective_point(k) for k in keys}
+    cheapest = min(keys, key=lambda k: (points[k][1], points[k][0]))
+    assert cheapest in parents  # an extreme of the front has infinite crowding distance
+    search.objectives = None  # the single-objective top-k picks by loss only
+    assert search.merge_topk([], keys, 4) == sorted(keys, key=lambda k: (search.cache[k]["fitness"], k))[:4]
+
+
+def test_pareto_front_is_deterministic_for_a_seed() -> None:
+    a, b, c = (_pareto(seed=s)[0].run() for s in (4, 4, 5))
+    assert a.history == b.history and a.front == b.front
+    assert [r["key"] for r in c.history] != [r["key"] for r in a.history]
+
+
+@pytest.mark.parametrize("interrupt_after", [7, 30])  # inside generation 0, mid-run
+def test_pareto_resume_after_a_kill_gives_the_same_front(tmp_path: Path, interrupt_after: int) -> None:
+    expected = _pareto(seed=2)[0].run()
+    state = tmp_path / "state.json"
+    first, _ = _pareto(seed=2, fn=Calls(interrupt_after=interrupt_after))
+    with pytest.raises(KeyboardInterrupt):
+        first.run(state_path=state)
+    result = _pareto(seed=2)[0].run(state_path=state)
+    assert result.front == expected.front and result.history == expected.history
+    # a saved Pareto search is not continued with other objectives, nor as a single-objective search
+    with pytest.raises(SearchError, match="objectives"):
+        _pareto(seed=2, objectives=("loss", "params"))[0].run(state_path=state)
+    from taslora_core.search import EvolutionSearch, SearchConfig
+
+    single = EvolutionSearch(SPACE, quality, Constraints(flops_max=CAP), SearchConfig(seed=2, **SMALL))
+    with pytest.raises(SearchError, match="objectives"):
+        single.run(state_path=state)
+
+
+def test_latency_objective_reads_the_records_latency() -> None:
+    def with_latency(subnet: Subnet) -> dict:  # a stand-in for a measured latency: depth-bound, not FLOPs-bound
+        return {**quality(subnet), "latency_ms": 0.5 * subnet.depth + subnet.embed_dim / 1000}
+
+    result = _pareto(fn=Calls(with_latency), objectives=("loss", "latency"))[0].run()
+    lat = [r["latency_ms"] for r in result.front]
+    assert lat == sorted(lat) and not any(dominates(a, b) for a in _vectors(result.front, ("loss", "latency"))
+                                          for b in _vectors(result.front, ("loss", "latency")))
+
+
+def test_latency_report_spearman_and_cliffs() -> None:
+    from taslora_core.search.latency_report import latency_report, spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties get their average rank
+    assert spearman([1, 2], [1, 2]) is None
+    import random
+
+    from taslora_core.subnet import sample_distinct
+
+    subnets = sample_distinct(SPACE, 5, random.Random(0))
+    recs = [{"subnet": s.to_dict(), "flops_autoformer": f, "latency_ms": ms}
+            for s, (f, ms) in zip(subnets, [(1e6, 1.0), (2e6, 2.0), (3e6, 1.5), (4e6, 4.0), (5e6, 1.52)])]
+    rep = latency_report(recs, "fake")
+    assert rep["measured"] == 5 and rep["spearman_flops_latency"] == pytest.approx(0.5)  # 1 - 6 * 10 / (5 * 24)
+    # fewer FLOPs yet slower by > 5%: (2M, 2.0) vs (3M, 1.5) and vs (5M, 1.52); (4M, 4.0) vs (5M, 1.52)
+    assert rep["cliff_count"] == 3 and rep["cliffs"][0]["flops"] == [4e6, 5e6]
+    # a lookup that re-times the pairs interleaved confirms only the real ones
+    real = {(4e6, 5e6)}
+    rep = latency_report(recs, "fake", compare=lambda a, b: (
+        {"ratio_median": 2.0, "ratio_p10": 1.8, "ratio_p90": 2.2} if (a, b) == (subnets[3], subnets[4])
+        else {"ratio_median": 1.01, "ratio_p10": 0.9, "ratio_p90": 1.1}))
+    assert rep["cliff_candidates"] == 3 and rep["cliffs_checked"] == 3 and rep["cliff_count"] == 1
+    assert {tuple(c["flops"]) for c in rep["cliffs"]} == real and rep["cliffs"][0]["confirmed"]
+
+
+def test_bounds_that_do_not_bind_are_named() -> None:
+    from taslora_core.search.messages import non_binding
+
+    plo = complexity.params(SPACE, smallest_subnet(SPACE))
+    notes = non_binding(Constraints(flops_max=1.3e9, flops_min=LO / 2, params_max=1e9, params_min=plo), SPACE)
+    assert len(notes) == 4 and all("does not bind" in n and "\n" not in n for n in notes)
+    assert notes[0].startswith("--flops 1.300G does not bind") and complexity.format_amount(HI) in notes[0]
+    assert any(n.startswith("--min-flops") for n in notes) and any(n.startswith("--min-params") for n in notes)
+    assert non_binding(Constraints(flops_max=CAP, params_min=plo * 1.5), SPACE) == []

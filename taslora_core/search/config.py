@@ -47,6 +47,11 @@ class SearchConfig:
     val_subset: int | None = None
     batch_size: int = 256
     use_experts: bool = True
+    # Pareto search (`--pareto`): None = the single-objective evolution (top-k by fitness).
+    objectives: list[str] | None = None
+    """[quality, cost] objectives of NSGA-II selection, e.g. ['loss', 'flops'] (see `search.objectives`)."""
+    latency_target: str | None = None
+    """Runtime the 'latency' objective is measured on (ort-cpu, torch-cpu, torch-cuda, trt); None otherwise."""
 
     def __post_init__(self) -> None:
         for name in ("mutation_num", "crossover_num"):
@@ -62,6 +67,18 @@ class SearchConfig:
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         check_metric(self.metric)
+        if self.objectives is not None:
+            from taslora_core.search.objectives import DEFAULT_LATENCY_TARGET, LATENCY_TARGETS, parse_objectives
+
+            self.objectives = list(parse_objectives(self.objectives))
+            if self.objectives[-1] != "latency":
+                self.latency_target = None  # recorded only where it means something
+            elif self.latency_target is None:
+                self.latency_target = DEFAULT_LATENCY_TARGET
+            elif self.latency_target not in LATENCY_TARGETS:
+                raise SearchError(f"unknown --target '{self.latency_target}'; choose one of {', '.join(LATENCY_TARGETS)}")
+        elif self.latency_target is not None:
+            self.latency_target = None
         if self.val_subset is not None and self.val_subset < 1:
             raise SearchError(f"val-subset must be positive, got {self.val_subset}")
 
@@ -78,5 +95,6 @@ class SearchConfig:
     # Fields that decide which subnets get evaluated: a resumed run must use the saved values.
     EVOLUTION_FIELDS = (
         "population", "parents", "mutation_num", "crossover_num", "m_prob", "s_prob", "seed",
-        "random_max_tries", "crossover_pair_tries", "metric", "val_subset", "use_experts",
+        "random_max_tries", "crossover_pair_tries", "metric", "val_subset", "use_experts", "objectives",
+        "latency_target",
     )

@@ -18,6 +18,9 @@ Differences from AutoFormer, on purpose:
   malformed tuple);
 - random filling is capped (`random_max_tries` draws per fill) so a feasible-but-tiny region cannot hang
   the search: the population is then smaller, and a note says so;
+- with `config.objectives` (a Pareto search) the parents are chosen by NSGA-II (non-dominated sorting, then
+  crowding distance: `search.nsga`) instead of the top-k by fitness; the operators, the random filling, the
+  state and the resume are the same, and the result adds the non-dominated set of every evaluation (`front`);
 - all randomness comes from one `random.Random(seed)`, never from global state; the state (population,
   top-k, every evaluation, the RNG state) is saved atomically after every generation and a resumed run
   gives exactly the result of an uninterrupted one.
@@ -37,6 +40,8 @@ from taslora_core.atomic import atomic_write_json
 from taslora_core.search.config import InfeasibleConstraints, SearchConfig, SearchError
 from taslora_core.search.constraints import Constraints
 from taslora_core.search.measures import measure
+from taslora_core.search.nsga import nsga_select, pareto_indices
+from taslora_core.search.objectives import objective_vector
 from taslora_core.search.operators import crossover, mutate, subnet_from_key
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, sample_distinct, smallest_subnet
@@ -72,6 +77,9 @@ class SearchResult:
     topk: list[Record]
     generations: int
     notes: list[str] = field(default_factory=list)
+    front: list[Record] = field(default_factory=list)
+    """Pareto search only: the non-dominated evaluations (by `objectives`), cost ascending."""
+    objectives: tuple[str, ...] | None = None
 
     def top(self, n: int = 10) -> list[Record]:
         """The n best evaluated subnets, best first (ties broken by the candidate tuple)."""
@@ -83,6 +91,8 @@ class EvolutionSearch:
 
     `fitness_fn(subnet)` is called once per unique, in-space, constraint-satisfying subnet; its dict is
     stored in the history record together with generation, subnet, key, FLOPs (both counters) and params.
+    With `config.objectives` the parents are selected by NSGA-II on those objectives (a 'latency' objective
+    reads the record's `latency_ms`, which the fitness or the constraints' latency lookup must provide).
     """
 
     def __init__(
@@ -98,6 +108,7 @@ class EvolutionSearch:
         self.config = config or SearchConfig()
         self.log = log or (lambda message: None)
         self.rng = random.Random(self.config.seed)
+        self.objectives: tuple[str, ...] | None = tuple(self.config.objectives) if self.config.objectives else None
         self.history: list[Record] = []
         self.cache: dict[tuple, Record] = {}
         self.pending: dict[tuple, Record] = {}  # evaluations of an interrupted generation, reused on resume
@@ -107,6 +118,7 @@ class EvolutionSearch:
         self.started = False
         self.notes: list[str] = []
         self._rng_saved = self.rng.getstate()  # RNG state at the last save (what a partial save records)
+        self._topk_saved: list[tuple] = []  # parents at the last save (NSGA-II's merge is not idempotent)
         self._notes_saved = 0
 
     # ------------------------------------------------------------------ legality and evaluation
@@ -196,11 +208,34 @@ class EvolutionSearch:
         return out
 
     def merge_topk(self, current: list[tuple], population: list[tuple], k: int | None = None) -> list[tuple]:
-        """Merge population into the running top-k: sort by fitness (then key, for determinism), keep k."""
+        """Merge population into the running parents and keep k: the top-k by fitness (then key, for
+        determinism), or in a Pareto search NSGA-II's k survivors (front, then crowding distance, then key)."""
         k = k or self.config.parents
         merged = list(dict.fromkeys([*current, *population]))
+        if self.objectives is not None:
+            merged.sort()  # NSGA-II's crowding depends on the set only, never on the order it arrived in
+            points = [self.objective_point(key) for key in merged]
+            return [merged[i] for i in nsga_select(points, k, tiebreak=merged)]
         merged.sort(key=lambda key: (_sort_value(self.cache[key]), key))
         return merged[:k]
+
+    def objective_point(self, key: tuple) -> tuple[float, ...]:
+        """The objective vector (all minimised) of an evaluated candidate."""
+        assert self.objectives is not None
+        return objective_vector(self.cache[key], self.objectives, self.constraints.counter)
+
+    def front(self) -> list[Record]:
+        """The non-dominated evaluations so far (Pareto search), cost ascending (then quality, then key)."""
+        if self.objectives is None or not self.history:
+            return []
+        points = [objective_vector(r, self.objectives, self.constraints.counter) for r in self.history]
+        members = [(points[i], tuple(self.history[i]["key"]), self.history[i]) for i in pareto_indices(points)]
+        members.sort(key=lambda m: (m[0][::-1], m[1]))
+        return [m[2] for m in members]
+
+    def best_record(self) -> Record:
+        """The single-objective pick: the lowest fitness evaluated so far (ties broken by the candidate tuple)."""
+        return min(self.history, key=lambda r: (_sort_value(r), tuple(r["key"])))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -254,15 +289,21 @@ class EvolutionSearch:
         self.notes = list(state.get("notes", []))
         self.started = bool(state.get("started", True))
         self._rng_saved, self._notes_saved = self.rng.getstate(), len(self.notes)
+        self._topk_saved = list(self.topk)
 
     def _save(self, state_path: Path | None) -> None:
         self._rng_saved, self._notes_saved = self.rng.getstate(), len(self.notes)
+        self._topk_saved = list(self.topk)
         if state_path is not None:
             atomic_write_json(state_path, self.state_dict())
 
     def _note(self, message: str) -> None:
         self.notes.append(message)
         self.log(message)
+
+    def add_note(self, message: str) -> None:
+        """Record (and log) a note for the result, e.g. a bound that does not bind; saved with the state."""
+        self._note(message)
 
     # ------------------------------------------------------------------ loop
     def run(
@@ -329,8 +370,9 @@ class EvolutionSearch:
         # generation is evaluated but never ranked (off by one). We merge it before picking the best.
         final = self.merge_topk(self.topk, self.population)
         top = [self.cache[k] for k in final]
-        return SearchResult(best=top[0], history=list(self.history), topk=top, generations=self.next_iteration,
-                            notes=list(self.notes))
+        return SearchResult(best=self.best_record(), history=list(self.history), topk=top,
+                            generations=self.next_iteration, notes=list(self.notes), front=self.front(),
+                            objectives=self.objectives)
 
     def _last_saved_generation(self) -> int:
         """Generation of the last saved state (-1 before generation 0 finished)."""
@@ -339,15 +381,17 @@ class EvolutionSearch:
     def _save_partial(self, path: Path) -> None:
         """State of the last finished generation plus the evaluations already done after it (as 'pending').
 
-        The population and RNG state are those of the last save, so the resumed run regenerates the same
-        candidates and finds their results in 'pending'. (The top-k may already hold the merge that starts
-        the unfinished iteration; merging is idempotent, so the resume merges to the same list.)
+        The population, parents and RNG state are those of the last save, so the resumed run regenerates the
+        same candidates and finds their results in 'pending'. (The parents are saved as they were before the
+        merge that starts the unfinished iteration: re-merging the top-k by fitness would give the same list,
+        but NSGA-II's crowding distance depends on the whole merged set.)
         """
         last = self._last_saved_generation()
         state = self.state_dict()
         state["history"] = [r for r in self.history if r["generation"] <= last]
         state["pending"] = [*state["pending"], *(r for r in self.history if r["generation"] > last)]
         state["rng"] = _rng_to_json(self._rng_saved)
+        state["topk"] = [list(k) for k in self._topk_saved]
         state["notes"] = self.notes[: self._notes_saved]
         atomic_write_json(path, state)
 
@@ -356,7 +400,6 @@ class EvolutionSearch:
             return
         pop = [self.cache[k] for k in self.population]
         values = [_sort_value(r) for r in pop]
-        best_key = self.merge_topk(self.topk, self.population, 1)
         on_generation({
             "generation": generation,
             "iterations": self.config.iterations,
@@ -365,5 +408,6 @@ class EvolutionSearch:
             "evaluated": len(self.history),
             "pop_best": min(values) if values else math.nan,
             "pop_median": statistics.median(values) if values else math.nan,
-            "best": self.cache[best_key[0]] if best_key else None,
+            "best": self.best_record() if self.history else None,
+            **({"front_size": len(self.front())} if self.objectives is not None else {}),
         })

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from taslora_core.complexity import format_amount
-from taslora_core.search.measures import space_range
+from taslora_core.search.measures import flops_of, params_of, space_range
 from taslora_core.space import SearchSpace
+from taslora_core.subnet import largest_subnet, smallest_subnet
 
 if TYPE_CHECKING:
     from taslora_core.search.constraints import Constraints
@@ -40,3 +41,23 @@ def describe_range(constraints: "Constraints", space: SearchSpace) -> str:
     if "latency_ms" in r:
         text += f" and latency {r['latency_ms'][0]:.3g} .. {r['latency_ms'][1]:.3g} ms ({constraints.latency_target})"
     return text
+
+
+def non_binding(constraints: "Constraints", space: SearchSpace) -> list[str]:
+    """One note per FLOPs/params bound that excludes no subnet of the space (e.g. --flops 1.3G on a space whose
+    largest subnet has 10.5M FLOPs): such a bound silently does nothing, so the user should hear it."""
+    c, fa = constraints, format_amount
+    lo, hi = smallest_subnet(space), largest_subnet(space)
+    spans = {"flops": (flops_of(space, lo, c.counter), flops_of(space, hi, c.counter)),
+             "params": (params_of(space, lo), params_of(space, hi))}
+    unit = {"flops": f"FLOPs ({c.counter})", "params": "params"}
+    notes = []
+    for what, (low, high) in spans.items():
+        upper, lower = getattr(c, f"{what}_max"), getattr(c, f"{what}_min")
+        if upper is not None and upper >= high:
+            notes.append(f"--{what} {fa(upper)} does not bind: the largest subnet of space '{space.name}' has "
+                         f"{fa(high)} {unit[what]}, so every subnet satisfies it (the space spans {fa(low)} .. {fa(high)})")
+        if lower is not None and lower <= low:
+            notes.append(f"--min-{what} {fa(lower)} does not bind: the smallest subnet of space '{space.name}' has "
+                         f"{fa(low)} {unit[what]}, so every subnet satisfies it (the space spans {fa(low)} .. {fa(high)})")
+    return notes

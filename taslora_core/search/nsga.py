@@ -47,8 +47,26 @@ def non_dominated_sort(points: Sequence[Point]) -> list[list[int]]:
 
 
 def pareto_indices(points: Sequence[Point]) -> list[int]:
-    """Indices of the non-dominated points (front 0), in input order."""
-    return sorted(non_dominated_sort(points)[0]) if points else []
+    """Indices of the non-dominated points (front 0), in input order (two objectives: one sorted sweep, so the
+    whole history of a search costs N log N, not N^2)."""
+    if not points:
+        return []
+    if any(len(p) != 2 for p in points):
+        return sorted(non_dominated_sort(points)[0])
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    kept: list[int] = []
+    lowest: float | None = None  # lowest second objective of the points before the current group of equal points
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and tuple(points[order[end]]) == tuple(points[order[start]]):
+            end += 1
+        y = points[order[start]][1]
+        if lowest is None or y < lowest:  # earlier points have x <= this x; one with y <= this y (and not equal) dominates it
+            kept.extend(order[start:end])
+        lowest = y if lowest is None else min(lowest, y)
+        start = end
+    return sorted(kept)
 
 
 def crowding_distance(points: Sequence[Point], front: Sequence[int]) -> dict[int, float]:

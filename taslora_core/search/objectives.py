@@ -8,6 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from taslora_core.search.config import SearchError
+from taslora_core.search.constraints import DEFAULT_LATENCY_TARGET
+
+__all__ = ["COST_OBJECTIVES", "DEFAULT_LATENCY_TARGET", "DEFAULT_OBJECTIVES", "LATENCY_TARGETS", "QUALITY_OBJECTIVES",
+           "objective_value", "objective_vector", "parse_objectives"]
 
 QUALITY_OBJECTIVES = {"loss": "validation cross-entropy", "error": "validation top-1 error (1 - top1)"}
 COST_OBJECTIVES = {"flops": "FLOPs per image (by --counter)", "params": "parameters",

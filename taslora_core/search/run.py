@@ -26,6 +26,8 @@ from taslora_core.search.config import SearchConfig, SearchError
 from taslora_core.search.constraints import DEFAULT_LATENCY_TARGET, Constraints
 from taslora_core.search.evolution import EvolutionSearch, Record, SearchResult
 from taslora_core.search.latency import LatencyLookup
+from taslora_core.search.messages import non_binding
+from taslora_core.search.pareto_outputs import write_pareto_outputs
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_core.workspace import DEFAULT_WORKDIR
@@ -67,7 +69,9 @@ class SearchRunConfig:
             "iterations": s.iterations, "parents": s.parents, "mutation_num": s.mutation_num,
             "crossover_num": s.crossover_num, "m_prob": s.m_prob, "s_prob": s.s_prob, "val_subset": s.val_subset,
             "metric": s.metric, "no_experts": not s.use_experts, "seed": s.seed, "out": _text(self.out),
-            "latency_budget": b.latency_max_ms, "target": b.latency_target or DEFAULT_LATENCY_TARGET,
+            "latency_budget": b.latency_max_ms,
+            "target": b.latency_target or s.latency_target or DEFAULT_LATENCY_TARGET,
+            "objectives": s.objectives,
         }
 
     @staticmethod
@@ -83,6 +87,7 @@ class SearchRunConfig:
             mutation_num=o.get("mutation_num"), crossover_num=o.get("crossover_num"), m_prob=o["m_prob"],
             s_prob=o["s_prob"], seed=o["seed"], metric=o["metric"], val_subset=o.get("val_subset"),
             use_experts=not o.get("no_experts", False), batch_size=runtime.pop("batch_size", 256),
+            objectives=o.get("objectives"), latency_target=o.get("target"),
         )
         return SearchRunConfig(budget=budget, search=search, ckpt=_path(o.get("ckpt")), data=o.get("data"),
                                out=_path(o.get("out")), **runtime)
@@ -135,6 +140,8 @@ class SearchRun:
     space: SearchSpace
     constraints: Constraints
     config: SearchConfig
+    pareto: dict[str, Any] | None = None
+    """A Pareto search's outputs on rank 0: pareto_json, pareto_png, front, latency_report (see pareto_outputs)."""
 
     @property
     def best(self) -> Record:
@@ -193,18 +200,24 @@ def run_search(config: SearchRunConfig, ctx: DistContext | None = None, events: 
     config = dataclasses.replace(config, ckpt=Path(resolve_mole(config.workdir, config.ckpt)).resolve())
     loaded = load_checkpoint(config.ckpt, device=str(ctx.device))
     space = loaded.supernet.space
-    constraints, lookup = config.budget, None
-    if constraints.latency_max_ms is not None:
-        if latency_factory is None:
-            raise SearchError("a latency budget needs a measured-latency lookup (pass latency_factory)")
-        lookup = latency_factory(loaded.supernet, constraints.latency_target or DEFAULT_LATENCY_TARGET)
-        constraints = dataclasses.replace(constraints, latency_fn=lookup)
-    witness = constraints.check_feasible(space)  # InfeasibleConstraints names the space's range
     cfg = config.search
+    constraints, lookup = config.budget, None
+    latency_objective = bool(cfg.objectives) and cfg.objectives[-1] == "latency"
+    if constraints.latency_max_ms is not None or latency_objective:
+        target = _latency_target(constraints, cfg)
+        if latency_factory is None:
+            raise SearchError("a latency budget or objective needs a measured-latency lookup (pass latency_factory)")
+        lookup = latency_factory(loaded.supernet, target)
+        if constraints.latency_max_ms is not None:
+            constraints = dataclasses.replace(constraints, latency_fn=lookup)
+    witness = constraints.check_feasible(space)  # InfeasibleConstraints names the space's range
     use_experts = cfg.use_experts and loaded.mole is not None
     val = load_val_data(loaded, config.data, cfg.val_subset, cfg.batch_size, cfg.seed, device=str(ctx.device),
                         ctx=ctx)
-    fitness_fn = CheckpointFitness(loaded, val.batches, cfg.metric, use_experts, str(ctx.device))
+    fitness_fn: Any = CheckpointFitness(loaded, val.batches, cfg.metric, use_experts, str(ctx.device))
+    if latency_objective:
+        assert lookup is not None
+        fitness_fn = WithLatency(fitness_fn, lookup)
 
     if ctx.is_main:
         run = run or workspace.new_run(config.workdir, "searches", "search")
@@ -218,6 +231,9 @@ def run_search(config: SearchRunConfig, ctx: DistContext | None = None, events: 
             events.note("no --flops/--params bound given; searching the whole space")
 
     search = EvolutionSearch(space, fitness_fn, constraints, cfg, log=events.note)
+    if state is None:  # a resumed search has these notes in its saved state already
+        for message in non_binding(constraints, space):
+            search.add_note(message)
     clock = [time.perf_counter()]
 
     def on_generation(info: dict[str, Any]) -> None:
@@ -247,9 +263,30 @@ def run_search(config: SearchRunConfig, ctx: DistContext | None = None, events: 
     source = {"ckpt": str(config.ckpt), "ckpt_kind": loaded.kind, "use_experts": use_experts,
               "data": val.data_cfg.data, "split": val.split_source, "val_images": val.total,
               "world_size": ctx.world_size}
+    pareto = write_pareto_outputs(run, result, space, constraints, cfg, source, lookup) if cfg.objectives else None
     best_path = files.write_outputs(run, result, space, constraints, cfg, source, config.out,
-                                    time.perf_counter() - started)
-    return dataclasses.replace(done, run_dir=run, best_path=best_path)
+                                    time.perf_counter() - started, extra=pareto)
+    return dataclasses.replace(done, run_dir=run, best_path=best_path, pareto=pareto)
+
+
+class WithLatency:
+    """A fitness that also records the measured latency (`latency_ms`) of each candidate: the latency objective
+    of a Pareto search reads it from the record. The lookup measures each distinct subnet once (cached)."""
+
+    def __init__(self, fitness_fn: Any, lookup: LatencyLookup) -> None:
+        self.fitness_fn, self.lookup = fitness_fn, lookup
+
+    def __call__(self, subnet: Subnet) -> dict[str, Any]:
+        return {**self.fitness_fn(subnet), "latency_ms": float(self.lookup(subnet))}
+
+
+def _latency_target(budget: Constraints, cfg: SearchConfig) -> str:
+    """The one target of a latency budget and a latency objective (they share --target)."""
+    targets = {t for t in (budget.latency_target, cfg.latency_target) if t is not None}
+    if len(targets) > 1:
+        raise SearchError(f"the latency budget and the latency objective name different targets "
+                          f"({', '.join(sorted(targets))}); use one --target")
+    return targets.pop() if targets else DEFAULT_LATENCY_TARGET
 
 
 def _text(path: Path | str | None) -> str | None:

@@ -5,6 +5,7 @@
     history.jsonl        one line per evaluated subnet, in order
     best.json            the best subnet (flat: embed_dim, depth, mlp_ratio, num_heads) plus its measures
     summary.json         the run in numbers; fitness_vs_flops.png; split.json when the split was carved
+    pareto.json          a Pareto search's front (`pareto_file`), with pareto.png (`pareto_outputs`)
 """
 
 from __future__ import annotations
@@ -106,10 +107,12 @@ def best_document(result: SearchResult, space: SearchSpace, constraints: Constra
 
 
 def write_outputs(run: Path, result: SearchResult, space: SearchSpace, constraints: Constraints,
-                  config: SearchConfig, source: dict[str, Any], out: Path | None, wall_s: float) -> Path:
+                  config: SearchConfig, source: dict[str, Any], out: Path | None, wall_s: float,
+                  extra: dict[str, Any] | None = None) -> Path:
     """history.jsonl, best.json (and its copy at `out`), the plot and summary.json; returns the best JSON's path.
 
-    `source` holds ckpt, ckpt_kind, use_experts (as for `best_document`) and data, split, val_images, world_size.
+    `source` holds ckpt, ckpt_kind, use_experts (as for `best_document`) and data, split, val_images, world_size;
+    `extra` adds fields to summary.json (a Pareto search's front and latency report).
     """
     from taslora_core.plots import plot_fitness_vs_flops
 
@@ -153,5 +156,6 @@ def write_outputs(run: Path, result: SearchResult, space: SearchSpace, constrain
         "eval_s_mean": sum(evals) / len(evals) if evals else None,
         "plot": str(plot),
         "notes": result.notes,
+        **(extra or {}),
     })
     return best_path
