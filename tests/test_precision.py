@@ -138,6 +138,23 @@ def test_missing_onnxruntime_is_one_line_after_safetensors(tmp_path, monkeypatch
     assert json.loads((out / "report.json").read_text())["onnx"]["type"] == "OnnxRuntimeMissing"
 
 
+def test_quickstart_without_onnxruntime_is_one_line_after_safetensors(tmp_path, monkeypatch):
+    """quickstart reaches its export step (training and search stubbed with the shipped run) and stops there."""
+    import importlib
+    from types import SimpleNamespace
+
+    module = importlib.import_module("taslora_deploy.quickstart")  # the package re-exports the function's name
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setattr(module, "train_mole", lambda cfg, log: SimpleNamespace(run_dir=RUN))
+    monkeypatch.setattr(module, "run_search", lambda cfg, events=None: SimpleNamespace(
+        best_path=SUBNET, best={"subnet": json.loads(SUBNET.read_text())}, run_dir=None))
+    res = CliRunner().invoke(app, ["quickstart", "--fast", "--supernet", str(RUN.parent / "supernet"),
+                                   "--workdir", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "taslora[cpu]" in res.output and "Traceback" not in res.output
+    assert len(list(tmp_path.glob("exports/*/model.safetensors"))) == 1
+
+
 def test_option_parsing():
     assert parse_precisions(["int8", "fp16,fp32"]) == ("fp32", "fp16", "int8")
     assert parse_precisions(None) == ("fp32",)
