@@ -27,6 +27,7 @@ from taslora_deploy.artifacts import MODEL_ONNX, MODEL_PLAN
 from taslora_deploy.pipeline import ExportOptions, ExportResult, export
 
 __all__ = ["FAMILY_JSON", "FAMILY_MD", "FAMILY_PNG", "RUNTIMES", "FamilyError", "FamilyMember", "FamilyResult",
+           "FamilyTiming", "default_timing",
            "TABLE_COLUMNS", "export_family", "family_markdown", "member_row", "spread_indices"]
 
 FAMILY_JSON = "family.json"
@@ -91,6 +92,24 @@ class FamilyMember:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FamilyTiming:
+    """How each member is timed (bench's loop: warm-up, then >= min_iters calls and >= min_time_s seconds)."""
+
+    runtime: str = "ort-cpu"  # a key of RUNTIMES
+    batch: int = 1
+    threads: int | None = None
+    warmup_s: float = 1.0
+    min_iters: int = 300
+    min_time_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise FamilyError(f"unknown family runtime '{self.runtime}'; choose one of {', '.join(RUNTIMES)}")
+        if self.batch < 1 or self.min_iters < 1:
+            raise FamilyError(f"latency batch and iterations must be at least 1, not {self.batch} and {self.min_iters}")
+
+
 @dataclass
 class FamilyResult:
     """Outcome of :func:`export_family`: the family folder, its members and the files written there."""
@@ -98,8 +117,7 @@ class FamilyResult:
     out: Path
     pareto_path: Path
     ckpt_path: Path
-    runtime: str
-    latency_batch: int
+    timing: FamilyTiming
     members: list[FamilyMember]
     accuracy: str  # what family.png plots: "test top-1" or "validation loss"
 
@@ -107,6 +125,16 @@ class FamilyResult:
     def ok(self) -> bool:
         """Every member passed every step."""
         return all(m.ok for m in self.members)
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the members were timed on."""
+        return self.timing.runtime
+
+    @property
+    def latency_batch(self) -> int:
+        """The batch size they were timed at."""
+        return self.timing.batch
 
     @property
     def failed(self) -> list[FamilyMember]:
@@ -131,7 +159,7 @@ class FamilyResult:
     def to_dict(self) -> dict[str, Any]:
         """The content of family.json."""
         return {"format": FAMILY_FORMAT, "version": FAMILY_VERSION, "pareto": str(self.pareto_path),
-                "ckpt": str(self.ckpt_path), "runtime": self.runtime, "latency_batch": self.latency_batch,
+                "ckpt": str(self.ckpt_path), "runtime": self.runtime, "timing": asdict(self.timing),
                 "accuracy": self.accuracy, "ok": self.ok,
                 "failures": [f"{m.folder}: {m.failed_step}: {m.error}" for m in self.failed],
                 "members": [m.to_dict() for m in self.members]}
@@ -148,10 +176,13 @@ def spread_indices(count: int, wanted: int | None) -> list[int]:
     return [(2 * i * (count - 1) + steps) // (2 * steps) for i in range(wanted)]
 
 
-def default_runtime(options: ExportOptions) -> str:
-    """The runtime the family is timed on: TensorRT with --trt, else onnxruntime on the CPU with --onnx, else
-    the standalone PyTorch model on the CPU."""
-    return "trt" if options.trt else "ort-cpu" if options.onnx else "torch-cpu"
+def default_timing(options: ExportOptions) -> FamilyTiming:
+    """How a family exported with `options` is timed: on TensorRT with --trt, else onnxruntime on the CPU with
+    --onnx, else the standalone PyTorch model on the CPU; batch 1 (as the search's latency objective), with the
+    export's threads, warm-up and iterations, and at least one second of timed calls."""
+    runtime = "trt" if options.trt else "ort-cpu" if options.onnx else "torch-cpu"
+    return FamilyTiming(runtime, threads=options.threads, warmup_s=options.latency_warmup_s,
+                        min_iters=options.latency_iters)
 
 
 def export_family(
@@ -163,25 +194,20 @@ def export_family(
     members: int | None = None,
     options: ExportOptions | None = None,
     eval_test: bool = False,
-    runtime: str | None = None,
-    latency_batch: int = 1,
+    timing: FamilyTiming | None = None,
     log: Callable[[str], None] = print,
 ) -> FamilyResult:
     """Export the members of a Pareto front (all, or `members` spread along it) and tabulate them.
 
     ``ckpt``: a MoLE or supernet run folder (default: the checkpoint the search recorded). ``out``: the family
-    folder (default: a new ``exports/`` run named ``family`` in ``workdir``). ``runtime``: one of
-    :data:`RUNTIMES` (default: :func:`default_runtime`), timed at ``latency_batch``. ``eval_test``: also
+    folder (default: a new ``exports/`` run named ``family`` in ``workdir``).
+    ``timing``: how each member is timed (default: :func:`default_timing` of ``options``). ``eval_test``: also
     measure test top-1 of each member (experts folded as exported). Bad input (missing or damaged pareto.json,
-    an empty front, a front of another search space, ``members < 1``, an unknown runtime) raises before any
+    an empty front, a front of another search space, ``members < 1``) raises before any
     folder is created; a member that fails a step is recorded as failed and the others go on.
     """
     options = options or ExportOptions()
-    runtime = runtime or default_runtime(options)
-    if runtime not in RUNTIMES:
-        raise FamilyError(f"unknown family runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
-    if latency_batch < 1:
-        raise FamilyError(f"latency batch must be at least 1, not {latency_batch}")
+    timing = timing or default_timing(options)
     if members is not None and members < 1:
         raise FamilyError(f"--members must be at least 1, not {members} (how many members of {pareto_json} to export)")
     front = read_pareto(pareto_json)  # refuses a missing, damaged, foreign or empty file in one line
@@ -197,13 +223,13 @@ def export_family(
     log(f"output: {out_dir}")
 
     test_batches = _test_batches(loaded) if eval_test else None
-    result = FamilyResult(out_dir, pareto_path, ckpt_path, runtime, latency_batch, [],
+    result = FamilyResult(out_dir, pareto_path, ckpt_path, timing, [],
                           "test top-1" if eval_test else "validation loss")
     for n, index in enumerate(chosen, 1):
         member = front.members[index]
         record = _member_record(index, member, front.counter)
         log(f"member {n}/{len(chosen)}: {record.folder}")
-        _export_member(record, out_dir, ckpt_path, workdir, options, runtime, latency_batch, log)
+        _export_member(record, out_dir, ckpt_path, workdir, options, timing, log)
         if test_batches is not None:
             _evaluate_member(record, member, loaded, test_batches, options)
         result.members.append(record)
@@ -224,7 +250,7 @@ def _member_record(index: int, member: ParetoMember, counter: str) -> FamilyMemb
 
 
 def _export_member(record: FamilyMember, out_dir: Path, ckpt_path: Path, workdir: str | os.PathLike,
-                   options: ExportOptions, runtime: str, latency_batch: int, log: Callable[[str], None]) -> None:
+                   options: ExportOptions, timing: FamilyTiming, log: Callable[[str], None]) -> None:
     """The usual export into the member's folder, then its latency on `runtime`; failures go into `record`."""
     folder = out_dir / record.folder
     subnet_path = atomic_write_json(folder / SUBNET_JSON, record.subnet)
@@ -236,7 +262,7 @@ def _export_member(record: FamilyMember, out_dir: Path, ckpt_path: Path, workdir
         return
     _copy_checks(record, exported)
     try:
-        record.latency_p50_ms, record.latency_p99_ms = _latency(folder, runtime, latency_batch, options)
+        record.latency_p50_ms, record.latency_p99_ms = _latency(folder, timing)
     except Exception as err:  # noqa: BLE001 - recorded like a failed export step
         record.fail("latency", f"{type(err).__name__}: {err}")
 
@@ -250,16 +276,16 @@ def _copy_checks(record: FamilyMember, exported: ExportResult) -> None:
         record.fail(step, line)
 
 
-def _latency(folder: Path, runtime: str, batch: int, options: ExportOptions) -> tuple[float, float]:
-    """p50/p99 latency (ms) of the member's artifact on `runtime` (bench's trtexec-like loop)."""
+def _latency(folder: Path, timing: FamilyTiming) -> tuple[float, float]:
+    """p50/p99 latency (ms) of the member's artifact on the timing's runtime (bench's trtexec-like loop)."""
     from taslora_deploy.bench import bench
 
-    name, device = RUNTIMES[runtime]
+    name, device = RUNTIMES[timing.runtime]
     artifact = folder / name if name is not None else folder
     if not artifact.exists():
-        raise FileNotFoundError(f"{artifact} was not written; runtime {runtime} needs it")
-    row = bench(artifact, batch_sizes=(batch,), warmup_s=options.latency_warmup_s, min_iters=options.latency_iters,
-                min_time_s=0.0, device=device, threads=options.threads)[0]
+        raise FileNotFoundError(f"{artifact} was not written; runtime {timing.runtime} needs it")
+    row = bench(artifact, batch_sizes=(timing.batch,), warmup_s=timing.warmup_s, min_iters=timing.min_iters,
+                min_time_s=timing.min_time_s, device=device, threads=timing.threads)[0]
     return float(row["p50_ms"]), float(row["p99_ms"])
 
 

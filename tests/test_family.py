@@ -14,7 +14,7 @@ from taslora_core.search import Constraints, ParetoFront, ParetoMember, measure,
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, smallest_subnet
 from taslora_core.testing import random_mole, save_mole_workspace
-from taslora_deploy.family import export_family, spread_indices
+from taslora_deploy.family import FamilyTiming, export_family, spread_indices
 from taslora_deploy.pipeline import ExportOptions
 
 runner = CliRunner()
@@ -51,8 +51,9 @@ def family(workspace) -> dict:
     """Two of the three members (both ends), ONNX and the zero-overhead checks, test top-1, default folder."""
     options = ExportOptions(onnx=True, latency_mode="report", latency_iters=20, latency_warmup_s=0.1)
     lines: list[str] = []
+    timing = FamilyTiming("ort-cpu", warmup_s=0.1, min_iters=20, min_time_s=0.1)
     result = export_family(workspace["pareto"], workdir=workspace["root"], members=2, options=options,
-                           eval_test=True, log=lines.append)
+                           eval_test=True, timing=timing, log=lines.append)
     assert result.out.parent == workspace["root"] / "exports" and result.out.name.endswith("-family")
     return {"result": result, "out": result.out, "doc": json.loads((result.out / "family.json").read_text())}
 
