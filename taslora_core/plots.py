@@ -168,7 +168,9 @@ def plot_family(points: Sequence[dict[str, Any]], path: str | Path, xlabel: str 
         ok = bool(p.get("ok", True))
         ax.scatter([p["x"]], [p["y"]], marker="o" if ok else "x", s=40, color="tab:blue" if ok else "tab:red",
                    zorder=3)
-        ax.annotate(str(p.get("label", "")), (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        right_half = len(shown) > 1 and p["x"] > x_mid  # labels point inwards, so none leaves the axes
+        ax.annotate(str(p.get("label", "")), (p["x"], p["y"]), textcoords="offset points", fontsize=7,
+                    xytext=(-5, 5) if right_half else (5, 5), ha="right" if right_half else "left")
     ordered = sorted((p for p in shown if p.get("ok", True)), key=lambda p: p["x"])
     if len(ordered) > 1:
         ax.plot([p["x"] for p in ordered], [p["y"] for p in ordered], color="tab:blue", linewidth=0.8, alpha=0.5)
@@ -177,6 +179,7 @@ def plot_family(points: Sequence[dict[str, Any]], path: str | Path, xlabel: str 
         ax.text(0.01, 0.01, "not measured: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
                 color="tab:red", va="bottom")
     ax.set_xlabel(xlabel)
+    ax.margins(x=0.08, y=0.1)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
