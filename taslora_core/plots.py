@@ -164,6 +164,7 @@ def plot_family(points: Sequence[dict[str, Any]], path: str | Path, xlabel: str 
     accuracy, `ok`), failed members as red crosses; members without both numbers are listed in a note."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     shown = [p for p in points if p.get("x") is not None and p.get("y") is not None]
+    x_mid = (min(p["x"] for p in shown) + max(p["x"] for p in shown)) / 2 if shown else 0.0
     for p in shown:
         ok = bool(p.get("ok", True))
         ax.scatter([p["x"]], [p["y"]], marker="o" if ok else "x", s=40, color="tab:blue" if ok else "tab:red",
