@@ -14,7 +14,7 @@ from typing import Any
 
 from taslora_core.integrity import ArtifactError, check_export_file, check_sha256
 
-__all__ = ["ArtifactError", "read_json_artifact", "load_safetensors_checked", "load_onnx_checked",
+__all__ = ["ArtifactError", "read_json_artifact", "load_safetensors_checked", "read_safetensors_header", "load_onnx_checked",
            "load_torch_checked", "read_bytes_checked", "damaged"]
 
 
@@ -43,6 +43,7 @@ def _existing(path: str | Path, what: str, fix: str) -> Path:
 def read_json_artifact(path: str | Path, what: str, fix: str, expect: type | None = dict) -> Any:
     """The parsed JSON of `path` (a `what`, e.g. "search result"); `expect`: the required top-level type."""
     path = _existing(path, what, fix)
+    check_export_file(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -71,6 +72,25 @@ def load_safetensors_checked(path: str | Path, what: str, fix: str, sha256: str 
         return load_file(str(path), device=device)
     except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...: all mean an unreadable file
         raise damaged(path, what, f"is damaged or truncated ({_reason(err)})", fix) from None
+
+
+def read_safetensors_header(path: str | Path, what: str, fix: str) -> dict[str, Any]:
+    """The JSON header of a safetensors file ({name: {dtype, shape, data_offsets}}, "__metadata__"), checked."""
+    path = _existing(path, what, fix)
+    check_export_file(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= path.stat().st_size - 8:
+            raise damaged(path, what, "is damaged or truncated (invalid safetensors header length)", fix)
+        try:
+            header = json.loads(fh.read(length).decode("utf-8"))
+        except ValueError as err:
+            raise damaged(path, what, f"is damaged (unreadable safetensors header: {_reason(err)})", fix) from None
+    if not isinstance(header, dict) or not all(
+            isinstance(v, dict) and "dtype" in v and "shape" in v for k, v in header.items() if k != "__metadata__"):
+        raise damaged(path, what, "is damaged (safetensors header without dtype/shape entries)", fix)
+    return header
 
 
 def load_onnx_checked(path: str | Path, what: str = "ONNX model", fix: str = "re-export it with `taslora export`",

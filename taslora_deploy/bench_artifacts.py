@@ -14,9 +14,7 @@ Precision is read from the file, not its name, where the file tells:
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from taslora_core.artifact_read import read_safetensors_header
 from taslora_deploy.artifacts import MODEL_CONFIG, MODEL_WEIGHTS
 from taslora_deploy.onnx_graph import op_histogram
 
@@ -107,9 +106,7 @@ def onnx_precision(path: str | os.PathLike) -> str:
 
 def _safetensors_precision(path: Path) -> str:
     """The dtypes named in a safetensors header (most elements first), without reading the tensors."""
-    with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
+    header = read_safetensors_header(path, "model weights", "re-export it with `taslora export`")
     counts: Counter[str] = Counter()
     for name, entry in header.items():
         if name != "__metadata__":

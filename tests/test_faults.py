@@ -1,0 +1,255 @@
+"""Fault injection: every artifact, damaged four ways, under every command that reads it.
+
+One small workspace per module (a supernet run and a MoLE run with recorded hashes, a search's best.json, an
+export folder with ONNX files, an unfinished run to resume) plus a second one whose files serve as "another
+run's file of the same name". Each case damages one file in place (truncate / empty / flip bytes in the middle /
+replace), runs the command in-process, restores the file, and asserts: exit 2, exactly one line on stderr that
+names the file, no traceback, and no other file of the workspace created or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import cli_subprocess
+from taslora_cli.main import app
+from taslora_core.atomic import atomic_write_json
+from taslora_core.subnet import sample_subnet
+from taslora_core.testing import random_mole, save_mole_workspace
+from taslora_core.train.loop import STATE_FORMAT, TRAIN_STATE
+from taslora_core.train.run_files import TRAIN_CONFIG
+from taslora_core.workspace import new_run
+from taslora_deploy.pipeline import ExportOptions, export
+
+runner = CliRunner()
+
+
+def _build(root: Path, seed: int, onnx: bool = True) -> dict[str, Path]:
+    """A workspace with every artifact kind (the export's ONNX files only with `onnx`); returns the named paths."""
+    model = random_mole("fmnist", seed=seed)
+    ws = save_mole_workspace(root, model, name="run")
+    atomic_write_json(ws.mole_dir / "summary.json", {"kind": "mole", "mean_improvement": 0.01 * seed})
+    sub = sample_subnet(model.space, random.Random(seed))
+    sub.to_json(root / "sub.json")
+    search = new_run(root, "searches", "search")
+    atomic_write_json(search / "best.json", {"subnet": sub.to_dict(), "ckpt": str(ws.mole_dir)})
+    exp = export(root / "sub.json", ws.mole_dir, workdir=root, options=ExportOptions(onnx=onnx, overhead=False),
+                 log=lambda _: None)
+    assert exp.ok, exp.failures
+    killed = new_run(root, "mole", "killed")  # an unfinished run with a training state, for --resume
+    atomic_write_json(killed / TRAIN_CONFIG, {"kind": "mole", "config": {}, "supernet_dir": str(ws.supernet_dir),
+                                              "supernet_sha256": "0" * 64})
+    torch.save({"format": STATE_FORMAT, "global_step": 3, "model": {"w": torch.arange(4000.0)}}, killed / TRAIN_STATE)
+    return {"root": root, "mole": ws.mole_dir, "supernet": ws.supernet_dir, "search": search, "export": exp.out,
+            "killed": killed, "sub": root / "sub.json"}
+
+
+@pytest.fixture(scope="module")
+def spaces(tmp_path_factory) -> tuple[dict[str, Path], dict[str, Path]]:
+    return _build(tmp_path_factory.mktemp("faults"), 0), _build(tmp_path_factory.mktemp("other"), 1, onnx=False)
+
+
+# "another run's file of the same name": the other workspace's, except for the ONNX files, which the other
+# export skips (time): each is replaced by its twin of the same export (model.onnx <-> baseline/model.onnx).
+ONNX_TWIN = {"model.onnx": "baseline/model.onnx", "baseline/model.onnx": "model.onnx"}
+
+
+# artifact -> (run key, path inside the run, commands that read it, damages that apply)
+ALL = ("truncate", "empty", "flip", "replace")
+ARTIFACTS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
+    "mole.safetensors": ("mole", "mole.safetensors", ("eval", "search", "export"), ALL),
+    "mole.json": ("mole", "mole.json", ("eval", "export"), ALL),
+    "supernet.safetensors": ("supernet", "supernet.safetensors", ("eval", "search"), ALL),
+    "space.json": ("supernet", "space.json", ("eval",), ALL),
+    "split.json": ("mole", "split.json", ("eval",), ("truncate", "empty", "flip")),  # every run carves the same split
+    "best.json": ("search", "best.json", ("export-latest",), ("truncate", "empty", "flip")),
+    "model.safetensors": ("export", "model.safetensors", ("bench-dir", "verify"), ALL),
+    "config.json": ("export", "config.json", ("bench-dir", "verify"), ALL),
+    "model.onnx": ("export", "model.onnx", ("bench-onnx", "check-overhead", "verify"), ALL),
+    "baseline/model.onnx": ("export", "baseline/model.onnx", ("check-overhead", "verify"), ALL),
+    "report.json": ("export", "report.json", ("verify",), ALL),
+    # flipped tensor bytes in train_state.pt still unpickle: the training state records no hash (not covered)
+    "train_state.pt": ("killed", TRAIN_STATE, ("train-resume",), ("truncate", "empty")),
+    "train_config.json": ("killed", TRAIN_CONFIG, ("train-resume",), ("truncate", "empty", "flip")),
+    "summary.json": ("mole", "summary.json", ("runs",), ("truncate", "empty", "flip")),
+}
+CASES = [(art, cmd, dmg) for art, (_, _, cmds, dmgs) in ARTIFACTS.items() for cmd in cmds for dmg in dmgs]
+
+
+def _argv(cmd: str, ws: dict[str, Path]) -> list[str]:
+    root = str(ws["root"])
+    return {
+        "eval": ["eval", "--workdir", root, "--ckpt", str(ws["mole"]), "--subnet", str(ws["sub"]), "--val-subset", "8"],
+        "search": ["search", "--workdir", root, "--ckpt", str(ws["mole"]), "--flops", "100M", "--population", "2",
+                   "--iterations", "1", "--val-subset", "8"],
+        "export": ["export", "--workdir", root, "--ckpt", str(ws["mole"]), "--subnet", str(ws["sub"])],
+        "export-latest": ["export", "--workdir", root],
+        "bench-dir": ["bench", str(ws["export"]), "--min-iters", "1", "--no-plot"],
+        "bench-onnx": ["bench", str(ws["export"] / "model.onnx"), "--min-iters", "1", "--no-plot"],
+        "check-overhead": ["check-overhead", str(ws["export"])],
+        "verify": ["verify", str(ws["export"])],
+        "train-resume": ["train", "--workdir", root, "--resume", str(ws["killed"])],
+        "runs": ["runs", "--workdir", root],
+    }[cmd]
+
+
+def _damage(path: Path, how: str, other: Path) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "flip":
+        mid = len(data) // 2
+        path.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 16]) + data[mid + 16:])
+    else:
+        replacement = other.read_bytes()
+        assert replacement != data, f"{other} is the same file: replacing with it is no damage"
+        path.write_bytes(replacement)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("artifact,command,damage", CASES, ids=[f"{a}-{c}-{d}" for a, c, d in CASES])
+def test_damaged_artifact_is_one_line_exit_2(spaces, artifact: str, command: str, damage: str) -> None:
+    ws, other = spaces
+    key, rel, _, _ = ARTIFACTS[artifact]
+    path = ws[key] / rel
+    original = path.read_bytes()
+    _damage(path, damage, ws[key] / ONNX_TWIN[rel] if rel in ONNX_TWIN else other[key] / rel)
+    before = _tree(ws["root"])
+    try:
+        result = runner.invoke(app, _argv(command, ws))
+        after = _tree(ws["root"])
+    finally:
+        path.write_bytes(original)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.exit_code, result.output, repr(result.exception))
+    assert "Traceback" not in result.output, result.output
+    assert len(lines) == 1 and str(path) in lines[0], result.stderr
+    assert after == before, "the failed command changed the workspace"
+
+
+def test_modified_file_loads_with_the_override(spaces) -> None:
+    """A flipped-but-parsable safetensors file is refused, and loads (with a warning) under --allow-modified."""
+    ws, _ = spaces
+    path = ws["export"] / "model.safetensors"
+    original = path.read_bytes()
+    data = bytearray(original)
+    data[-8] ^= 0x01  # the last tensor's bytes: the file still parses
+    path.write_bytes(bytes(data))
+    try:
+        refused = runner.invoke(app, ["bench", str(ws["export"]), "--min-iters", "1", "--no-plot"])
+        allowed = runner.invoke(app, ["--allow-modified", "bench", str(ws["export"]), "--min-iters", "1", "--no-plot"])
+    finally:
+        path.write_bytes(original)
+    assert refused.exit_code == 2 and "sha256" in refused.stderr and "--allow-modified" in refused.stderr
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning:" in allowed.stderr and str(path) in allowed.stderr
+
+
+def test_console_script_prints_no_traceback_and_debug_does(spaces) -> None:
+    """The real console script: one line without --debug, the traceback with it."""
+    ws, _ = spaces
+    path = ws["mole"] / "mole.safetensors"
+    original = path.read_bytes()
+    path.write_bytes(original[:1000])
+    try:
+        env = {**os.environ, "TASLORA_DEBUG": ""}
+        plain = subprocess.run(cli_subprocess(["eval", "--ckpt", str(ws["mole"]), "--subnet", str(ws["sub"])]),
+                               capture_output=True, text=True, env=env, timeout=120)
+        debug = subprocess.run(cli_subprocess(["--debug", "eval", "--ckpt", str(ws["mole"]), "--subnet", str(ws["sub"])]),
+                               capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        path.write_bytes(original)
+    assert plain.returncode == 2 and "Traceback" not in plain.stdout + plain.stderr
+    assert plain.stderr.strip().count("\n") == 0 and str(path) in plain.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_concurrent_runs_get_distinct_folders(tmp_path) -> None:
+    """Two commands creating a run in the same second never share a folder (exclusive mkdir + suffix)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: new_run(tmp_path, "mole", "same"), range(16)))
+    assert len(set(made)) == 16
+
+
+def test_latest_never_returns_a_run_still_being_written(spaces, tmp_path) -> None:
+    """A MoLE run whose weights exist but whose record (written last) does not is not 'the latest run'."""
+    from taslora_core.workspace import latest
+
+    ws, _ = spaces
+    newer = new_run(ws["root"], "mole", "writing")
+    try:
+        (newer / "mole.safetensors").write_bytes((ws["mole"] / "mole.safetensors").read_bytes())
+        assert latest(ws["root"], "mole", "") == ws["mole"]
+    finally:
+        (newer / "mole.safetensors").unlink()
+        newer.rmdir()
+
+
+def test_disk_full_keeps_the_previous_checkpoint(spaces, monkeypatch) -> None:
+    """ENOSPC in the middle of a checkpoint write: one-line error naming the file, previous file intact."""
+    import errno
+
+    from taslora_cli.app import handle_errors
+    from taslora_core.checkpoint import load_supernet, save_supernet
+
+    ws, _ = spaces
+    sdir = ws["supernet"]
+    before = _tree(sdir)
+    model = load_supernet(sdir)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    lines: list[str] = []
+    monkeypatch.setattr("taslora_cli.app.fail", lambda msg, code=2: lines.append(msg) or SystemExit(code))
+    with pytest.raises(SystemExit):
+        handle_errors(lambda: save_supernet(sdir, model))()
+    assert _tree(sdir) == before
+    assert len(lines) == 1 and "disk full while writing" in lines[0] and str(sdir / "supernet.safetensors") in lines[0]
+
+
+def test_moved_workspace_keeps_loading(spaces, tmp_path) -> None:
+    """A workspace moved elsewhere keeps its MoLE -> supernet link: the recorded absolute path is gone, the
+    same layout (<workspace>/supernets/<name>) with the recorded sha256 is used."""
+    import shutil
+
+    from taslora_core.run_io import load_checkpoint
+    from taslora_core.state_check import CheckpointError
+
+    ws, _ = spaces
+    moved = tmp_path / "moved"
+    shutil.copytree(ws["root"] / "mole", moved / "mole")
+    shutil.copytree(ws["root"] / "supernets", moved / "supernets")
+    mole = moved / "mole" / ws["mole"].name
+    real = ws["supernet"]
+    hidden = real.with_name(real.name + ".away")
+    real.rename(hidden)  # the recorded absolute path no longer exists
+    try:
+        loaded = load_checkpoint(mole)
+    finally:
+        hidden.rename(real)
+    assert loaded.kind == "mole"
+    shutil.rmtree(moved / "supernets")
+    real.rename(hidden)
+    try:
+        with pytest.raises(CheckpointError, match="missing"):
+            load_checkpoint(mole)
+    finally:
+        hidden.rename(real)
