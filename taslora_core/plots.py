@@ -205,6 +205,8 @@ def plot_bench(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "l
         ax.errorbar(xs, p50, yerr=[lo, hi], marker="o", capsize=3, linewidth=1.3, label=name)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    batches = sorted({r["batch"] for r in rows})
+    ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency p50, ms (bars: p10-p90)")
     ax.set_title(title)
