@@ -111,31 +111,43 @@ def test_family_table_and_plot(family):
 
 
 @requires_fmnist
-def test_a_failing_member_is_marked_and_the_rest_go_on(workspace, tmp_path, monkeypatch):
-    from taslora_deploy import pipeline
+def test_failing_members_are_marked_and_the_rest_go_on(workspace, tmp_path, monkeypatch):
+    """Member 0 fails a step of its export (parity), member 1's export raises outright, member 2 is fine."""
+    from taslora_deploy import family, pipeline
     from taslora_deploy.fold import ParityError
 
     front = json.loads(workspace["pareto"].read_text())["members"]
-    broken = Subnet.from_dict(front[0]["subnet"])
-    real_check = pipeline.check_parity
+    broken, crashing = (Subnet.from_dict(front[i]["subnet"]) for i in (0, 1))
+    real_check, real_export = pipeline.check_parity, family.export
 
     def check(model, *args, **kwargs):
         if model.subnet == broken:
             raise ParityError("folded model differs by 1.0 (injected)")
         return real_check(model, *args, **kwargs)
 
+    def export(subnet_path, *args, **kwargs):
+        if Subnet.load(subnet_path) == crashing:
+            raise RuntimeError("disk on fire (injected)")
+        return real_export(subnet_path, *args, **kwargs)
+
     monkeypatch.setattr(pipeline, "check_parity", check)
+    monkeypatch.setattr(family, "export", export)
     out = tmp_path / "fam"
-    result = _invoke(workspace, "--family", str(workspace["pareto"]), "--members", "2", "--out", str(out))
+    result = _invoke(workspace, "--family", str(workspace["pareto"]), "--out", str(out))
     assert result.exit_code == 1, result.output
     doc = json.loads((out / "family.json").read_text())
-    first, last = doc["members"]
+    first, middle, last = doc["members"]
     assert first["status"] == "failed" and first["failed_step"] == "parity" and "injected" in first["error"]
+    assert first["latency_p50_ms"] > 0  # the steps after the failed one still ran
+    assert middle["status"] == "failed" and middle["failed_step"] == "export"
+    assert middle["error"] == "RuntimeError: disk on fire (injected)" and middle["latency_p50_ms"] is None
     assert last["status"] == "ok" and last["latency_p50_ms"] > 0  # timed on torch-cpu: no --onnx
-    assert doc["runtime"] == "torch-cpu" and doc["ok"] is False
-    assert (out / "family.md").read_text().count("failed: parity") == 1 and (out / "family.png").is_file()
+    assert doc["runtime"] == "torch-cpu" and doc["ok"] is False and len(doc["failures"]) == 2
+    table = (out / "family.md").read_text()
+    assert table.count("failed: parity") == 1 and table.count("failed: export") == 1
+    assert (out / "family.png").is_file()
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {first['folder']}: parity: {first['error']}"]
+    assert errors == [f"error: {m['folder']}: {m['failed_step']}: {m['error']}" for m in (first, middle)]
     assert first["folder"] in result.stdout and "failed (parity)" in result.stdout  # the printed table
 
 
