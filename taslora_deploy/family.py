@@ -216,13 +216,15 @@ def export_family(
     ckpt_path = Path(ckpt) if ckpt is not None else Path(front.ckpt)
     loaded = load_checkpoint(ckpt_path)
     check_same_space(front, loaded.supernet.space)
+    test_batches = _test_batches(loaded) if eval_test else None  # no test set: refused before any folder exists
     out_dir = Path(out) if out is not None else new_run(workdir, "exports", "family")
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"pareto front: {pareto_path} ({len(front.members)} members; exporting {len(chosen)})")
     log(f"checkpoint: {ckpt_path}")
+    if not front.use_experts and loaded.mole is not None and not options.no_lora:
+        log("note: the front was searched without the experts; its members are exported with them folded "
+            "(pass --no-lora to export the plain subnets the search measured)")
     log(f"output: {out_dir}")
-
-    test_batches = _test_batches(loaded) if eval_test else None
     result = FamilyResult(out_dir, pareto_path, ckpt_path, timing, [],
                           "test top-1" if eval_test else "validation loss")
     for n, index in enumerate(chosen, 1):
@@ -251,7 +253,7 @@ def _member_record(index: int, member: ParetoMember, counter: str) -> FamilyMemb
 
 def _export_member(record: FamilyMember, out_dir: Path, ckpt_path: Path, workdir: str | os.PathLike,
                    options: ExportOptions, timing: FamilyTiming, log: Callable[[str], None]) -> None:
-    """The usual export into the member's folder, then its latency on `runtime`; failures go into `record`."""
+    """The usual export into the member's folder, then its latency; failures go into `record`."""
     folder = out_dir / record.folder
     subnet_path = atomic_write_json(folder / SUBNET_JSON, record.subnet)
     try:
