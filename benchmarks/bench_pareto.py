@@ -12,7 +12,8 @@ TAS-LoRA run (benchmarks/reproduction/tas-lora-s0).
 Every (method, seed, budget) result is written to the results JSON as soon as it is done and skipped on a
 re-run, so a killed benchmark resumes; evaluations are memoised per subnet in a fitness cache (the evaluation
 is deterministic, so a subnet evaluated by two methods costs once; each method still counts it as its own
-evaluation). Results: benchmarks/results/pareto/ (bench_pareto.json, bench_pareto.md, pareto.png).
+evaluation). Results: benchmarks/results/pareto/ (bench_pareto.json: settings and report, bench_pareto.md: the
+README's tables, pareto.png: seed 0's front; state.json: every run and the fitness cache, what a re-run resumes).
 
     nice -n 10 python benchmarks/bench_pareto.py                        # the README's table
     python benchmarks/bench_pareto.py --population 8 --iterations 2 --seeds 1 --val-subset 200   # a smoke run
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "bench_pareto.json"
+    results_path = args.out / "state.json"
     settings = {"ckpt": str(args.ckpt), "population": args.population, "iterations": args.iterations,
                 "seeds": args.seeds, "val_subset": args.val_subset, "objectives": list(OBJECTIVES),
                 "budget_fractions": list(BUDGET_FRACTIONS)}
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 space, fitness, Constraints(flops_max=budget), SearchConfig(seed=seed, **base)).run().history)
 
     report = summarise(doc, budgets, args.seeds, (lo, hi))
-    doc["report"] = report
     save()
+    atomic_write_json(args.out / "bench_pareto.json", {"settings": settings, "env": doc["env"], "report": report})
     md = markdown(report, settings, doc["env"])
     atomic_write_text(args.out / "bench_pareto.md", md)
     plot_one(doc, args.out / "pareto.png")

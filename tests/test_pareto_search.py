@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from taslora_core import complexity
+from test_search import Recorder  # a fitness that records its calls and can raise after n of them (a kill)
 from taslora_core.search import (
     Constraints, ParetoFileError, ParetoFront, ParetoMember, SearchError, check_same_space, parse_objectives,
     read_pareto, write_pareto,
@@ -158,23 +159,10 @@ def quality(subnet: Subnet) -> dict:
     return {"fitness": loss, "loss": loss, "top1": 1 - loss / 10}
 
 
-class Calls:
-    """A fitness that records its calls and can raise after n of them (a kill mid-search)."""
-
-    def __init__(self, fn=quality, interrupt_after: int | None = None) -> None:
-        self.fn, self.calls, self.interrupt_after = fn, [], interrupt_after
-
-    def __call__(self, subnet: Subnet) -> dict:
-        if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
-            raise KeyboardInterrupt
-        self.calls.append(subnet)
-        return self.fn(subnet)
-
-
 def _pareto(seed: int = 0, fn=None, objectives=("loss", "flops"), constraints=None, **kw):
     from taslora_core.search import EvolutionSearch, SearchConfig
 
-    fn = fn or Calls()
+    fn = fn or Recorder(quality)
     cfg = SearchConfig(seed=seed, objectives=list(objectives), **{**SMALL, **kw})
     return EvolutionSearch(SPACE, fn, constraints or Constraints(flops_max=CAP), cfg), fn
 
@@ -225,7 +213,7 @@ def test_pareto_front_is_deterministic_for_a_seed() -> None:
 def test_pareto_resume_after_a_kill_gives_the_same_front(tmp_path: Path, interrupt_after: int) -> None:
     expected = _pareto(seed=2)[0].run()
     state = tmp_path / "state.json"
-    first, _ = _pareto(seed=2, fn=Calls(interrupt_after=interrupt_after))
+    first, _ = _pareto(seed=2, fn=Recorder(quality, interrupt_after=interrupt_after))
     with pytest.raises(KeyboardInterrupt):
         first.run(state_path=state)
     result = _pareto(seed=2)[0].run(state_path=state)
@@ -244,7 +232,7 @@ def test_latency_objective_reads_the_records_latency() -> None:
     def with_latency(subnet: Subnet) -> dict:  # a stand-in for a measured latency: depth-bound, not FLOPs-bound
         return {**quality(subnet), "latency_ms": 0.5 * subnet.depth + subnet.embed_dim / 1000}
 
-    result = _pareto(fn=Calls(with_latency), objectives=("loss", "latency"))[0].run()
+    result = _pareto(fn=Recorder(with_latency), objectives=("loss", "latency"))[0].run()
     lat = [r["latency_ms"] for r in result.front]
     assert lat == sorted(lat) and not any(dominates(a, b) for a in _vectors(result.front, ("loss", "latency"))
                                           for b in _vectors(result.front, ("loss", "latency")))
@@ -286,3 +274,111 @@ def test_bounds_that_do_not_bind_are_named() -> None:
     assert notes[0].startswith("--flops 1.300G does not bind") and complexity.format_amount(HI) in notes[0]
     assert any(n.startswith("--min-flops") for n in notes) and any(n.startswith("--min-params") for n in notes)
     assert non_binding(Constraints(flops_max=CAP, params_min=plo * 1.5), SPACE) == []
+
+
+# ---------------------------------------------------------------------------------------------- CLI, trained workspace
+CLI_SMALL = ["--population", "8", "--iterations", "2", "--parents", "4", "--mutation-num", "4", "--crossover-num", "4",
+             "--val-subset", "200", "--batch-size", "100", "--seed", "1"]
+CLI_CAP = f"{int(CAP / 1e3)}K"
+
+
+def _cli(args: list[str]):
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from taslora_cli.app import app
+
+    importlib.import_module("taslora_cli.cmd_search")  # registers the command
+    return CliRunner().invoke(app, ["search", *args])
+
+
+@pytest.fixture(scope="module")
+def pareto_run(trained_workspace, tmp_path_factory) -> dict:
+    workdir = tmp_path_factory.mktemp("pareto-ws")
+    res = _cli(["--workdir", str(workdir), "--ckpt", str(trained_workspace["mole_dir"]), "--pareto",
+                "--flops", CLI_CAP, *CLI_SMALL])
+    assert res.exit_code == 0, res.output
+    best = Path(res.stdout.strip().splitlines()[-1])
+    return {"res": res, "best": best, "run": best.parent, "workdir": workdir}
+
+
+def test_cli_pareto_writes_a_valid_front_within_the_constraints(pareto_run) -> None:
+    run, res = pareto_run["run"], pareto_run["res"]
+    front = read_pareto(run / "pareto.json")
+    assert front.objectives == ("loss", "flops") and front.counter == "autoformer" and front.target is None
+    assert front.space == SPACE and front.ckpt_kind == "mole" and front.use_experts and front.seed == 1
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert front.evaluations == len(history) and Path(front.search_run) == run
+    for m in front.members:
+        assert m.flops_autoformer <= CAP and m.objectives["flops"] == m.flops_autoformer
+        assert m.objectives["loss"] == m.loss and m.latency_source is None and m.subnet.in_space(SPACE)
+    vectors = [(m.objectives["loss"], m.objectives["flops"]) for m in front.members]
+    assert not any(dominates(a, b) for a in vectors for b in vectors)
+    assert all(not dominates((r["loss"], r["flops_autoformer"]), v) for r in history for v in vectors)
+    assert [v[1] for v in vectors] == sorted(v[1] for v in vectors)
+    best = json.loads(pareto_run["best"].read_text())  # best.json stays: the single-objective pick
+    assert front.single_objective_pick is not None and front.single_objective_pick.subnet == Subnet.from_dict(best)
+    assert front.single_objective_pick.subnet in front.subnets()  # the lowest loss is on the front
+    assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["front_size"] == len(front.members) and summary["objectives"] == ["loss", "flops"]
+    assert "Pareto front" in res.stdout and "pareto.json" in res.stdout and "| front " in res.stdout
+
+
+def test_cli_pareto_resumes_after_a_kill_to_the_same_front(pareto_run, trained_workspace, monkeypatch,
+                                                           tmp_path) -> None:
+    from taslora_core.search import fitness as search_fitness
+
+    real, calls = search_fitness.CheckpointFitness.__call__, {"n": 0}
+
+    def killed(self, subnet):
+        if calls["n"] >= 13:  # inside generation 1
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(self, subnet)
+
+    monkeypatch.setattr(search_fitness.CheckpointFitness, "__call__", killed)
+    args = ["--workdir", str(tmp_path), "--ckpt", str(trained_workspace["mole_dir"]), "--pareto", "--flops", CLI_CAP,
+            *CLI_SMALL]
+    assert _cli(args).exit_code == 130
+    monkeypatch.setattr(search_fitness.CheckpointFitness, "__call__", real)
+    res = _cli(["--workdir", str(tmp_path), "--resume"])
+    assert res.exit_code == 0, res.output
+    got, ref = read_pareto(Path(res.stdout.strip().splitlines()[-1]).parent), read_pareto(pareto_run["run"])
+    assert got.subnets() == ref.subnets()  # same front as the uninterrupted run (determinism for a seed)
+    assert [m.loss for m in got.members] == pytest.approx([m.loss for m in ref.members], abs=1e-6)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--objectives", "loss,speed"], "unknown objective 'speed'"),
+    (["--pareto", "--objectives", "flops,loss"], "give one quality and one cost objective"),
+    (["--objectives", "loss,latency", "--target", "tpu"], "unknown --target 'tpu'"),
+])
+def test_cli_bad_objectives_exit_2_in_one_line(tmp_path, bad, says) -> None:
+    res = _cli(["--workdir", str(tmp_path), *bad])
+    assert res.exit_code == 2 and says in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_cli_latency_objective_records_spearman_and_says_the_bound_does_not_bind(trained_workspace, tmp_path,
+                                                                                monkeypatch) -> None:
+    from taslora_core.search import latency_report
+
+    monkeypatch.setattr(latency_report, "CLIFF_CHECKS", 2)  # each check re-times two subnets interleaved
+    res = _cli(["--workdir", str(tmp_path), "--ckpt", str(trained_workspace["mole_dir"]), "--objectives",
+                "loss,latency", "--target", "torch-cpu", "--flops", "1.3G", "--population", "6", "--iterations", "1",
+                "--parents", "3", "--val-subset", "100", "--batch-size", "100"])
+    assert res.exit_code == 0, res.output
+    run = Path(res.stdout.strip().splitlines()[-1]).parent
+    front = read_pareto(run)
+    assert front.objectives == ("loss", "latency") and front.target == "torch-cpu"
+    assert all(m.latency_source == "measured" and m.objectives["latency"] == m.latency_ms > 0 for m in front.members)
+    summary = json.loads((run / "summary.json").read_text())
+    report = summary["latency_report"]
+    assert report["measured"] == summary["evaluations"] and -1.0 <= report["spearman_flops_latency"] <= 1.0
+    assert report["cliffs_checked"] <= 2 and front.extra["latency_report"] == report
+    assert "Spearman rank correlation" in res.stdout
+    note = next(n for n in summary["notes"] if "does not bind" in n)
+    assert note.startswith("--flops 1.300G does not bind") and "10.458M" in note
+    assert "note: --flops 1.300G does not bind" in res.stderr
+    assert list((tmp_path / "latency-cache").glob("torch-cpu-*.json"))  # the --latency-budget cache, reused
