@@ -26,7 +26,7 @@ from typing import Any
 
 from taslora_core.artifact_read import read_json_artifact
 from taslora_core.integrity import EXPORT_HASHES_KEY, file_sha256
-from taslora_deploy.artifacts import BASELINE_ONNX, MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS, REPORT
+from taslora_deploy.artifacts import BASELINE_ONNX, MODEL_CONFIG, MODEL_INT8_ONNX, MODEL_ONNX, MODEL_WEIGHTS, REPORT
 
 __all__ = ["VerifyCheck", "VerifyResult", "verify", "PASS", "FAIL", "SKIPPED", "TWIN_TOLERANCE"]
 
@@ -188,6 +188,9 @@ def _check_onnx(path: Path, rel: str, model: Any, tolerance: float, seed: int) -
         return f"max abs diff {rep['max_abs_diff']:.2e} <= {tolerance:g} on fresh random inputs (seed {seed})"
     if rel == BASELINE_ONNX:
         return _runs(path, shape, seed)
+    if rel == MODEL_INT8_ONNX:  # int8 logits move by ~0.1-1 on random inputs: the export's test-split gate is its check
+        _runs(path, shape, seed)
+        return "loads and runs on onnxruntime CPU; int8 accuracy was gated against fp32 at export (report.json onnx_int8.gate)"
     rep = check_onnx_parity(model, path, shape, batch_sizes=(1, 7), atol=TWIN_TOLERANCE, seed=seed)
     if rep.get("top1_agreement") is not None and rep["top1_agreement"] < 0.99:
         raise ValueError(f"{path}: top-1 agreement {rep['top1_agreement']:.3f} with the fp32 model is below 0.99")

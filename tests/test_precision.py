@@ -87,6 +87,15 @@ def test_fp16_graph_keeps_norms_softmax_and_head_in_fp32(exported):
     assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer) > 10
 
 
+def test_verify_accepts_the_precision_twins(exported):
+    from taslora_deploy.verify import verify
+
+    result = verify(exported.out, seed=0)
+    names = {c.name: c.status for c in result.checks}
+    assert result.ok, [c for c in result.checks if c.status == "fail"]
+    assert names["onnx model_int8.onnx"] == names["onnx model_fp16.onnx"] == "pass"
+
+
 def test_export_artifacts_are_world_readable(exported):
     files = [p for p in exported.out.rglob("*") if p.is_file()]
     assert {"model.safetensors", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "report.json"} <= {p.name for p in files}
