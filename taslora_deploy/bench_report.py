@@ -103,43 +103,39 @@ def _fmt_x(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}x"
 
 
-def _fmt_ratio(ratio: Mapping[str, Any] | None) -> str:
-    if ratio is None:
-        return "-"
-    text = _fmt_x(ratio["ratio_of_medians"])
-    if ratio.get("paired"):
-        p = ratio["paired"]
-        text += f" (paired {p['ratio_median']:.3f}x, p10-p90 {p['ratio_p10']:.3f}-{p['ratio_p90']:.3f})"
-    return text
+def _runtime_text(row: Mapping[str, Any]) -> str:
+    """e.g. 'onnxruntime CPU', 'torch cuda:0 +graph', 'tensorrt'."""
+    provider = str(row.get("provider") or "").replace("ExecutionProvider", "")
+    text = str(row["runtime"]) + (f" {provider}" if provider and provider.lower() != str(row["runtime"]).lower() else "")
+    return text + (" +graph" if row.get("cuda_graph") else "")
 
 
 def bench_table(results: Sequence[Mapping[str, Any]], title: str = "Latency benchmark"):
     """A rich Table with artefacts side by side per batch size.
 
-    Rows are grouped by batch. The last column is ``vs <baseline>`` (latency ratio of medians, and the paired
-    ratio when measured) for rows that carry ``vs_baseline``, else ``vs first``: the median latency relative
-    to the first artefact (in input order) benchmarked at that batch size. A ``GPU p50`` column appears when
+    Rows are grouped by batch. The last column is ``vs <baseline>`` (latency ratio of medians; the paired
+    ratios are in :func:`ratio_table`) when rows carry ``vs_baseline``, else ``vs first``: the median latency
+    relative to the first artefact (in input order) benchmarked at that batch size. A ``GPU p50`` column appears when
     GPU compute time was measured.
     """
     from rich.table import Table
 
     baseline = next((r["vs_baseline"]["baseline"] for r in results if r.get("vs_baseline")), None)
     with_gpu = any(r.get("gpu_compute") for r in results)
-    columns = ["batch", "artifact", "kind", "precision", "runtime", "provider", "mean ms", "p50 ms", "p90 ms",
-               "p99 ms", "min ms", "max ms", "img/s", "qps"]
+    columns = ["batch", "artifact", "kind", "precision", "runtime", "mean ms", "p50 ms", "p90 ms", "p99 ms", "min ms",
+               "max ms", "img/s", "qps"]
     if with_gpu:
         columns.append("GPU p50 ms")
     columns.append(f"vs {baseline}" if baseline else "vs first")
     table = Table(title=title)
     for col in columns:
-        table.add_column(col, justify="left" if col in ("artifact", "kind", "precision", "runtime", "provider")
-                         else "right")
+        text = col in ("artifact", "kind", "precision", "runtime")
+        table.add_column(col, justify="left" if text else "right", no_wrap=text)
     order = {id(r): i for i, r in enumerate(results)}
     first_p50: dict[int, float] = {}
     for r in sorted(results, key=lambda r: (r["batch"], order[id(r)])):
-        runtime = str(r["runtime"]) + (" +graph" if r.get("cuda_graph") and "graph" not in str(r["runtime"]) else "")
         cells = [str(r["batch"]), str(r["artifact"]), str(r.get("kind") or ""), str(r.get("precision") or ""),
-                 runtime, str(r.get("provider") or "")]
+                 _runtime_text(r)]
         cells += [f"{r[k]:.3f}" for k in ("mean_ms", "median_ms", "p90_ms", "p99_ms", "min_ms", "max_ms")]
         qps = r.get("throughput_qps", r["throughput_ips"] / r["batch"])
         cells += [f"{r['throughput_ips']:.1f}", f"{qps:.1f}"]
@@ -147,7 +143,8 @@ def bench_table(results: Sequence[Mapping[str, Any]], title: str = "Latency benc
             gpu = r.get("gpu_compute")
             cells.append(f"{gpu['median_ms']:.3f}" if gpu else "-")
         if baseline:
-            cells.append("baseline" if series_key(r) == (baseline, False) else _fmt_ratio(r.get("vs_baseline")))
+            vs = r.get("vs_baseline")
+            cells.append("baseline" if series_key(r) == (baseline, False) else _fmt_x(vs and vs["ratio_of_medians"]))
         else:
             ref = first_p50.setdefault(r["batch"], r["median_ms"])
             cells.append(f"{r['median_ms'] / ref:.3f}x" if ref > 0 else "-")
