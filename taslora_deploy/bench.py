@@ -31,7 +31,7 @@ from taslora_deploy import standalone_io
 from taslora_deploy.artifacts import BENCH_RESULTS, MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS, REPORT
 from taslora_deploy.bench_artifacts import ONNX_SUFFIXES, TRT_SUFFIXES, ArtifactInfo, describe_artifacts
 from taslora_deploy.bench_report import attach_ratios, bench_table, compare_ratios, find_baseline, write_json
-from taslora_deploy.runners import ort_runner, torch_graph_runner, torch_runner, trt_graph_runner, trt_runner
+from taslora_deploy.runners import ort_runner, torch_runner, trt_graph_runner, trt_runner
 from taslora_deploy.timing import (Runner, interleaved_latency, latency_stats, time_calls, time_calls_events,
                                    torch_threads, warm_up)
 
@@ -168,7 +168,7 @@ def _torch_runners(
             _dynamo_reset()
     info["eager"] = lambda b: torch_runner(module, b, input_shape, device)
     if torch.device(device).type == "cuda":  # the CUDA-graph twin captures the eager module
-        info["graph"] = lambda b: torch_graph_runner(module, b, input_shape, device)
+        info["graph"] = lambda b: torch_runner(module, b, input_shape, device, cuda_graph=True)
     return runtime, (lambda b: torch_runner(target, b, input_shape, device)), info
 
 

@@ -5,7 +5,7 @@ synchronised) and carries ``.input_shape`` and ``.dtype`` (and ``.provider`` for
 work goes to a known CUDA stream also carries ``.stream``, so the timing loop can record GPU compute time with
 CUDA events on it.
 
-CUDA-graph variants (:func:`torch_graph_runner`, :func:`trt_graph_runner`) capture one inference at a fixed
+CUDA-graph variants (``torch_runner(..., cuda_graph=True)``, :func:`trt_graph_runner`) capture one inference at a fixed
 batch into a ``torch.cuda.CUDAGraph`` and replay it: launch overhead is paid once at capture, which is what
 trtexec measures by default (its ``--noCudaGraph`` turns it off).
 """
@@ -24,7 +24,7 @@ from taslora_deploy.onnx_graph import onnx_input_info
 from taslora_deploy.ort_parity import ort_session
 from taslora_deploy.timing import Runner, synchronize
 
-__all__ = ["ort_runner", "torch_runner", "trt_runner", "torch_graph_runner", "trt_graph_runner"]
+__all__ = ["ort_runner", "torch_runner", "trt_runner", "trt_graph_runner"]
 
 
 def ort_runner(
@@ -90,21 +90,25 @@ def torch_runner(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     seed: int = 0,
+    cuda_graph: bool = False,
 ) -> Runner:
     """Zero-arg callable running ``module`` (eval, inference_mode) on a pre-allocated batch.
 
     The module is moved to ``device``; the input uses ``dtype`` or the module's
     parameter dtype.  On CUDA each call synchronises the device so wall-clock
-    timing is meaningful.
+    timing is meaningful, and ``cuda_graph=True`` replays one forward pass captured
+    in a ``torch.cuda.CUDAGraph`` instead (:func:`_graph_replay`).
     """
     device = torch.device(device)
     module, x = _module_and_batch(module, batch, input_shape, device, dtype, seed)
-
-    def run():
-        with torch.inference_mode():
-            out = module(x)
-        synchronize(device)
-        return out
+    if cuda_graph:
+        run = _graph_replay(module, x, device)
+    else:
+        def run():
+            with torch.inference_mode():
+                out = module(x)
+            synchronize(device)
+            return out
 
     return _describe(run, input_shape, x.dtype, torch.cuda.current_stream(device) if device.type == "cuda" else None)
 
@@ -133,29 +137,19 @@ def _require_cuda(device: torch.device, what: str) -> None:
         raise ValueError(f"{what} needs a CUDA device, got {device} (cuda available: {torch.cuda.is_available()})")
 
 
-def torch_graph_runner(
-    module: torch.nn.Module,
-    batch: int,
-    input_shape: Sequence[int],
-    device: str | torch.device = "cuda",
-    dtype: torch.dtype | None = None,
-    seed: int = 0,
-    warmup_calls: int = 3,
-) -> Runner:
-    """Zero-arg callable replaying one forward pass of ``module`` captured in a ``torch.cuda.CUDAGraph``.
+def _graph_replay(module: torch.nn.Module, x: torch.Tensor, device: torch.device, warmup_calls: int = 3) -> Runner:
+    """Capture one forward pass of ``module`` on ``x`` in a ``torch.cuda.CUDAGraph``; return its replay.
 
     Follows the documented capture recipe: warm-up calls on a side stream (lazy initialisation must not
     happen inside the capture), then capture under ``torch.cuda.graph``; the input and output are the
     graph's static tensors. Each call replays the graph on the current stream and synchronises.
     """
-    device = torch.device(device)
     _require_cuda(device, "a CUDA graph")
-    module, x = _module_and_batch(module, batch, input_shape, device, dtype, seed)
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.no_grad():
         with torch.cuda.stream(side):
-            for _ in range(max(int(warmup_calls), 1)):
+            for _ in range(warmup_calls):
                 module(x)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
@@ -168,7 +162,7 @@ def torch_graph_runner(
         return out
 
     run.graph = graph  # type: ignore[attr-defined]  # keeps the captured graph (and its memory pool) alive
-    return _describe(run, input_shape, x.dtype, torch.cuda.current_stream(device))
+    return run
 
 
 def _engine_batch(engine: Any, batch: int, input_shape: Sequence[int], seed: int) -> torch.Tensor:

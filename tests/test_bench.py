@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from rich.table import Table
 
-from conftest import without_trt
+from conftest import without_cuda, without_trt
 from tiny_vit import TinyViT
 from taslora_cli.main import app
 from taslora_deploy import bench as bench_module
@@ -291,3 +291,12 @@ def test_cuda_rows_have_gpu_compute_and_a_cuda_graph_twin():
     for r in rows:
         _check_result(r, 2)
         assert r["gpu_compute"]["median_ms"] > 0
+
+
+@without_cuda
+def test_cuda_graph_runners_refuse_the_cpu():
+    from taslora_deploy.runners import torch_runner
+
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        torch_runner(_model(), 1, SHAPE, "cpu", cuda_graph=True)
+    assert [r["cuda_graph"] for r in bench(_model(), batch_sizes=(1,), input_shape=SHAPE, **FAST)] == [False]

@@ -128,11 +128,11 @@ def test_interleaved_latency_ratio_is_per_pair(clock):
 @pytest.mark.gpu
 def test_cuda_events_and_graph_replay_on_a_real_device():
     """On CUDA: a captured graph replays the module's output; GPU time from real events is positive."""
-    from taslora_deploy.runners import torch_graph_runner, torch_runner
+    from taslora_deploy.runners import torch_runner
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10)).cuda()
-    plain, graph = torch_runner(module, 4, (3, 4, 4), "cuda"), torch_graph_runner(module, 4, (3, 4, 4), "cuda")
+    plain, graph = torch_runner(module, 4, (3, 4, 4), "cuda"), torch_runner(module, 4, (3, 4, 4), "cuda", cuda_graph=True)
     assert torch.allclose(plain(), graph(), atol=1e-5)  # same seeded batch, same weights
     host, gpu = time_calls_events(graph, graph.stream, min_iters=5)
     assert len(host) == len(gpu) == 5 and (gpu > 0).all()
