@@ -8,7 +8,8 @@ readers keep working); each row now also describes its artifact and holds its ra
 * latency statistics in ms of the host wall clock (``mean_ms``, ``median_ms`` = ``p50_ms``, ``p10_ms``,
   ``p90_ms``, ``p95_ms``, ``p99_ms``, ``min_ms``, ``max_ms``, ``std_ms``, ``cv``, ``iters``, ``total_s``),
   ``throughput_ips`` (images/s) and ``throughput_qps`` (queries/s, one batch per query);
-* ``gpu_compute``: the same statistics of the GPU compute time (CUDA events), or None off CUDA;
+* ``gpu_compute``: the same statistics of the GPU compute time (CUDA events on the runner's stream: torch and
+  TensorRT on CUDA), or None (CPU; onnxruntime, whose stream is its own);
 * ``environment``: versions and hardware;
 * ``vs_baseline`` (with ``--compare``): ``baseline`` label, ``ratio_of_medians`` (this p50 / the baseline's
   p50, < 1 is faster), ``speedup`` (its inverse), ``throughput_ratio`` and ``paired``: the interleaved A/B
