@@ -124,6 +124,8 @@ def _precision_text(entry: dict) -> str:
     size = f"; {entry['size_bytes'] / 1e6:.2f} MB" if entry.get("size_bytes") else ""
     if entry.get("error"):
         return entry["error"] if not gate else f"FAILED gate: {gate_summary(gate)}"
+    if gate and "skipped" in gate:
+        return f"written, NOT accuracy-gated: {gate['skipped']}{size}"
     return f"{gate_summary(gate)}{size}" if gate else "written"
 
 

@@ -52,12 +52,19 @@ class _GateData:
     def __init__(self, ckpt: LoadedCheckpoint, n: int | None) -> None:
         self.ckpt, self.n = ckpt, n
         self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.missing = ""  # why there is no test data (the run recorded none), else ""
 
-    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self._batches is None:
+    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The test batches; None when the run records no data (other data problems raise)."""
+        from taslora_core.run_data import RunDataMissing
+
+        if self._batches is None and not self.missing:
             from taslora_deploy.precision_data import gate_batches
 
-            self._batches = gate_batches(self.ckpt, self.n)
+            try:
+                self._batches = gate_batches(self.ckpt, self.n)
+            except RunDataMissing:
+                self.missing = f"checkpoint {self.ckpt.path} records no training data, so there is no test split to gate on"
         return self._batches
 
 
@@ -86,18 +93,25 @@ def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, preci
                 facts = {"kept_fp32": [*FP32_OPS, "classifier head"],
                          "ort_cpu_fp32_fallback_ops": ort_cpu_fp32_fallbacks(target)}
             else:
+                if data.batches() is None:
+                    raise ValueError(f"int8 needs calibration images of the run's validation split: {data.missing}")
                 images = calibration_images(ckpt, calib_size)
                 quantize_int8(onnx_path, images, target)
                 facts = {"scheme": "static QDQ, per-channel symmetric int8 weights, symmetric int8 activations (MinMax)",
                          "calibration": {"split": "validation", "images": len(images)}}
-            gate = accuracy_gate(onnx_path, target, data.batches(), max_top1_drop[precision], threads=threads)
+            batches = data.batches()
+            if batches is None:  # fp16 of a run without recorded data (an imported AutoFormer supernet): as before --precision
+                log(f"note: {target.name} is NOT accuracy-gated: {data.missing}")
+                return {**_file_facts(target), "size_fp32_bytes": onnx_path.stat().st_size, **facts,
+                        "gate": {"skipped": data.missing}, "ok": True}
+            gate = accuracy_gate(onnx_path, target, batches, max_top1_drop[precision], threads=threads)
             return {**_file_facts(target), "size_fp32_bytes": onnx_path.stat().st_size, **facts, "gate": gate, "ok": True}
 
         result = steps.run(f"onnx_{precision}", make, writes=(target,))
-        if result is not None:
-            log(f"wrote {target}: {gate_summary(result['gate'])}")
-        else:
+        if result is None:
             log(f"{precision} FAILED: {steps.data[f'onnx_{precision}'].get('error')}")
+        elif "skipped" not in result["gate"]:
+            log(f"wrote {target}: {gate_summary(result['gate'])}")
 
 
 def trt_precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, precisions: tuple[str, ...], *,
@@ -119,6 +133,8 @@ def trt_precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, p
             from taslora_deploy.trt_engine import TrtRunner
 
             runner = TrtRunner(plan)
+            if data.batches() is None:
+                return {**record, **_file_facts(plan), "gate": {"skipped": data.missing}, "ok": True}
             gate = accuracy_gate(onnx_path, lambda x: runner(torch.from_numpy(x)).float().cpu().numpy(),
                                  data.batches(), max_top1_drop[precision])
             return {**record, **_file_facts(plan), "gate": gate, "ok": True}

@@ -136,6 +136,23 @@ def test_broken_calibration_fails_only_its_gate(tmp_path, monkeypatch):
     assert (tmp_path / "exp" / "model.onnx").exists()
 
 
+def test_run_without_data_keeps_fp16_ungated_and_refuses_int8(tmp_path):
+    """An imported supernet records no data: --fp16 still writes its twin (not gated, said so); int8 cannot calibrate."""
+    import random
+
+    from taslora_core.subnet import sample_subnet
+    from taslora_core.testing import random_mole, save_mole_workspace
+
+    model = random_mole("fmnist")
+    ws = save_mole_workspace(tmp_path, model, fmnist_data=False)
+    sample_subnet(model.space, random.Random(0)).to_json(tmp_path / "sub.json")
+    result = export(tmp_path / "sub.json", ws.mole_dir, workdir=tmp_path, out=tmp_path / "exp", log=_quiet,
+                    options=ExportOptions(fp16=True, precisions=("int8",), overhead=False))
+    assert list(result.failures) == ["onnx_int8"] and "records no training data" in result.failures["onnx_int8"]
+    assert result.report["onnx_fp16"]["ok"] and "records no training data" in result.report["onnx_fp16"]["gate"]["skipped"]
+    assert (tmp_path / "exp" / "model_fp16.onnx").exists()
+
+
 def test_missing_onnxruntime_is_one_line_after_safetensors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
     out = tmp_path / "exp"
