@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from taslora_core import complexity
-from test_search import Recorder  # a fitness that records its calls and can raise after n of them (a kill)
+from test_search import Recorder, kill_fitness_after  # Recorder: a fitness that records its calls (and kills)
 from taslora_core.search import (
     Constraints, ParetoFileError, ParetoFront, ParetoMember, SearchError, check_same_space, parse_objectives,
     read_pareto, write_pareto,
@@ -330,15 +330,7 @@ def test_cli_pareto_resumes_after_a_kill_to_the_same_front(pareto_run, trained_w
                                                            tmp_path) -> None:
     from taslora_core.search import fitness as search_fitness
 
-    real, calls = search_fitness.CheckpointFitness.__call__, {"n": 0}
-
-    def killed(self, subnet):
-        if calls["n"] >= 13:  # inside generation 1
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return real(self, subnet)
-
-    monkeypatch.setattr(search_fitness.CheckpointFitness, "__call__", killed)
+    real = kill_fitness_after(monkeypatch, 13)  # inside generation 1
     args = ["--workdir", str(tmp_path), "--ckpt", str(trained_workspace["mole_dir"]), "--pareto", "--flops", CLI_CAP,
             *CLI_SMALL]
     assert _cli(args).exit_code == 130

@@ -422,6 +422,23 @@ def test_cli_plain_supernet_top1_and_data_requirement(fresh_ws, tmp_path) -> Non
     assert split["seed"] == 3 and len(split["val_indices"]) == 10000
 
 
+def kill_fitness_after(monkeypatch, calls: int):
+    """Make every CheckpointFitness raise KeyboardInterrupt (a kill) after `calls` evaluations; returns the real
+    `__call__` so that the test can restore it before resuming."""
+    from taslora_core.search import fitness as search_fitness
+
+    real, done = search_fitness.CheckpointFitness.__call__, {"n": 0}
+
+    def interrupting(self, subnet):
+        if done["n"] >= calls:
+            raise KeyboardInterrupt
+        done["n"] += 1
+        return real(self, subnet)
+
+    monkeypatch.setattr(search_fitness.CheckpointFitness, "__call__", interrupting)
+    return real
+
+
 @requires_fmnist
 def test_cli_resume_after_interrupt_equals_uninterrupted(cli_run, fresh_ws, monkeypatch, tmp_path) -> None:
     import taslora_cli.cmd_search  # noqa: F401
@@ -430,16 +447,7 @@ def test_cli_resume_after_interrupt_equals_uninterrupted(cli_run, fresh_ws, monk
 
     workdir = tmp_path / "ws"
     workdir.mkdir()
-    real = search_fitness.CheckpointFitness.__call__
-    calls = {"n": 0}
-
-    def interrupting(self, subnet):
-        if calls["n"] >= 13:  # inside generation 1
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return real(self, subnet)
-
-    monkeypatch.setattr(search_fitness.CheckpointFitness, "__call__", interrupting)
+    real = kill_fitness_after(monkeypatch, 13)  # inside generation 1
     args = ["search", "--workdir", str(workdir), "--ckpt", str(fresh_ws["mole_dir"]), *CLI_ARGS]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 130, res.output
