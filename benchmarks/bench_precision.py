@@ -85,12 +85,15 @@ def _autoformer_fp32(folder: Path, seed: int) -> tuple[Path, Subnet]:
 
 
 def _twins(fp32: Path, calib: torch.Tensor, skip_fp16: bool) -> dict[str, Path]:
+    """int8 / fp16 twins of `fp32`, written beside the export folder (not into it: the export's report.json
+    records the hashes of the files it wrote, and `bench` checks them)."""
     out = {"fp32": fp32}
+    twins = fp32.parent.parent / "twins"
     t0 = time.perf_counter()
-    out["int8"] = quantize_int8(fp32, calib, fp32.with_name("model_int8.onnx"), per_channel=True)
+    out["int8"] = quantize_int8(fp32, calib, twins / "model_int8.onnx", per_channel=True)
     print(f"  int8 QDQ calibrated on {len(calib)} images in {time.perf_counter() - t0:.1f} s")
     if not skip_fp16:
-        out["fp16"] = convert_fp16(fp32, fp32.with_name("model_fp16.onnx"))
+        out["fp16"] = convert_fp16(fp32, twins / "model_fp16.onnx")
     return out
 
 

@@ -192,3 +192,23 @@ def test_option_parsing():
             bad()
     res = CliRunner().invoke(app, ["export", "--precision", "fp8"])
     assert res.exit_code == 2 and "--precision" in res.output
+
+
+def test_constant_folding_never_grows_the_file(tmp_path):
+    """At a larger input the relative-position lookups, folded, outweigh their tables: folding must not keep that."""
+    from dataclasses import replace
+
+    from taslora_core.space import SearchSpace
+    from taslora_core.subnet import Subnet
+    from taslora_core.supernet import Supernet
+    from taslora_deploy.standalone import materialize
+
+    space = replace(SearchSpace.preset("fmnist"), img_size=84)  # 12x12 patches: 145 tokens
+    torch.manual_seed(0)
+    subnet = Subnet(embed_dim=min(space.embed_dims), depth=min(space.depths),
+                    mlp_ratios=[min(space.mlp_ratios)] * min(space.depths), num_heads=[min(space.num_heads)] * min(space.depths))
+    model = materialize(Supernet(space).eval(), subnet).eval()
+    shape = (space.in_chans, space.img_size, space.img_size)
+    folded = export_onnx(model, tmp_path / "folded.onnx", input_shape=shape)
+    unfolded = export_onnx(model, tmp_path / "unfolded.onnx", input_shape=shape, fold_constants=False)
+    assert folded.stat().st_size <= unfolded.stat().st_size
