@@ -1,15 +1,19 @@
 """Pareto search (`taslora search --pareto`): NSGA-II's pieces on hand-made points, the pareto.json format and its
-reader, the multi-objective evolution (constraints, non-domination, determinism, resume), the CLI, the latency
-objective's report and the note that a bound does not bind."""
+reader, the multi-objective evolution (constraints, non-domination, determinism, resume), the CLI
+(also under torchrun with 2 processes), the latency objective's report and the note that a bound does not bind."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import subprocess_env
 from taslora_core import complexity
 from test_search import Recorder, kill_fitness_after  # Recorder: a fitness that records its calls (and kills)
 from taslora_core.search import (
@@ -340,6 +344,38 @@ def test_cli_pareto_resumes_after_a_kill_to_the_same_front(pareto_run, trained_w
     got, ref = read_pareto(Path(res.stdout.strip().splitlines()[-1]).parent), read_pareto(pareto_run["run"])
     assert got.subnets() == ref.subnets()  # same front as the uninterrupted run (determinism for a seed)
     assert [m.loss for m in got.members] == pytest.approx([m.loss for m in ref.members], abs=1e-6)
+
+
+def test_cli_pareto_ddp_two_processes_give_the_front_of_one(pareto_run, trained_workspace, tmp_path) -> None:
+    """torchrun with 2 CPU processes (gloo), each evaluating half of the validation images: the same candidates,
+    the same front (losses within 1e-5 of the 1-process run), world_size 2 recorded, and only rank 0 writes."""
+    workdir = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "taslora_cli.main", "search", "--workdir", str(workdir), "--ckpt", str(trained_workspace["mole_dir"]),
+           "--pareto", "--flops", CLI_CAP, *CLI_SMALL]
+    env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (run,) = [p for p in (workdir / "searches").iterdir() if p.is_dir()]
+    assert Path(proc.stdout.splitlines()[-1]) == run / "best.json"
+    ref_run = pareto_run["run"]
+    got, ref = read_pareto(run), read_pareto(ref_run)
+    assert got.subnets() == ref.subnets() and len(got.members) >= 2
+    for a, b in zip(got.members, ref.members):
+        assert a.loss == pytest.approx(b.loss, abs=1e-5) and a.top1 == pytest.approx(b.top1, abs=1e-9)
+        assert a.objectives["flops"] == b.objectives["flops"]
+    assert got.single_objective_pick.subnet == ref.single_objective_pick.subnet
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    ref_history = [json.loads(line) for line in (ref_run / "history.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in history] == [r["key"] for r in ref_history]  # the ranks ran the 1-process evolution
+    assert {r["count"] for r in history} == {200}  # both shards counted: the full --val-subset per candidate
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["front_size"] == len(got.members)
+    assert json.loads((run / "search.json").read_text())["world_size"] == 2
+    # only rank 0 wrote: one run folder (above), one pareto.json and one pareto.png in all, nothing in the cwd
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("pareto.*")]
+    assert sorted(written) == sorted(p.relative_to(tmp_path) for p in (run / "pareto.json", run / "pareto.png"))
+    assert sorted(os.listdir(tmp_path)) == ["ws"]
 
 
 @pytest.mark.parametrize("bad, says", [
