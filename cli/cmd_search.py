@@ -121,8 +121,6 @@ def search_cmd(
             _front_table(run)
         else:
             _top_table(run)
-        for note in run.result.notes:
-            err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
         typer.echo(str(run.best_path))
 
 
