@@ -2,7 +2,8 @@
 
 Each turns a missing, empty, truncated, garbled or foreign file into one `ArtifactError` (a ValueError: the CLI
 prints it as one line, exit 2) whose message names the file, what is wrong and what to do. Files of an export
-folder are also checked against the sha256 its report.json recorded (`integrity.check_export_file`).
+folder are also checked against the sha256 its report.json recorded (`integrity.check_export_file`), and JSON
+files of a run folder against the sha256 the run's record holds for them (`integrity.check_run_file`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from taslora_core.integrity import ArtifactError, check_export_file, check_sha256
+from taslora_core.integrity import ArtifactError, check_export_file, check_run_file, check_sha256
 
 __all__ = ["ArtifactError", "read_json_artifact", "load_safetensors_checked", "read_safetensors_header", "load_onnx_checked",
            "load_torch_checked", "read_bytes_checked", "damaged"]
@@ -44,6 +45,7 @@ def read_json_artifact(path: str | Path, what: str, fix: str, expect: type | Non
     """The parsed JSON of `path` (a `what`, e.g. "search result"); `expect`: the required top-level type."""
     path = _existing(path, what, fix)
     check_export_file(path)
+    check_run_file(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

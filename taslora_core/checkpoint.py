@@ -14,7 +14,7 @@ import torch
 
 from taslora_core.artifact_read import load_safetensors_checked, load_torch_checked, read_json_artifact
 from taslora_core.atomic import atomic_save_safetensors, atomic_write_json
-from taslora_core.integrity import SHA256_KEY, check_recorded, file_sha256, hashes_of  # file_sha256: also from here
+from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, check_recorded, file_sha256, hashes_of  # file_sha256: also from here
 from taslora_core.space import SearchSpace
 from taslora_core.state_check import CheckpointError, load_state_strict  # CheckpointError: also imported from here
 from taslora_core.supernet import Supernet
@@ -67,7 +67,7 @@ def save_supernet(directory: str | Path, model: Supernet, extra: dict[str, Any] 
     split.json) into `directory`; space.json comes last, so a run is complete once it exists."""
     directory = Path(directory)
     atomic_save_safetensors(directory / SUPERNET_WEIGHTS, model.state_dict(), metadata={"format": "taslora-supernet"})
-    hashes = hashes_of(directory, (SUPERNET_WEIGHTS, *HASHED_RUN_FILES))
+    hashes = hashes_of(directory, (SUPERNET_WEIGHTS, *HASHED_RUN_FILES, *RUN_FILES_RECORDED))
     atomic_write_json(directory / SPACE_JSON, {"space": model.space.to_dict(), **(extra or {}), SHA256_KEY: hashes})
     return directory
 

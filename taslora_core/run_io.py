@@ -59,15 +59,16 @@ def is_supernet_dir(path: Path) -> bool:
     return (path / SUPERNET_WEIGHTS).exists() and (path / SPACE_JSON).exists()
 
 
-def supernet_dir_of(mole_dir: Path, meta: dict[str, Any]) -> Path:
-    """The supernet folder a MoLE checkpoint was trained on.
+def supernet_dir_of(mole_dir: Path, meta: dict[str, Any], record: str = MOLE_CONFIG) -> Path:
+    """The supernet folder a MoLE checkpoint (or a training run being resumed: `record` train_config.json)
+    was trained on.
 
     A relative record is resolved from the MoLE folder (a workspace moved as a whole keeps loading). An absolute
     record that no longer exists falls back to the workspace layout `<mole_dir>/../../supernets/<same name>`
     (a workspace moved elsewhere) when that folder holds a supernet with the recorded sha256."""
     ref = meta.get("supernet_dir")
     if not ref or not isinstance(ref, str):
-        raise CheckpointError(f"{mole_dir / MOLE_CONFIG} does not name its supernet (supernet_dir)")
+        raise CheckpointError(f"{Path(mole_dir) / record} does not name its supernet (supernet_dir)")
     path = Path(ref)
     if not path.is_absolute():
         return (Path(mole_dir) / path).resolve()

@@ -6,10 +6,13 @@ Layout, one folder per run, named `<UTC timestamp>-<name>` so that names sort by
     mole/<run>/        mole.safetensors, mole.json (names its supernet), train state, metrics.jsonl, split.json
     searches/<run>/    best.json, history.jsonl, fitness_vs_flops.png, state.json
     exports/<run>/     model.safetensors, config.json, model.onnx, model.plan, report.json
+    exports/<family>/  member-<i>-<flops>/ (each an export folder), family.json, family.md, family.png
 
 A run counts as finished once every file of `FINISHED_FILES[kind]` exists (the record written last, so a run
-still being written never counts) and, for exports, once report.json is no longer marked "in_progress";
-`latest` only returns finished runs. Run folders are created with an exclusive mkdir (a suffix on collision),
+still being written never counts) and, for exports, once report.json is no longer marked "in_progress"; a
+family folder (`export --family`) once family.json is no longer marked "in_progress" and family.md (written
+after it) exists. `latest` only returns finished runs, and for exports only single exports (what `bench` and
+`check-overhead` take), never a family folder. Run folders are created with an exclusive mkdir (a suffix on collision),
 so two commands started in the same second never share one.
 """
 
@@ -40,7 +43,9 @@ FINISHED_FILES: dict[str, tuple[str, ...]] = {
     "searches": (BEST_JSON,),
     "exports": ("config.json", "report.json"),
 }
-EXPORT_IN_PROGRESS = "in_progress"  # report.json key while `taslora export` is still writing the folder
+EXPORT_IN_PROGRESS = "in_progress"  # report.json / family.json key while the export is still writing the folder
+FAMILY_JSON = "family.json"  # an `export --family` folder's record (taslora_deploy.family)
+FAMILY_MD = "family.md"  # its table, written after the final family.json
 
 
 class WorkspaceError(RuntimeError):
@@ -69,15 +74,26 @@ class Run:
         return doc if isinstance(doc, dict) else {}
 
 
+def is_family(path: Path) -> bool:
+    """True for an `export --family` folder (family.json and no export of its own)."""
+    return (path / FAMILY_JSON).exists() and not (path / "report.json").exists()
+
+
+def _not_in_progress(record: Path) -> bool:
+    try:
+        return not json.loads(record.read_text(encoding="utf-8")).get(EXPORT_IN_PROGRESS)
+    except (OSError, ValueError, AttributeError):
+        return True  # a damaged record is reported by the command that reads it, naming the file
+
+
 def is_finished(kind: str, path: Path) -> bool:
     """True when run folder `path` of `kind` was completely written (see the module docstring)."""
+    if kind == "exports" and is_family(path):
+        return (path / FAMILY_MD).exists() and _not_in_progress(path / FAMILY_JSON)
     if not all((path / name).exists() for name in FINISHED_FILES[kind]):
         return False
     if kind == "exports":
-        try:
-            return not json.loads((path / "report.json").read_text(encoding="utf-8")).get(EXPORT_IN_PROGRESS)
-        except (OSError, ValueError, AttributeError):
-            return True  # a damaged report is reported by the command that reads it, naming the file
+        return _not_in_progress(path / "report.json")
     return True
 
 
@@ -118,8 +134,9 @@ def runs(workdir: str | Path, kind: str, finished_only: bool = True) -> list[Run
 
 
 def latest(workdir: str | Path, kind: str, hint: str) -> Path:
-    """The newest finished run of `kind`; raises WorkspaceError whose message says how to make one (`hint`)."""
-    found = runs(workdir, kind)
+    """The newest finished run of `kind` (exports: the newest single export, never a family folder); raises
+    WorkspaceError whose message says how to make one (`hint`)."""
+    found = [r for r in runs(workdir, kind) if not (kind == "exports" and is_family(r.path))]
     if not found:
         raise WorkspaceError(f"no finished {kind} run in workspace {workdir}; {hint}")
     return found[-1].path

@@ -22,7 +22,8 @@ from taslora_core.atomic import atomic_write_json, atomic_write_text
 from taslora_core.complexity import format_amount
 from taslora_core.run_io import LoadedCheckpoint, load_checkpoint
 from taslora_core.search.pareto_file import ParetoMember, check_same_space, read_pareto
-from taslora_core.workspace import DEFAULT_WORKDIR, new_run
+from taslora_core import workspace
+from taslora_core.workspace import DEFAULT_WORKDIR, EXPORT_IN_PROGRESS, new_run
 from taslora_deploy.artifacts import MODEL_ONNX, MODEL_PLAN
 from taslora_deploy.pipeline import ExportOptions, ExportResult, export
 
@@ -30,8 +31,8 @@ __all__ = ["FAMILY_JSON", "FAMILY_MD", "FAMILY_PNG", "RUNTIMES", "FamilyError", 
            "FamilyTiming", "default_timing",
            "TABLE_COLUMNS", "export_family", "family_markdown", "member_row", "spread_indices"]
 
-FAMILY_JSON = "family.json"
-FAMILY_MD = "family.md"
+FAMILY_JSON = workspace.FAMILY_JSON  # marked in progress until the last member; finished once family.md exists
+FAMILY_MD = workspace.FAMILY_MD
 FAMILY_PNG = "family.png"
 SUBNET_JSON = "subnet.json"  # the member's subnet, the file its export was run from
 FAMILY_FORMAT, FAMILY_VERSION = "taslora-family", 1
@@ -235,7 +236,7 @@ def export_family(
         if test_batches is not None:
             _evaluate_member(record, member, loaded, test_batches, options)
         result.members.append(record)
-        atomic_write_json(result.json_path, result.to_dict())  # progress survives a kill
+        atomic_write_json(result.json_path, {**result.to_dict(), EXPORT_IN_PROGRESS: True})  # progress survives a kill
         log(f"member {record.folder}: {record.status}" + (f" ({record.failed_step}: {record.error})" if record.error else ""))
     _write_summary(result)
     return result

@@ -12,7 +12,10 @@ that is the zero-overhead claim) and timed at batch 1:
 The value is the median of `iters` timed runs after `warmup` runs (`taslora_deploy.timing`), single-threaded by default (`threads=1`:
 stable on a shared machine; multi-threaded batch-1 timings of small models vary by 10x under load). Measurements are noisy, so every value is
 cached (and the cache is saved as JSON, keyed by target, host and search space) and reused: a search, its
-resume and a later search on the same machine see the same number for the same subnet. Under
+resume and a later search on the same machine see the same number for the same subnet. A cache that cannot be
+used (damaged, truncated, another target's, or edited: it records the sha256 of its table) is ignored with one
+warning line naming it and its subnets are measured again (a cache only saves time; refusing it would only
+make the user delete it by hand); the next save rewrites it. Under
 torch.distributed only rank 0 measures and broadcasts the value, so every rank makes the same decisions.
 """
 
@@ -21,13 +24,16 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import platform
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from taslora_core.artifact_read import ArtifactError, read_json_artifact
 from taslora_core.atomic import atomic_write_json
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
@@ -35,6 +41,7 @@ from taslora_deploy.artifacts import MODEL_ONNX
 from taslora_deploy.timing import interleaved_latency, latency_stats, time_calls, torch_threads, warm_up
 
 TARGETS = ("torch-cpu", "torch-cuda", "ort-cpu", "trt")
+CACHE_FORMAT = "taslora-latency-cache"
 
 
 class LatencyUnavailable(ValueError):
@@ -43,6 +50,10 @@ class LatencyUnavailable(ValueError):
 
 def _space_hash(space: SearchSpace) -> str:
     return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _table_sha256(table: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
 
 
 def default_cache_path(workdir: str | Path, target: str, space: SearchSpace) -> Path:
@@ -84,8 +95,25 @@ class LatencyTable:
         self.table: dict[str, float] = {}
         self.measured = 0
         if self.cache_path is not None and self.cache_path.exists():
-            doc = json.loads(self.cache_path.read_text())
-            self.table = {k: float(v) for k, v in doc.get("latency_ms", {}).items()}
+            self.table = self._read_cache(self.cache_path)
+
+    def _read_cache(self, path: Path) -> dict[str, float]:
+        """The cached {subnet key: ms} of `path`; {} with a one-line warning when it cannot be trusted."""
+        try:
+            doc = read_json_artifact(path, "latency cache", "")
+            table = doc.get("latency_ms")
+            if doc.get("format") != CACHE_FORMAT or doc.get("target") != self.target or not isinstance(table, dict):
+                raise ArtifactError(f"latency cache {path} is not a {self.target} latency cache")
+            values = {str(k): float(v) for k, v in table.items()}
+            if not all(math.isfinite(v) and v > 0 for v in values.values()):
+                raise ArtifactError(f"latency cache {path} holds values that are not latencies")
+            if doc.get("sha256") not in (None, _table_sha256(table)):
+                raise ArtifactError(f"latency cache {path} was modified since it was written (sha256 of its table)")
+            return values
+        except (ArtifactError, TypeError, ValueError) as err:
+            reason = " ".join(str(err).split()).rstrip("; ")
+            print(f"warning: {reason}; ignoring it and measuring again (it is rewritten at the end)", file=sys.stderr)
+            return {}
 
     @staticmethod
     def key(subnet: Subnet) -> str:
@@ -111,6 +139,7 @@ class LatencyTable:
         atomic_write_json(self.cache_path, {
             "format": "taslora-latency-cache", "target": self.target, "batch": 1, "host": platform.node(),
             "space": self.space.name, "warmup": self.warmup, "iters": self.iters, "latency_ms": self.table,
+            "sha256": _table_sha256(self.table),
         })
 
     # ------------------------------------------------------------------ measuring

@@ -21,7 +21,7 @@ import torch
 
 from taslora_core.artifact_read import read_json_artifact
 from taslora_core.atomic import atomic_write_json
-from taslora_core.integrity import EXPORT_HASHES_KEY, tree_hashes
+from taslora_core.integrity import EXPORT_HASHES_KEY, EXPORT_NOT_WRITTEN_KEY, file_stamps, tree_hashes, written_since
 from taslora_core.checkpoint import SUPERNET_WEIGHTS, file_sha256
 from taslora_core.complexity import flops, params
 from taslora_core.mole_io import MOLE_WEIGHTS
@@ -150,8 +150,9 @@ class ExportResult:
 class _StepRecorder:
     """Outcome of every step; report.json is rewritten after each."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
+    def __init__(self, out: Path, log: Callable[[str], None] = print) -> None:
+        self.out, self.log = out, log
+        self.before = file_stamps(out)  # files already in --out: not this export's, so never certified by it
         self.data: dict[str, Any] = {}
         self.failures: dict[str, str] = {}
         self.artifacts: dict[str, Path] = {}
@@ -184,9 +185,19 @@ class _StepRecorder:
 
     def save(self, final: bool = False) -> None:
         """Atomically rewrite report.json: marked in progress until the `final` save, which records the sha256
-        of every file of the folder (what `taslora verify` and the checked readers compare against)."""
+        of every file this export wrote (what `taslora verify` and the checked readers compare against) and lists
+        the files it found in the folder and left alone (refused by the checked readers)."""
         lines = [f"{step}: {line}" for step, line in self.failures.items()]
-        marks = {EXPORT_HASHES_KEY: tree_hashes(self.out)} if final else {EXPORT_IN_PROGRESS: True}
+        marks: dict[str, Any] = {EXPORT_IN_PROGRESS: True}
+        if final:
+            written, kept = written_since(self.out, self.before)
+            stale = [rel for rel in kept if rel != REPORT and not Path(rel).name.startswith(".")]
+            marks = {EXPORT_HASHES_KEY: tree_hashes(self.out, only=written)}
+            if stale:
+                marks[EXPORT_NOT_WRITTEN_KEY] = stale
+                self.log(f"warning: {len(stale)} file(s) in {self.out} were not written by this export "
+                         f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}): report.json does not certify "
+                         "them and the checked readers refuse them; export into a new folder")
         atomic_write_json(self.out / REPORT, {**marks, **self.data, "failures": lines, "ok": not lines})
         self.artifacts[REPORT] = self.out / REPORT
 
@@ -277,7 +288,7 @@ def run_export(
     """Run every export step for `subnet` of an opened checkpoint into `out`; see the module docstring."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = _StepRecorder(out)
+    steps = _StepRecorder(out, log)
     space = ckpt.supernet.space
     supernet = ckpt.supernet.eval()
     mole = None if options.no_lora or ckpt.mole is None else ckpt.mole.eval()

@@ -201,3 +201,32 @@ def test_members_below_one_and_mixed_options_exit_2(workspace, tmp_path):
     result = _invoke(workspace, "--family", str(workspace["pareto"]), "--subnet", str(tmp_path / "s.json"))
     _one_line_exit_2(result, "--subnet", "--family")
     assert not (tmp_path / "f").exists()
+
+
+def test_family_folder_counts_as_finished_but_is_never_the_latest_export(tmp_path):
+    """A family folder is finished once its family.json is final and family.md exists (`taslora runs` lists it
+    as finished); `latest` exports (what bench and check-overhead take) stay the single exports."""
+    from taslora_core.workspace import EXPORT_IN_PROGRESS, is_finished, latest, new_run, runs
+
+    single = new_run(tmp_path, "exports", "export")
+    (single / "config.json").write_text("{}")
+    (single / "report.json").write_text('{"ok": true}')
+    fam = new_run(tmp_path, "exports", "family")
+    (fam / "member-0-1M").mkdir()
+    (fam / "family.json").write_text(json.dumps({"members": [], EXPORT_IN_PROGRESS: True}))
+    assert not is_finished("exports", fam)  # still exporting members
+    (fam / "family.json").write_text(json.dumps({"members": []}))
+    assert not is_finished("exports", fam)  # family.md not written yet
+    (fam / "family.md").write_text("| member |\n")
+    assert is_finished("exports", fam)
+    assert [r.path for r in runs(tmp_path, "exports")] == [single, fam]
+    assert latest(tmp_path, "exports", "") == single
+    listed = runner.invoke(app, ["runs", "--workdir", str(tmp_path)])
+    assert listed.exit_code == 0 and fam.name in listed.stdout
+
+
+@requires_fmnist
+def test_exported_family_folder_is_finished(family):
+    from taslora_core.workspace import EXPORT_IN_PROGRESS, is_finished
+
+    assert is_finished("exports", family["out"]) and EXPORT_IN_PROGRESS not in family["doc"]

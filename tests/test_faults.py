@@ -10,6 +10,7 @@ names the file, no traceback, and no other file of the workspace created or chan
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -22,9 +23,12 @@ from typer.testing import CliRunner
 from conftest import cli_subprocess
 from taslora_cli.main import app
 from taslora_core.atomic import atomic_write_json
-from taslora_core.subnet import sample_subnet
+from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, hashes_of, write_hashed
+from taslora_core.mole_io import read_mole_config, save_mole
+from taslora_core.search import Constraints, ParetoFront, ParetoMember, measure, write_pareto
+from taslora_core.subnet import largest_subnet, sample_subnet, smallest_subnet
 from taslora_core.testing import random_mole, save_mole_workspace
-from taslora_core.train.loop import STATE_FORMAT, TRAIN_STATE
+from taslora_core.train.loop import STATE_FORMAT, TRAIN_STATE, TRAIN_STATE_RECORD
 from taslora_core.train.run_files import TRAIN_CONFIG
 from taslora_core.workspace import new_run
 from taslora_deploy.pipeline import ExportOptions, export
@@ -36,18 +40,31 @@ def _build(root: Path, seed: int, onnx: bool = True) -> dict[str, Path]:
     """A workspace with every artifact kind (the export's ONNX files only with `onnx`); returns the named paths."""
     model = random_mole("fmnist", seed=seed)
     ws = save_mole_workspace(root, model, name="run")
+    # as a training run: train_config.json and summary.json written before mole.json, which records their sha256
     atomic_write_json(ws.mole_dir / "summary.json", {"kind": "mole", "mean_improvement": 0.01 * seed})
+    atomic_write_json(ws.mole_dir / TRAIN_CONFIG, {"kind": "mole", "config": {"seed": seed}})
+    meta = read_mole_config(ws.mole_dir)
+    save_mole(ws.mole_dir, model, {k: v for k, v in meta.items() if k not in ("format", "config", "space", SHA256_KEY)})
     sub = sample_subnet(model.space, random.Random(seed))
     sub.to_json(root / "sub.json")
-    search = new_run(root, "searches", "search")
+    search = new_run(root, "searches", "search")  # as a search: best.json, pareto.json, then summary.json
     atomic_write_json(search / "best.json", {"subnet": sub.to_dict(), "ckpt": str(ws.mole_dir)})
+    ends = (smallest_subnet(model.space), largest_subnet(model.space))
+    members = [ParetoMember.from_record({"subnet": s.to_dict(), "loss": 1.0 - 0.1 * i - 0.01 * seed,
+                                         **measure(model.space, s)}, ("loss", "flops"), "autoformer")
+               for i, s in enumerate(ends)]
+    write_pareto(search / "pareto.json", ParetoFront(("loss", "flops"), model.space, Constraints(), members,
+                                                     ckpt=str(ws.mole_dir), evaluations=2))
+    atomic_write_json(search / "summary.json", {SHA256_KEY: hashes_of(search, RUN_FILES_RECORDED)})
     exp = export(root / "sub.json", ws.mole_dir, workdir=root, options=ExportOptions(onnx=onnx, overhead=False),
                  log=lambda _: None)
     assert exp.ok, exp.failures
-    killed = new_run(root, "mole", "killed")  # an unfinished run with a training state, for --resume
+    killed = new_run(root, "mole", "killed")  # an unfinished run with a training state (and its record), for --resume
     atomic_write_json(killed / TRAIN_CONFIG, {"kind": "mole", "config": {}, "supernet_dir": str(ws.supernet_dir),
                                               "supernet_sha256": "0" * 64})
-    torch.save({"format": STATE_FORMAT, "global_step": 3, "model": {"w": torch.arange(4000.0)}}, killed / TRAIN_STATE)
+    state = {"format": STATE_FORMAT, "global_step": 3, "model": {"w": torch.arange(4000.0) + seed}}
+    write_hashed(killed / TRAIN_STATE, lambda tmp: torch.save(state, tmp), killed / TRAIN_STATE_RECORD,
+                 also=[killed / TRAIN_CONFIG])
     return {"root": root, "mole": ws.mole_dir, "supernet": ws.supernet_dir, "search": search, "export": exp.out,
             "killed": killed, "sub": root / "sub.json"}
 
@@ -70,16 +87,17 @@ ARTIFACTS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
     "supernet.safetensors": ("supernet", "supernet.safetensors", ("eval", "search"), ALL),
     "space.json": ("supernet", "space.json", ("eval",), ALL),
     "split.json": ("mole", "split.json", ("eval",), ("truncate", "empty", "flip")),  # every run carves the same split
-    "best.json": ("search", "best.json", ("export-latest",), ("truncate", "empty", "flip")),
+    "best.json": ("search", "best.json", ("export-latest",), ALL),
+    "pareto.json": ("search", "pareto.json", ("export-family",), ALL),
     "model.safetensors": ("export", "model.safetensors", ("bench-dir", "verify"), ALL),
     "config.json": ("export", "config.json", ("bench-dir", "verify"), ALL),
     "model.onnx": ("export", "model.onnx", ("bench-onnx", "check-overhead", "verify"), ALL),
     "baseline/model.onnx": ("export", "baseline/model.onnx", ("check-overhead", "verify"), ALL),
     "report.json": ("export", "report.json", ("verify",), ALL),
-    # flipped tensor bytes in train_state.pt still unpickle: the training state records no hash (not covered)
-    "train_state.pt": ("killed", TRAIN_STATE, ("train-resume",), ("truncate", "empty")),
-    "train_config.json": ("killed", TRAIN_CONFIG, ("train-resume",), ("truncate", "empty", "flip")),
-    "summary.json": ("mole", "summary.json", ("runs",), ("truncate", "empty", "flip")),
+    "train_state.pt": ("killed", TRAIN_STATE, ("train-resume",), ALL),
+    "train_state.sha256.json": ("killed", TRAIN_STATE_RECORD, ("train-resume",), ("truncate", "empty")),
+    "train_config.json": ("killed", TRAIN_CONFIG, ("train-resume",), ALL),
+    "summary.json": ("mole", "summary.json", ("runs",), ALL),
 }
 CASES = [(art, cmd, dmg) for art, (_, _, cmds, dmgs) in ARTIFACTS.items() for cmd in cmds for dmg in dmgs]
 
@@ -92,6 +110,8 @@ def _argv(cmd: str, ws: dict[str, Path]) -> list[str]:
                    "--iterations", "1", "--val-subset", "8"],
         "export": ["export", "--workdir", root, "--ckpt", str(ws["mole"]), "--subnet", str(ws["sub"])],
         "export-latest": ["export", "--workdir", root],
+        "export-family": ["export", "--workdir", root, "--family", str(ws["search"] / "pareto.json"),
+                          "--out", str(ws["root"] / "family")],
         "bench-dir": ["bench", str(ws["export"]), "--min-iters", "1", "--no-plot"],
         "bench-onnx": ["bench", str(ws["export"] / "model.onnx"), "--min-iters", "1", "--no-plot"],
         "check-overhead": ["check-overhead", str(ws["export"])],
@@ -253,3 +273,60 @@ def test_moved_workspace_keeps_loading(spaces, tmp_path) -> None:
             load_checkpoint(mole)
     finally:
         hidden.rename(real)
+
+
+def test_record_names_match_their_writers() -> None:
+    from taslora_core.checkpoint import SPACE_JSON
+    from taslora_core.integrity import RUN_RECORDS
+    from taslora_core.mole_io import MOLE_CONFIG
+    from taslora_core.search.pareto_file import PARETO_JSON
+    from taslora_core.workspace import BEST_JSON, SUMMARY_JSON
+
+    assert RUN_RECORDS == (SPACE_JSON, MOLE_CONFIG, SUMMARY_JSON, TRAIN_STATE_RECORD)
+    assert set(RUN_FILES_RECORDED) == {TRAIN_CONFIG, SUMMARY_JSON, BEST_JSON, PARETO_JSON}
+
+
+def test_state_record_written_before_the_state_keeps_a_kill_in_between_resumable(tmp_path, monkeypatch) -> None:
+    """write_hashed records the new hash before the rename and keeps the old one: a kill between the two (the
+    old state with the new record) still loads; a third state is refused."""
+    from taslora_core.integrity import ALLOW_MODIFIED_ENV, IntegrityError, check_hashed, set_allow_modified
+
+    monkeypatch.delenv(ALLOW_MODIFIED_ENV, raising=False)
+    set_allow_modified(False)  # an earlier CLI call with --allow-modified leaves the process-wide flag set
+
+    path, record = tmp_path / TRAIN_STATE, tmp_path / TRAIN_STATE_RECORD
+    write_hashed(path, lambda tmp: tmp.write_bytes(b"old"), record)
+    old = path.read_bytes()
+    write_hashed(path, lambda tmp: tmp.write_bytes(b"new"), record)
+    doc = json.loads(record.read_text())
+    check_hashed(path, doc, record, "")
+    path.write_bytes(old)  # as if killed after the record was written, before the rename
+    check_hashed(path, doc, record, "")
+    path.write_bytes(b"other")
+    with pytest.raises(IntegrityError, match=str(path)):
+        check_hashed(path, doc, record, "")
+
+
+@pytest.mark.parametrize("damage", ALL)
+def test_damaged_latency_cache_is_ignored_with_one_warning(tmp_path, capsys, damage: str) -> None:
+    """The search latency cache only saves time: a damaged, foreign or edited one is ignored with one warning
+    line naming it, its subnets are measured again, and the next save rewrites it."""
+    from taslora_core.space import SearchSpace
+    from taslora_core.supernet import Supernet
+    from taslora_deploy.latency_lookup import LatencyTable
+
+    supernet = Supernet(SearchSpace.preset("fmnist"))
+    path, other = tmp_path / "cache.json", tmp_path / "other.json"
+    for target, where, ms in (("torch-cpu", path, 1.5), ("ort-cpu", other, 2.5)):
+        table = LatencyTable(supernet, "torch-cpu", cache_path=where)
+        table.target, table.table = target, {'[1, 2]': ms, '[3, 4]': 10.0 + ms}
+        table.save()
+    assert LatencyTable(supernet, "torch-cpu", cache_path=path).table == {'[1, 2]': 1.5, '[3, 4]': 11.5}
+    if damage == "flip":  # an edited number still parses: caught by the sha256 of the table
+        path.write_text(path.read_text().replace("11.5", "17.5"))
+    else:
+        _damage(path, damage, other)
+    capsys.readouterr()
+    assert LatencyTable(supernet, "torch-cpu", cache_path=path).table == {}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning:") and str(path) in err[0], err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -50,19 +51,27 @@ def _run(args: list) -> subprocess.CompletedProcess:
 
 
 def test_mole_resume_after_sigkill_equals_uninterrupted_run(trained_workspace, tmp_path) -> None:
-    args = ["train", "--supernet", trained_workspace["supernet_dir"], "--epochs", "2", "--warmup-epochs", "1",
-            "--train-subset", "480", "--batch-size", "32", "--save-every-steps", "3", "--val-subset", "64",
-            "--summary-subnets", "0", "--log-every", "1", "--threads", "1", "--quiet", "--seed", "3"]
-    ref_ws, ws = tmp_path / "reference", tmp_path / "killed"
-    _run([*args, "--workdir", ref_ws])
+    """Killed, then the whole workspace is moved (the supernet path train_config.json records is gone): the
+    resume finds the supernet at the same place in the moved workspace and finishes as the uninterrupted run."""
+    common = ["--epochs", "2", "--warmup-epochs", "1", "--train-subset", "480", "--batch-size", "32",
+              "--save-every-steps", "3", "--val-subset", "64", "--summary-subnets", "0", "--log-every", "1",
+              "--threads", "1", "--quiet", "--seed", "3"]
+    ref_ws, ws, moved = tmp_path / "reference", tmp_path / "killed", tmp_path / "moved"
+    _run(["train", "--supernet", trained_workspace["supernet_dir"], *common, "--workdir", ref_ws])
+    supernet = ws / "supernets" / trained_workspace["supernet_dir"].name  # the same weights, inside the workspace
+    shutil.copytree(trained_workspace["supernet_dir"], supernet)
 
-    run = _kill_after_first_checkpoint([*args, "--workdir", ws], ws / "mole")
+    run = _kill_after_first_checkpoint(["train", "--supernet", supernet, *common, "--workdir", ws], ws / "mole")
     assert not (run / "mole.safetensors").exists()  # killed before the end
     killed_at = torch.load(run / TRAIN_STATE, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < killed_at < 30
+    assert json.loads((run / "train_config.json").read_text())["supernet_dir"] == str(supernet.resolve())
+    ws.rename(moved)
+    run = moved / "mole" / run.name
 
-    out = _run(["train", "--resume", "latest", "--quiet", "--threads", "1", "--workdir", ws])
+    out = _run(["train", "--resume", "latest", "--quiet", "--threads", "1", "--workdir", moved])
     assert f"resuming {run}" in out.stdout
+    assert f"supernet: {(moved / 'supernets' / supernet.name).resolve()}" in out.stdout
     ck = load_checkpoint(run)
     assert ck.kind == "mole"
 

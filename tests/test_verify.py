@@ -91,3 +91,29 @@ def test_structure_mismatch_fails(exported: Path, tmp_path: Path) -> None:
     rows = {c.name: c for c in verify(copy, seed=0).checks}
     same = json.loads((copy / "config.json").read_text())["subnet"] == json.loads((other / "config.json").read_text())["subnet"]
     assert not same and rows["zero-overhead structure"].status == FAIL
+
+
+def test_export_into_a_used_folder_certifies_only_what_it_wrote(exported: Path, tmp_path: Path) -> None:
+    """A file left in --out by an earlier export (a stale int8 twin) is not in report.json's hashes: it is listed
+    under not_written and the checked readers refuse it; the files this export rewrote are certified."""
+    from taslora_core.artifact_read import ArtifactError, load_onnx_checked
+    from taslora_core.integrity import EXPORT_HASHES_KEY, EXPORT_NOT_WRITTEN_KEY
+
+    out = tmp_path / "used"
+    out.mkdir()
+    shutil.copy(exported / "model.onnx", out / "model_int8.onnx")
+    shutil.copy(exported / "config.json", out / "config.json")
+    root = exported.parent.parent
+    ckpt = json.loads((exported / REPORT).read_text())["source"]["ckpt"]
+    lines: list[str] = []
+    for _ in range(2):  # a re-export into the same folder keeps working
+        result = export(root / "sub.json", ckpt, workdir=root, out=out,
+                        options=ExportOptions(onnx=False, overhead=False), log=lines.append)
+        assert result.ok, result.failures
+        report = json.loads((out / REPORT).read_text())
+        assert {"config.json", "model.safetensors"} <= set(report[EXPORT_HASHES_KEY])
+        assert "model_int8.onnx" not in report[EXPORT_HASHES_KEY]
+        assert report[EXPORT_NOT_WRITTEN_KEY] == ["model_int8.onnx"]
+    assert any("model_int8.onnx" in line and line.startswith("warning:") for line in lines)
+    with pytest.raises(ArtifactError, match="not written by the export"):
+        load_onnx_checked(out / "model_int8.onnx")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from taslora_core.atomic import atomic_write_json
+from taslora_core.integrity import check_run_file
 from taslora_core.search.config import SearchError
 from taslora_core.search.constraints import Constraints
 from taslora_core.search.nsga import dominates
@@ -167,6 +168,7 @@ def read_pareto(path: str | Path) -> ParetoFront:
     def bad(what: str) -> ParetoFileError:
         return ParetoFileError(f"{path}: {what}; re-run `taslora search --pareto` to write a new one")
 
+    check_run_file(path)  # the sha256 its search's summary.json recorded
     try:
         doc = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -16,6 +16,7 @@ from typing import Any
 
 from taslora_core import workspace
 from taslora_core.atomic import atomic_write_json, atomic_write_text
+from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, hashes_of
 from taslora_core.search.config import SearchConfig, SearchError
 from taslora_core.search.constraints import Constraints
 from taslora_core.search.evolution import Record, SearchResult
@@ -157,5 +158,6 @@ def write_outputs(run: Path, result: SearchResult, space: SearchSpace, constrain
         "plot": str(plot),
         "notes": result.notes,
         **(extra or {}),
+        SHA256_KEY: hashes_of(run, RUN_FILES_RECORDED),  # best.json, pareto.json: checked where they are read
     })
     return best_path

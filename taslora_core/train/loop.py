@@ -9,7 +9,9 @@ is exact, the worker-side augmentation draws are not).
 Checkpoints (`train_state.pt`, written atomically by rank 0 at every epoch end and every `save_every_steps`
 steps) hold only tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` reads them:
 the trainable weights, the optimiser and scheduler states, the data-loader position, the RNG states and the
-run's configuration. A non-finite loss raises `TrainingDiverged` before the optimiser step, so the last
+run's configuration. Each write records the state's sha256 (and train_config.json's) in `train_state.sha256.json`
+(`integrity.write_hashed`), checked on resume: flipped bytes that still unpickle, or another run's state, are
+refused. A non-finite loss raises `TrainingDiverged` before the optimiser step, so the last
 checkpoint on disk is the last good one.
 """
 
@@ -31,14 +33,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from taslora_core.atomic import atomic_torch_save, atomic_write_text
+from taslora_core.artifact_read import read_json_artifact
+from taslora_core.atomic import atomic_write_text
 from taslora_core.checkpoint import load_torch
+from taslora_core.integrity import check_hashed, write_hashed
 from taslora_core.distributed import DistContext, all_reduce_grads
 from taslora_core.train.optim import OptimizerSet
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, sample_subnet
+from taslora_core.train.run_files import TRAIN_CONFIG
 
 TRAIN_STATE = "train_state.pt"
+TRAIN_STATE_RECORD = "train_state.sha256.json"  # the sha256 of train_state.pt (and train_config.json)
 METRICS = "metrics.jsonl"
 STATE_FORMAT = "taslora-train-state"
 
@@ -234,7 +240,7 @@ class LoopResult:
 def save_train_state(
     path: Path, task: TrainTask, loader: Any, global_step: int, extra: dict[str, Any], finished: bool = False
 ) -> None:
-    """Atomically write the resumable training state."""
+    """Atomically write the resumable training state and record its sha256 in `TRAIN_STATE_RECORD`."""
     state = {
         "format": STATE_FORMAT,
         "version": 1,
@@ -248,12 +254,20 @@ def save_train_state(
         "rng": capture_rng(),
         **extra,
     }
-    atomic_torch_save(path, state)
+    path = Path(path)
+    write_hashed(path, lambda tmp: torch.save(state, tmp), path.parent / TRAIN_STATE_RECORD,
+                 also=[path.parent / TRAIN_CONFIG])
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
-    """Read a `train_state.pt` with weights-only loading."""
+    """Read a `train_state.pt` with weights-only loading, after checking the sha256 its run recorded (runs
+    written before the record existed have none and load unchecked)."""
     fix = "resume from a copy of the run folder, or start a new run"
+    path = Path(path)
+    record = path.parent / TRAIN_STATE_RECORD
+    if record.exists() and path.exists():
+        doc = read_json_artifact(record, "training state record", fix)
+        check_hashed(path, doc, record, fix)
     state = load_torch(path, "training state", fix)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"training state {path} is not a taslora training state; {fix}")

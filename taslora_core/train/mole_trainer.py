@@ -19,7 +19,7 @@ from taslora_core.mole import MoLEConfig, MoLEModel
 from taslora_core.mole_io import save_mole
 from taslora_core.router import ROUTER_INITS, ROUTER_KINDS, RouterConfig
 from taslora_core.run_data import RecordedData, describe_data, resolve_run_data
-from taslora_core.run_io import is_supernet_dir, resolve_supernet
+from taslora_core.run_io import is_supernet_dir, resolve_supernet, supernet_dir_of
 from taslora_core.train.config import MODES, MoLETrainConfig
 from taslora_core.train.loop import TRAIN_STATE, TrainTask, run_loop, save_train_state
 from taslora_core.train.optim import finetune_optimizers, mole_optimizers
@@ -78,8 +78,9 @@ def train_mole(
         if resume:
             run_dir, doc, resume_state = open_resume(resume, cfg.workdir, cfg.mode, MODES)
             cfg = with_runtime(MoLETrainConfig.from_dict(doc["config"]), cfg)  # type: ignore[assignment]
-            supernet_dir, source = Path(doc["supernet_dir"]), "recorded in the resumed run"
-            want_sha = doc["supernet_sha256"]
+            # a run moved together with its supernets resolves the recorded path as a finished run does
+            supernet_dir, source = supernet_dir_of(run_dir, doc, TRAIN_CONFIG), "recorded in the resumed run"
+            want_sha = doc.get("supernet_sha256")
             say(f"resuming {run_dir} at step {resume_state['global_step']} (settings from its {TRAIN_CONFIG})")
         elif cfg.supernet:
             supernet_dir, source, want_sha = Path(cfg.supernet), "--supernet", None
