@@ -151,6 +151,7 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_callback(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -164,7 +165,17 @@ def main_callback(
 ) -> None:
     """TAS-LoRA toolchain."""
     global _debug
-    from taslora_core.integrity import set_allow_modified
+    from taslora_core import integrity
 
-    _debug = debug
-    set_allow_modified(allow_modified)
+    # the flags hold for this command and the commands it chains in-process (run_command), then are restored,
+    # so a later call in the same process (tests, a notebook) does not inherit them
+    previous = (_debug, integrity.allow_modified_flag())
+    _debug = debug or previous[0]
+    integrity.set_allow_modified(allow_modified or previous[1])
+
+    def restore() -> None:
+        global _debug
+        _debug = previous[0]
+        integrity.set_allow_modified(previous[1])
+
+    ctx.call_on_close(restore)

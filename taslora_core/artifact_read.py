@@ -9,6 +9,8 @@ files of a run folder against the sha256 the run's record holds for them (`integ
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ __all__ = ["ArtifactError", "read_json_artifact", "load_safetensors_checked", "r
 
 
 def _reason(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())  # torch colours parts of its messages
     return f"{type(err).__name__}: {text[:160]}" if text else type(err).__name__
 
 
@@ -119,8 +121,13 @@ def load_torch_checked(path: str | Path, what: str, fix: str, safe_globals: Sequ
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling errors, truncated zip, forbidden globals
-        raise damaged(path, what, f"cannot be read with weights-only loading ({_reason(err)})", fix) from None
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        holds = f" (it references {found.group(1)})" if found else ""
+        raise damaged(path, what, f"holds objects other than tensors{holds}: torch.load(weights_only=True) refused "
+                      "to unpickle them and nothing was executed", fix) from None
+    except Exception as err:  # noqa: BLE001 - truncated zip, unreadable records
+        raise damaged(path, what, f"cannot be read with torch.load(weights_only=True) ({_reason(err)})", fix) from None
 
 
 def read_bytes_checked(path: str | Path, what: str, fix: str) -> bytes:

@@ -64,6 +64,11 @@ def set_allow_modified(flag: bool) -> None:
     _allow_modified = bool(flag)
 
 
+def allow_modified_flag() -> bool:
+    """The process-wide override as set by `set_allow_modified` (the environment variable not included)."""
+    return _allow_modified
+
+
 def allow_modified() -> bool:
     """True when modified files may load (with a warning) instead of being refused."""
     return _allow_modified or os.environ.get(ALLOW_MODIFIED_ENV, "").strip().lower() in ("1", "true", "yes")

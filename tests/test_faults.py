@@ -177,6 +177,9 @@ def test_modified_file_loads_with_the_override(spaces) -> None:
     assert refused.exit_code == 2 and "sha256" in refused.stderr and "--allow-modified" in refused.stderr
     assert allowed.exit_code == 0, allowed.output
     assert "warning:" in allowed.stderr and str(path) in allowed.stderr
+    from taslora_core.integrity import allow_modified_flag
+
+    assert not allow_modified_flag()  # the override ends with its command: later calls in this process check again
 
 
 def test_console_script_prints_no_traceback_and_debug_does(spaces) -> None:
@@ -289,10 +292,9 @@ def test_record_names_match_their_writers() -> None:
 def test_state_record_written_before_the_state_keeps_a_kill_in_between_resumable(tmp_path, monkeypatch) -> None:
     """write_hashed records the new hash before the rename and keeps the old one: a kill between the two (the
     old state with the new record) still loads; a third state is refused."""
-    from taslora_core.integrity import ALLOW_MODIFIED_ENV, IntegrityError, check_hashed, set_allow_modified
+    from taslora_core.integrity import ALLOW_MODIFIED_ENV, IntegrityError, check_hashed
 
     monkeypatch.delenv(ALLOW_MODIFIED_ENV, raising=False)
-    set_allow_modified(False)  # an earlier CLI call with --allow-modified leaves the process-wide flag set
 
     path, record = tmp_path / TRAIN_STATE, tmp_path / TRAIN_STATE_RECORD
     write_hashed(path, lambda tmp: tmp.write_bytes(b"old"), record)
