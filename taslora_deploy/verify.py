@@ -237,4 +237,5 @@ def _check_structure(directory: Path) -> str:
     if not rep["equal"]:
         raise ValueError(f"{directory / MODEL_ONNX} differs structurally from {directory / BASELINE_ONNX}: "
                          + "; ".join(rep["differences"]))
-    return f"same ops, parameter shapes and I/O as {BASELINE_ONNX} ({rep['params_a']} parameters)"
+    return (f"same ops, parameter shapes and I/O as {BASELINE_ONNX} ({rep['params_a']} float initializer elements: "
+            "weights and folded constants)")
