@@ -1,8 +1,9 @@
 """taslora_deploy: fold experts, materialise standalone ViTs, export to ONNX/TensorRT, check and benchmark.
 
 Library verbs (imported on first use, so `import taslora_deploy` stays light):
-`export` (-> ExportResult), `check_overhead` (-> OverheadCheck), `benchmark` (-> BenchResult), and
-`quickstart` (every stage on Fashion-MNIST -> its summary).
+`export` (-> ExportResult), `export_family` (every member of a pareto.json -> FamilyResult), `verify`
+(an export as shipped -> VerifyResult), `check_overhead` (-> OverheadCheck), `benchmark` (-> BenchResult), and
+`quickstart` (every stage on Fashion-MNIST -> its summary). Precision twins: `convert_fp16`, `quantize_int8`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ _VERBS = {
     "benchmark": "taslora_deploy.bench",
     "BenchResult": "taslora_deploy.bench",
     "quickstart": "taslora_deploy.quickstart",
+    "export_family": "taslora_deploy.family",
+    "FamilyResult": "taslora_deploy.family",
+    "verify": "taslora_deploy.verify",
+    "VerifyResult": "taslora_deploy.verify",
+    "convert_fp16": "taslora_deploy.precision",
+    "quantize_int8": "taslora_deploy.precision",
 }
 
 __all__ = ["StandaloneViT", "load_standalone", "materialize", "save_standalone", *_VERBS]

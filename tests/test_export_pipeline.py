@@ -197,3 +197,11 @@ def test_console_script_runs_a_real_command():
     bad = subprocess.run([str(exe), "space", "no-such-space"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "'no-such-space' is neither a preset" in bad.stderr
+
+
+def test_every_library_verb_resolves():
+    """`from taslora_deploy import X` works for every verb the package lists (imported on first use)."""
+    import taslora_deploy
+
+    for name in taslora_deploy.__all__:
+        assert callable(getattr(taslora_deploy, name)), name
