@@ -1,9 +1,10 @@
 """taslora_deploy: fold experts, materialise standalone ViTs, export to ONNX/TensorRT, check and benchmark.
 
 Library verbs (imported on first use, so `import taslora_deploy` stays light):
-`export` (-> ExportResult), `export_family` (every member of a pareto.json -> FamilyResult), `verify`
-(an export as shipped -> VerifyResult), `check_overhead` (-> OverheadCheck), `benchmark` (-> BenchResult), and
-`quickstart` (every stage on Fashion-MNIST -> its summary). Precision twins: `convert_fp16`, `quantize_int8`.
+`export` (-> ExportResult), `export_family` (every member of a pareto.json -> FamilyResult), `check_overhead`
+(-> OverheadCheck), `benchmark` (-> BenchResult); precision twins: `convert_fp16`, `quantize_int8`. Two verbs share
+their module's name and are imported from it: `taslora_deploy.verify.verify` (an export as shipped ->
+VerifyResult) and `taslora_deploy.quickstart.quickstart` (every stage on Fashion-MNIST -> its summary).
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ _VERBS = {
     "OverheadCheck": "taslora_deploy.overhead",
     "benchmark": "taslora_deploy.bench",
     "BenchResult": "taslora_deploy.bench",
-    "quickstart": "taslora_deploy.quickstart",
     "export_family": "taslora_deploy.family",
     "FamilyResult": "taslora_deploy.family",
-    "verify": "taslora_deploy.verify",
-    "VerifyResult": "taslora_deploy.verify",
     "convert_fp16": "taslora_deploy.precision",
     "quantize_int8": "taslora_deploy.precision",
 }

@@ -201,7 +201,12 @@ def test_console_script_runs_a_real_command():
 
 def test_every_library_verb_resolves():
     """`from taslora_deploy import X` works for every verb the package lists (imported on first use)."""
+    import importlib
+    import pkgutil
+
     import taslora_deploy
 
+    for module in pkgutil.iter_modules(taslora_deploy.__path__):  # a submodule of the same name would shadow a verb
+        importlib.import_module(f"taslora_deploy.{module.name}")
     for name in taslora_deploy.__all__:
         assert callable(getattr(taslora_deploy, name)), name

@@ -169,7 +169,7 @@ def test_quickstart_without_onnxruntime_is_one_line_after_safetensors(tmp_path, 
     import importlib
     from types import SimpleNamespace
 
-    module = importlib.import_module("taslora_deploy.quickstart")  # the package re-exports the function's name
+    module = importlib.import_module("taslora_deploy.quickstart")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     monkeypatch.setattr(module, "train_mole", lambda cfg, log: SimpleNamespace(run_dir=RUN))
     monkeypatch.setattr(module, "run_search", lambda cfg, events=None: SimpleNamespace(
