@@ -36,7 +36,7 @@ SHA256_KEY = "sha256"  # checkpoints: the key of the {file name: hex} map in the
 EXPORT_RECORD = "report.json"  # taslora_deploy.artifacts.REPORT: the export folder's record (tested equal)
 EXPORT_HASHES_KEY = "hashes"  # the {relative path: hex} map in report.json
 EXPORT_NOT_WRITTEN_KEY = "not_written"  # report.json: files already in --out that this export did not write
-PREVIOUS_KEY = "previous"  # a hashed-write record: the {name: hex} of the file it replaced
+PREVIOUS_KEY = "previous"  # a hashed-write record: {name: [hex, ...]} the file on disk may still have (a killed rename)
 # the records of a run folder that may hold the sha256 of its other files, in the order they are consulted:
 # space.json / mole.json (checkpoint.SPACE_JSON, mole_io.MOLE_CONFIG), a search's summary.json
 # (workspace.SUMMARY_JSON) and the training state's record (train.loop.TRAIN_STATE_RECORD); tested equal
@@ -129,22 +129,27 @@ def write_hashed(path: str | Path, writer: Callable[[Path], None], record: str |
                  also: Iterable[str | Path] = ()) -> None:
     """Atomically write `path` with writer(tmp) and record its sha256 (and that of the files `also`) in the JSON
     `record`. The record is written before the rename and keeps the replaced file's hash under "previous", so
-    a kill between the two leaves a pair that still checks (`check_hashed`)."""
+    a kill between the two leaves a pair that still checks (`check_hashed`); once the rename is done the record
+    is rewritten without "previous", so the next write's "previous" is always the file that is on disk."""
     path, record = Path(path), Path(record)
-    old = {}
-    if record.is_file():
+    on_disk: list[str] = []  # hashes the file now on disk may have: the last record's, and its "previous" when
+    if record.is_file():      # that write was killed before its rename (the record then still holds "previous")
         try:
-            old = json.loads(record.read_text(encoding="utf-8")).get(SHA256_KEY) or {}
+            doc = json.loads(record.read_text(encoding="utf-8"))
+            last, before = doc.get(SHA256_KEY) or {}, (doc.get(PREVIOUS_KEY) or {}).get(path.name) or []
+            on_disk = [h for h in [last.get(path.name), *([before] if isinstance(before, str) else before)] if h]
         except (OSError, ValueError, AttributeError):
-            old = {}
+            on_disk = []
+
+    hashes: dict[str, str] = {}
 
     def write_then_record(tmp: Path) -> None:
         writer(tmp)
-        hashes = {path.name: file_sha256(tmp), **{Path(p).name: file_sha256(p) for p in also if Path(p).is_file()}}
-        previous = {path.name: old[path.name]} if isinstance(old, dict) and old.get(path.name) else {}
-        atomic_write_json(record, {SHA256_KEY: hashes, PREVIOUS_KEY: previous})
+        hashes.update({path.name: file_sha256(tmp), **{Path(p).name: file_sha256(p) for p in also if Path(p).is_file()}})
+        atomic_write_json(record, {SHA256_KEY: hashes, PREVIOUS_KEY: {path.name: on_disk} if on_disk else {}})
 
     atomic_write(path, write_then_record)
+    atomic_write_json(record, {SHA256_KEY: hashes, PREVIOUS_KEY: {}})
 
 
 def check_hashed(path: str | Path, record_doc: Mapping, record_path: str | Path, fix: str) -> None:
@@ -153,17 +158,22 @@ def check_hashed(path: str | Path, record_doc: Mapping, record_path: str | Path,
     current = (record_doc.get(SHA256_KEY) or {}) if isinstance(record_doc.get(SHA256_KEY), Mapping) else {}
     previous = (record_doc.get(PREVIOUS_KEY) or {}) if isinstance(record_doc.get(PREVIOUS_KEY), Mapping) else {}
     want = current.get(path.name)
-    if want and previous.get(path.name) and file_sha256(path) == previous[path.name]:
+    if not want:
+        return
+    got = file_sha256(path)
+    before = previous.get(path.name) or []
+    if got in ([before] if isinstance(before, str) else before):
         return  # killed after the record was written, before the new file was renamed into place
-    check_sha256(path, want, record_path, fix)
+    check_sha256(path, want, record_path, fix, got=got)
 
 
-def check_sha256(path: str | Path, want: str | None, recorded_in: str | Path, fix: str) -> bool:
-    """Compare `path`'s sha256 with `want` (recorded in `recorded_in`). True when equal; False when nothing was
-    recorded (old files) or the override lets a modified file through (with a warning); IntegrityError else."""
+def check_sha256(path: str | Path, want: str | None, recorded_in: str | Path, fix: str, got: str | None = None) -> bool:
+    """Compare `path`'s sha256 (`got` when the caller already has it) with `want` (recorded in `recorded_in`).
+    True when equal; False when nothing was recorded (old files) or the override lets a modified file through
+    (with a warning); IntegrityError else."""
     if not want:
         return False
-    got = file_sha256(path)
+    got = got or file_sha256(path)
     if got == want:
         return True
     problem = (f"{path} was modified since it was written: its sha256 {got[:12]}... differs from "

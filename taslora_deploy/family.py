@@ -288,7 +288,7 @@ def _latency(folder: Path, timing: FamilyTiming) -> tuple[float, float]:
     if not artifact.exists():
         raise FileNotFoundError(f"{artifact} was not written; runtime {timing.runtime} needs it")
     row = bench(artifact, batch_sizes=(timing.batch,), warmup_s=timing.warmup_s, min_iters=timing.min_iters,
-                min_time_s=timing.min_time_s, device=device, threads=timing.threads)[0]
+                min_time_s=timing.min_time_s, device=device, threads=timing.threads, cuda_graphs=False)[0]
     return float(row["p50_ms"]), float(row["p99_ms"])
 
 

@@ -137,7 +137,7 @@ class LatencyTable:
         if self.cache_path is None or (self.ctx is not None and not getattr(self.ctx, "is_main", True)):
             return
         atomic_write_json(self.cache_path, {
-            "format": "taslora-latency-cache", "target": self.target, "batch": 1, "host": platform.node(),
+            "format": CACHE_FORMAT, "target": self.target, "batch": 1, "host": platform.node(),
             "space": self.space.name, "warmup": self.warmup, "iters": self.iters, "latency_ms": self.table,
             "sha256": _table_sha256(self.table),
         })

@@ -162,6 +162,8 @@ def fold_constant_subgraphs(path: str | os.PathLike) -> None:
                                 input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=FOLD_SIZE_LIMIT)
     if folded.ByteSize() > unfolded_bytes:
         folded = optimizer.optimize(model)
+        if folded.ByteSize() > unfolded_bytes:  # the exporter's own pass already folded what pays
+            return
     onnx.save(folded, str(path))
 
 

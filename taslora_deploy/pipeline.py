@@ -30,7 +30,6 @@ from taslora_core.subnet import Subnet
 from taslora_core.workspace import BEST_JSON, DEFAULT_WORKDIR, EXPORT_IN_PROGRESS, latest, new_run
 from taslora_deploy.artifacts import (
     MODEL_CONFIG,
-    MODEL_FP16_ONNX,
     MODEL_ONNX,
     MODEL_PLAN,
     MODEL_WEIGHTS,
@@ -39,7 +38,7 @@ from taslora_deploy.artifacts import (
     baseline_onnx,
 )
 from taslora_deploy.precision_gate import DEFAULT_MAX_TOP1_DROP
-from taslora_deploy.precision_steps import parse_precisions, precision_steps, trt_precision_steps
+from taslora_deploy.precision_steps import GateData, parse_precisions, precision_steps, trt_precision_steps
 from taslora_deploy.fold import FoldResult, UnmergedMoLEViT, check_parity, fold_subnet
 from taslora_deploy.standalone import StandaloneViT
 from taslora_deploy.standalone_io import save_standalone
@@ -327,17 +326,17 @@ def run_export(
     log(f"wrote {out / MODEL_WEIGHTS} and {out / MODEL_CONFIG}")
 
     onnx_path, base_onnx = out / MODEL_ONNX, baseline_onnx(out)
+    gate_data = GateData(ckpt, options.gate_images)  # test batches + fp32 logits, shared by every precision's gate
     if options.onnx:
         _require_onnxruntime(steps)
         _export_onnx_steps(steps, folded.model, baseline, onnx_path, base_onnx, options, inputs, log)
         if len(options.precisions) > 1:
             precision_steps(steps, ckpt, onnx_path, options.precisions, calib_size=options.calib_size,
-                            max_top1_drop=options.max_top1_drop, gate_images=options.gate_images,
-                            threads=options.threads, log=log)
+                            max_top1_drop=options.max_top1_drop, data=gate_data, threads=options.threads, log=log)
         if options.overhead and onnx_path.exists() and base_onnx.exists():
             _overhead_steps(steps, ckpt, subnet, folded.model, baseline, mole, onnx_path, base_onnx, options, log)
     if options.trt:
-        _trt_steps(steps, ckpt, folded.model, onnx_path, options, log)
+        _trt_steps(steps, folded.model, onnx_path, options, gate_data, log)
     steps.save(final=True)
     return steps.result()
 
@@ -422,8 +421,8 @@ def _require_onnxruntime(steps: _StepRecorder) -> None:
         raise
 
 
-def _trt_steps(steps: _StepRecorder, ckpt: LoadedCheckpoint, model: StandaloneViT, onnx_path: Path,
-               options: ExportOptions, log) -> None:
+def _trt_steps(steps: _StepRecorder, model: StandaloneViT, onnx_path: Path, options: ExportOptions,
+               gate_data: GateData, log) -> None:
     """TensorRT engines (strongly typed: precision comes from each ONNX file): fp32 from model.onnx, fp16 from
     model_fp16.onnx, int8 from the QDQ model_int8.onnx (explicit quantization)."""
     from taslora_deploy.trt_engine import build_engine, compare_trt_to_ort, require_tensorrt
@@ -440,6 +439,5 @@ def _trt_steps(steps: _StepRecorder, ckpt: LoadedCheckpoint, model: StandaloneVi
     plan = onnx_path.with_name(MODEL_PLAN)
     if steps.run("tensorrt", lambda: build(onnx_path, plan), writes=(plan,)) is not None:
         log(f"wrote {plan}")
-    trt_precision_steps(steps, ckpt, onnx_path, options.precisions, max_top1_drop=options.max_top1_drop,
-                        gate_images=options.gate_images, log=log,
-                        build=lambda src, plan: build(src, plan, "fp16" if src.name == MODEL_FP16_ONNX else "int8"))
+    trt_precision_steps(steps, onnx_path, options.precisions, max_top1_drop=options.max_top1_drop,
+                        data=gate_data, threads=options.threads, log=log, build=build)

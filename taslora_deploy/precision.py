@@ -37,11 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from taslora_core.artifact_read import load_onnx_checked
 from taslora_core.atomic import atomic_write
 
 __all__ = ["FP32_OPS", "FP32_TYPED_OPS", "QUANTIZED_OPS", "convert_fp16", "quantize_int8", "fp16_kept_nodes",
            "ort_cpu_fp32_fallbacks", "CALIB_BATCH"]
 
+FP32_SOURCE_FIX = "re-export the fp32 model with `taslora export --onnx`"
 FP32_OPS = ("LayerNormalization", "Softmax")
 """Ops kept in fp32 for accuracy (see the module docstring)."""
 FP32_TYPED_OPS = ("Cast", "CastLike", "ConstantOfShape", "RandomNormal", "RandomNormalLike", "RandomUniform",
@@ -194,7 +196,7 @@ def convert_fp16(onnx_path: Path, out_path: Path) -> Path:
     see the module docstring); fp32 input and output. The result passes ``onnx.checker`` (full check)."""
     import onnx
 
-    model = _to_fp16_model(onnx.load(str(onnx_path)))
+    model = _to_fp16_model(load_onnx_checked(onnx_path, "fp32 ONNX model", FP32_SOURCE_FIX))
 
     def write(tmp: Path) -> None:
         onnx.save(model, str(tmp))
@@ -256,7 +258,7 @@ def quantize_int8(onnx_path: Path, calib_images: torch.Tensor, out_path: Path, p
 
     if calib_images.ndim != 4 or len(calib_images) == 0:
         raise ValueError(f"calibration images must be a non-empty (N, C, H, W) batch, got shape {tuple(calib_images.shape)}")
-    model = onnx.load(str(onnx_path))
+    model = load_onnx_checked(onnx_path, "fp32 ONNX model", FP32_SOURCE_FIX)
     init_names = {t.name for t in model.graph.initializer}
     input_name = next(i.name for i in model.graph.input if i.name not in init_names)
 

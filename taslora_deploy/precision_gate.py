@@ -8,7 +8,7 @@ drops by more than the allowed points.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
 import numpy as np
@@ -25,7 +25,7 @@ DEFAULT_MAX_TOP1_DROP = {"fp16": 0.2, "int8": 1.0}
 Model = Union[str, os.PathLike, Callable[[np.ndarray], Any]]
 
 
-def _predictor(model: Model, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+def predictor(model: Model, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX file (run on onnxruntime CPU) or a callable (e.g. a TensorRT runner) as images -> float64 logits."""
     if callable(model):
         return lambda x: np.asarray(model(x), dtype=np.float64)
@@ -36,19 +36,28 @@ def _predictor(model: Model, threads: int | None) -> Callable[[np.ndarray], np.n
     return lambda x: sess.run(None, {name: x})[0].astype(np.float64)
 
 
-def accuracy_gate(reference: Model, candidate: Model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                  max_top1_drop: float, threads: int | None = None) -> dict[str, Any]:
+def accuracy_gate(reference: Model | Sequence[np.ndarray], candidate: Model,
+                  batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_top1_drop: float,
+                  threads: int | None = None) -> dict[str, Any]:
     """Compare `candidate` with `reference` (the fp32 export) on labelled `batches`; raise when top-1 drops
     by more than `max_top1_drop` points (:class:`PrecisionGateError`, with the numbers), else return them.
 
     Each model is an ONNX path (onnxruntime CPU, `threads` intra-op threads) or a callable taking a float32
-    numpy batch and returning logits."""
-    run_ref, run_cand = _predictor(reference, threads), _predictor(candidate, threads)
+    numpy batch and returning logits; `reference` may also be its logits on `batches`, one array per batch
+    (computed once when several precisions are gated)."""
+    batches = list(batches)
+    if isinstance(reference, Sequence) and not isinstance(reference, (str, bytes)):
+        if len(reference) != len(batches):
+            raise ValueError(f"{len(reference)} reference logit arrays for {len(batches)} gate batches")
+        ref_logits = [np.asarray(r, dtype=np.float64) for r in reference]
+    else:
+        run_ref = predictor(reference, threads)
+        ref_logits = [run_ref(images.float().cpu().numpy()) for images, _ in batches]
+    run_cand = predictor(candidate, threads)
     n = ref_ok = cand_ok = agree = 0
     max_diff, sum_diff, count, finite = 0.0, 0.0, 0, True
-    for images, labels in batches:
-        x = images.float().cpu().numpy()
-        ref, got = run_ref(x), run_cand(x)
+    for (images, labels), ref in zip(batches, ref_logits):
+        got = run_cand(images.float().cpu().numpy())
         finite = finite and bool(np.isfinite(got).all())
         y = labels.cpu().numpy()
         ref_ok += int((ref.argmax(1) == y).sum())

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from taslora_core.run_io import LoadedCheckpoint
 from taslora_deploy.artifacts import PRECISION_ONNX, PRECISION_PLAN
 
-__all__ = ["PRECISIONS", "REDUCED_PRECISIONS", "parse_precisions", "precision_steps", "trt_precision_steps"]
+__all__ = ["PRECISIONS", "REDUCED_PRECISIONS", "GateData", "parse_precisions", "precision_steps", "trt_precision_steps"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 REDUCED_PRECISIONS = ("fp16", "int8")
@@ -46,12 +47,14 @@ def parse_precisions(values: list[str] | tuple[str, ...] | None) -> tuple[str, .
     return tuple(p for p in PRECISIONS if p in chosen)
 
 
-class _GateData:
-    """The gate's test batches, loaded once for every precision (and the engines)."""
+class GateData:
+    """The gate's test batches and the fp32 export's logits on them: loaded and computed once per export, for
+    every precision and every engine."""
 
     def __init__(self, ckpt: LoadedCheckpoint, n: int | None) -> None:
         self.ckpt, self.n = ckpt, n
         self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._reference: list[np.ndarray] | None = None
         self.missing = ""  # why there is no test data (the run recorded none), else ""
 
     def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -67,21 +70,41 @@ class _GateData:
                 self.missing = f"checkpoint {self.ckpt.path} records no training data, so there is no test split to gate on"
         return self._batches
 
+    def reference(self, onnx_path: Path, threads: int | None) -> list[np.ndarray]:
+        """The fp32 export's logits on `batches()` (onnxruntime CPU), computed on first use."""
+        if self._reference is None:
+            from taslora_deploy.precision_gate import predictor
+
+            run = predictor(onnx_path, threads)
+            self._reference = [run(images.float().cpu().numpy()).astype(np.float32) for images, _ in self.batches() or ()]
+        return self._reference
+
+
+def _within_profile(runner: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The engine as images -> logits, feeding batches larger than its optimisation profile in chunks (the gate's
+    batches hold up to 500 images; the profile stops at --trt-max-batch)."""
+    largest = int(runner.batch_range[2])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        chunks = [x[i:i + largest] for i in range(0, len(x), largest)]
+        return np.concatenate([runner(torch.from_numpy(c)).float().cpu().numpy() for c in chunks])
+
+    return run
+
 
 def _file_facts(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size_bytes": path.stat().st_size}
 
 
 def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, precisions: tuple[str, ...], *,
-                    calib_size: int, max_top1_drop: dict[str, float], gate_images: int | None,
+                    calib_size: int, max_top1_drop: dict[str, float], data: GateData,
                     threads: int | None, log: Callable[[str], None]) -> None:
     """Write and gate every reduced precision in `precisions` next to the fp32 `onnx_path`."""
     from taslora_deploy.precision import FP32_OPS, convert_fp16, ort_cpu_fp32_fallbacks, quantize_int8
     from taslora_deploy.precision_data import calibration_images
     from taslora_deploy.precision_gate import accuracy_gate, gate_summary
 
-    data = _GateData(ckpt, gate_images)
-    steps.data["gate_data"] = {"split": "test", "images": gate_images or "all"}
+    steps.data["gate_data"] = {"split": "test", "images": data.n or "all"}
     for precision in (p for p in REDUCED_PRECISIONS if p in precisions):
         target = onnx_path.with_name(PRECISION_ONNX[precision])
 
@@ -104,7 +127,8 @@ def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, preci
                 log(f"note: {target.name} is NOT accuracy-gated: {data.missing}")
                 return {**_file_facts(target), "size_fp32_bytes": onnx_path.stat().st_size, **facts,
                         "gate": {"skipped": data.missing}, "ok": True}
-            gate = accuracy_gate(onnx_path, target, batches, max_top1_drop[precision], threads=threads)
+            gate = accuracy_gate(data.reference(onnx_path, threads), target, batches, max_top1_drop[precision],
+                                 threads=threads)
             return {**_file_facts(target), "size_fp32_bytes": onnx_path.stat().st_size, **facts, "gate": gate, "ok": True}
 
         result = steps.run(f"onnx_{precision}", make, writes=(target,))
@@ -114,29 +138,28 @@ def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, preci
             log(f"wrote {target}: {gate_summary(result['gate'])}")
 
 
-def trt_precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, precisions: tuple[str, ...], *,
-                        build: Callable[[Path, Path], dict[str, Any]], max_top1_drop: dict[str, float],
-                        gate_images: int | None, log: Callable[[str], None]) -> None:
+def trt_precision_steps(steps: Steps, onnx_path: Path, precisions: tuple[str, ...], *,
+                        build: Callable[[Path, Path, str], dict[str, Any]], max_top1_drop: dict[str, float],
+                        data: GateData, threads: int | None, log: Callable[[str], None]) -> None:
     """TensorRT engines from the reduced-precision ONNX files that passed their step, gated like them.
 
-    `build(onnx, plan)` builds (and, for fp16, compares) one engine and returns its record."""
+    `build(onnx, plan, precision)` builds (and, for fp16, compares) one engine and returns its record."""
     from taslora_deploy.precision_gate import accuracy_gate
 
-    data = _GateData(ckpt, gate_images)
     for precision in (p for p in REDUCED_PRECISIONS if p in precisions):
         src, plan = onnx_path.with_name(PRECISION_ONNX[precision]), onnx_path.with_name(PRECISION_PLAN[precision])
 
         def make(precision: str = precision, src: Path = src, plan: Path = plan) -> dict[str, Any]:
             if not (steps.data.get(f"onnx_{precision}") or {}).get("ok"):
                 raise FileNotFoundError(f"{src.name} did not pass its step; no {precision} engine is built from it")
-            record = build(src, plan)
+            record = build(src, plan, precision)
             from taslora_deploy.trt_engine import TrtRunner
 
             runner = TrtRunner(plan)
             if data.batches() is None:
                 return {**record, **_file_facts(plan), "gate": {"skipped": data.missing}, "ok": True}
-            gate = accuracy_gate(onnx_path, lambda x: runner(torch.from_numpy(x)).float().cpu().numpy(),
-                                 data.batches(), max_top1_drop[precision])
+            gate = accuracy_gate(data.reference(onnx_path, threads), _within_profile(runner), data.batches(),
+                                 max_top1_drop[precision])
             return {**record, **_file_facts(plan), "gate": gate, "ok": True}
 
         if steps.run(f"tensorrt_{precision}", make, writes=(plan,)) is not None:

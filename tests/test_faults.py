@@ -290,23 +290,45 @@ def test_record_names_match_their_writers() -> None:
 
 
 def test_state_record_written_before_the_state_keeps_a_kill_in_between_resumable(tmp_path, monkeypatch) -> None:
-    """write_hashed records the new hash before the rename and keeps the old one: a kill between the two (the
-    old state with the new record) still loads; a third state is refused."""
-    from taslora_core.integrity import ALLOW_MODIFIED_ENV, IntegrityError, check_hashed
+    """write_hashed records the new hash before the rename and keeps the hashes the file on disk may have: a kill
+    between the two (the old state with the new record) still loads, also after a second kill in the same
+    window; a completed write clears "previous"; a foreign state is refused."""
+    import taslora_core.atomic as atomic
+    from taslora_core.integrity import ALLOW_MODIFIED_ENV, IntegrityError, PREVIOUS_KEY, check_hashed
 
     monkeypatch.delenv(ALLOW_MODIFIED_ENV, raising=False)
-
     path, record = tmp_path / TRAIN_STATE, tmp_path / TRAIN_STATE_RECORD
-    write_hashed(path, lambda tmp: tmp.write_bytes(b"old"), record)
-    old = path.read_bytes()
-    write_hashed(path, lambda tmp: tmp.write_bytes(b"new"), record)
-    doc = json.loads(record.read_text())
-    check_hashed(path, doc, record, "")
-    path.write_bytes(old)  # as if killed after the record was written, before the rename
-    check_hashed(path, doc, record, "")
-    path.write_bytes(b"other")
+
+    def check() -> None:
+        check_hashed(path, json.loads(record.read_text()), record, "")
+
+    real_replace = atomic.os.replace
+
+    def replace_unless_state(src, dst) -> None:
+        if Path(dst) == path:  # killed right before the state's rename; its record was already renamed into place
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    def killed_at_rename(content: bytes) -> None:
+        with monkeypatch.context() as m:
+            m.setattr(atomic.os, "replace", replace_unless_state)
+            with pytest.raises(KeyboardInterrupt):
+                write_hashed(path, lambda tmp: tmp.write_bytes(content), record)
+
+    write_hashed(path, lambda tmp: tmp.write_bytes(b"first"), record)
+    write_hashed(path, lambda tmp: tmp.write_bytes(b"second"), record)
+    check()
+    assert json.loads(record.read_text())[PREVIOUS_KEY] == {}  # the rename happened: nothing else can be on disk
+    killed_at_rename(b"third")
+    assert path.read_bytes() == b"second" and json.loads(record.read_text())[PREVIOUS_KEY]
+    check()  # the record names "third", the disk holds "second"
+    killed_at_rename(b"fourth")  # killed again in the same window: "second" must still be accepted
+    check()
+    write_hashed(path, lambda tmp: tmp.write_bytes(b"fifth"), record)
+    check()
+    path.write_bytes(b"second")  # an older state of this run is no longer what the record names
     with pytest.raises(IntegrityError, match=str(path)):
-        check_hashed(path, doc, record, "")
+        check()
 
 
 @pytest.mark.parametrize("damage", ALL)
@@ -332,3 +354,21 @@ def test_damaged_latency_cache_is_ignored_with_one_warning(tmp_path, capsys, dam
     assert LatencyTable(supernet, "torch-cpu", cache_path=path).table == {}
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning:") and str(path) in err[0], err
+
+
+@pytest.mark.parametrize("name", ["search.json", "state.json"])
+def test_damaged_search_state_is_one_line_on_resume(tmp_path, name: str) -> None:
+    """`search --resume` of a search whose settings or state file is truncated names that file, exit 2."""
+    run = tmp_path / "searches" / "20260101-000000-search"
+    run.mkdir(parents=True)
+    from taslora_core.search import Constraints, SearchConfig, SearchRunConfig
+    from taslora_core.search.run_folder import write_settings
+    from taslora_core.space import SearchSpace
+
+    write_settings(run, SearchRunConfig().options(), SearchSpace.preset("fmnist"), Constraints(), SearchConfig(), 1)
+    (run / "state.json").write_text('{"generation": 1}')
+    (run / name).write_text('{"format": "taslora-sea')
+    res = runner.invoke(app, ["search", "--workdir", str(tmp_path), "--resume", str(run)])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(run / name) in lines[0] and "Traceback" not in res.output, res.stderr

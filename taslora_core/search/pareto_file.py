@@ -18,14 +18,14 @@ CLI prints it and exits 2) that names the file and what is wrong.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from taslora_core.atomic import atomic_write_json
-from taslora_core.integrity import check_run_file
+from taslora_core.artifact_read import read_json_artifact
+from taslora_core.integrity import ArtifactError
 from taslora_core.search.config import SearchError
 from taslora_core.search.constraints import Constraints
 from taslora_core.search.nsga import dominates
@@ -168,11 +168,10 @@ def read_pareto(path: str | Path) -> ParetoFront:
     def bad(what: str) -> ParetoFileError:
         return ParetoFileError(f"{path}: {what}; re-run `taslora search --pareto` to write a new one")
 
-    check_run_file(path)  # the sha256 its search's summary.json recorded
-    try:
-        doc = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise bad(f"not valid JSON (damaged or truncated: {str(err).splitlines()[0]})") from None
+    try:  # the checked reader: the sha256 its search's summary.json recorded, then the JSON
+        doc = read_json_artifact(path, "Pareto front", "re-run `taslora search --pareto` to write a new one", expect=None)
+    except ArtifactError as err:
+        raise ParetoFileError(str(err)) from None
     if not isinstance(doc, dict) or doc.get("format") != PARETO_FORMAT:
         tag = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise bad(f"not a taslora pareto file (format {tag!r}, expected '{PARETO_FORMAT}')")

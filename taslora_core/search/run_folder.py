@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from taslora_core import workspace
+from taslora_core.artifact_read import read_json_artifact
 from taslora_core.atomic import atomic_write_json, atomic_write_text
 from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, hashes_of
 from taslora_core.search.config import SearchConfig, SearchError
@@ -30,6 +31,7 @@ PLOT_PNG = "fitness_vs_flops.png"
 SUMMARY_JSON = workspace.SUMMARY_JSON
 SPLIT_JSON = "split.json"
 SETTINGS_FORMAT = "taslora-search"
+RESUME_FIX = "this search cannot be resumed: start a new one (without --resume)"
 
 
 def find_resumable(workdir: Path, run_dir: Path | None) -> Path:
@@ -50,7 +52,7 @@ def find_resumable(workdir: Path, run_dir: Path | None) -> Path:
 
 def read_settings(run: Path) -> dict[str, Any]:
     """search.json of a run folder."""
-    return json.loads((run / SETTINGS_JSON).read_text())
+    return read_json_artifact(run / SETTINGS_JSON, "search settings", RESUME_FIX)
 
 
 def write_settings(run: Path, options: dict[str, Any], space: SearchSpace, constraints: Constraints,
@@ -67,7 +69,7 @@ def read_state(run: Path) -> dict[str, Any]:
     path = run / STATE_JSON
     if not path.exists():
         raise SearchError(f"{run} has no {STATE_JSON}: it stopped before finishing its first generation; start anew")
-    return json.loads(path.read_text())
+    return read_json_artifact(path, "search state", RESUME_FIX)
 
 
 def write_history(run: Path, history: list[Record]) -> None:
