@@ -212,3 +212,19 @@ def test_constant_folding_never_grows_the_file(tmp_path):
     folded = export_onnx(model, tmp_path / "folded.onnx", input_shape=shape)
     unfolded = export_onnx(model, tmp_path / "unfolded.onnx", input_shape=shape, fold_constants=False)
     assert folded.stat().st_size <= unfolded.stat().st_size
+
+
+def test_engine_gate_feeds_batches_within_the_profile():
+    """A TensorRT engine refuses batches beyond its optimisation profile: the gate's 500-image batches are chunked."""
+    from taslora_deploy.precision_steps import _within_profile
+
+    class FakeEngine:
+        batch_range = (1, 8, 8)
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            assert 1 <= len(x) <= 8, f"batch {len(x)} outside the profile"
+            return x.reshape(len(x), -1)[:, :3] * 2
+
+    x = np.random.default_rng(0).standard_normal((21, 1, 2, 2)).astype(np.float32)
+    out = _within_profile(FakeEngine())(x)
+    assert out.shape == (21, 3) and np.allclose(out, x.reshape(21, -1)[:, :3] * 2)
