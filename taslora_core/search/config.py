@@ -68,14 +68,12 @@ class SearchConfig:
                 raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         check_metric(self.metric)
         if self.objectives is not None:
-            from taslora_core.search.objectives import DEFAULT_LATENCY_TARGET, LATENCY_TARGETS, parse_objectives
+            from taslora_core.search.objectives import LATENCY_TARGETS, parse_objectives
 
             self.objectives = list(parse_objectives(self.objectives))
             if self.objectives[-1] != "latency":
                 self.latency_target = None  # recorded only where it means something
-            elif self.latency_target is None:
-                self.latency_target = DEFAULT_LATENCY_TARGET
-            elif self.latency_target not in LATENCY_TARGETS:
+            elif self.latency_target is not None and self.latency_target not in LATENCY_TARGETS:
                 raise SearchError(f"unknown --target '{self.latency_target}'; choose one of {', '.join(LATENCY_TARGETS)}")
         elif self.latency_target is not None:
             self.latency_target = None

@@ -204,7 +204,9 @@ def run_search(config: SearchRunConfig, ctx: DistContext | None = None, events: 
     constraints, lookup = config.budget, None
     latency_objective = bool(cfg.objectives) and cfg.objectives[-1] == "latency"
     if constraints.latency_max_ms is not None or latency_objective:
-        target = _latency_target(constraints, cfg)
+        target = _latency_target(constraints, cfg)  # None on both sides: the default target
+        if latency_objective:
+            cfg = dataclasses.replace(cfg, latency_target=target)
         if latency_factory is None:
             raise SearchError("a latency budget or objective needs a measured-latency lookup (pass latency_factory)")
         lookup = latency_factory(loaded.supernet, target)
