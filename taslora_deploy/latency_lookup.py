@@ -35,12 +35,13 @@ import torch
 
 from taslora_core.artifact_read import ArtifactError, read_json_artifact
 from taslora_core.atomic import atomic_write_json
+from taslora_core.search.objectives import LATENCY_TARGETS
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_deploy.artifacts import MODEL_ONNX
 from taslora_deploy.timing import interleaved_latency, latency_stats, time_calls, torch_threads, warm_up
 
-TARGETS = ("torch-cpu", "torch-cuda", "ort-cpu", "trt")
+TARGETS = LATENCY_TARGETS  # the one list of targets (taslora_core.search.objectives)
 CACHE_FORMAT = "taslora-latency-cache"
 
 
