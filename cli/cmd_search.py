@@ -6,6 +6,7 @@ only prints what the verb reports.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,6 +21,7 @@ from taslora_core.search import (
     parse_objectives, run_search,
 )
 from taslora_core.search.constraints import DEFAULT_LATENCY_TARGET
+from taslora_core.search.objectives import objective_value
 from taslora_core.workspace import DEFAULT_WORKDIR
 
 _CONFIG = SearchConfig()  # the defaults of the options below
@@ -226,9 +228,9 @@ def _front_table(run: SearchRun) -> None:
         table.add_column(col, justify="right" if col not in ("heads", "MLP ratios") else "left")
     for i, r in enumerate(res.front, 1):
         s = r["subnet"]
-        q = r.get("loss") if quality == "loss" else (None if r.get("top1") is None else 1.0 - r["top1"])
+        q = objective_value(r, quality, cons.counter)
         table.add_row(
-            f"{i}{'*' if r['key'] == pick_key else ''}", f"{q:.4f}" if q is not None else "-",
+            f"{i}{'*' if r['key'] == pick_key else ''}", f"{q:.4f}" if math.isfinite(q) else "-",
             f"{r['top1']:.4f}" if r.get("top1") is not None else "-",
             format_amount(r[f"flops_{cons.counter}"]), format_amount(r["params"]),
             *([f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"] if lat else []),
