@@ -14,14 +14,14 @@ import torch
 
 from taslora_core.artifact_read import load_safetensors_checked, load_torch_checked, read_json_artifact
 from taslora_core.atomic import atomic_save_safetensors, atomic_write_json
-from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, check_recorded, file_sha256, hashes_of  # file_sha256: also from here
+from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, file_sha256, hashes_of  # file_sha256: also from here
 from taslora_core.space import SearchSpace
 from taslora_core.state_check import CheckpointError, load_state_strict  # CheckpointError: also imported from here
 from taslora_core.supernet import Supernet
 
 __all__ = ["CheckpointError", "load_state_strict", "atomic_save_safetensors", "atomic_write_json", "file_sha256",
            "load_torch", "load_autoformer_state", "load_autoformer_supernet", "SUPERNET_WEIGHTS", "SPACE_JSON",
-           "HASHED_RUN_FILES", "save_supernet", "read_supernet_meta", "load_supernet"]
+           "save_supernet", "read_supernet_meta", "load_supernet"]
 
 
 def load_torch(path: str | Path, what: str = "checkpoint", fix: str = "check the path or rerun the step that wrote it") -> Any:
@@ -58,7 +58,6 @@ def load_autoformer_supernet(path: str | Path, space: SearchSpace | str) -> Supe
 # ---------------------------------------------------------------------- our format
 SUPERNET_WEIGHTS = "supernet.safetensors"
 SPACE_JSON = "space.json"
-HASHED_RUN_FILES = ("split.json",)  # besides the weights, recorded in the run's JSON (train.SPLIT_FILE)
 SUPERNET_FIX = "restore the run folder from its source or retrain (`taslora supernet train` / `supernet import`)"
 
 
@@ -67,7 +66,7 @@ def save_supernet(directory: str | Path, model: Supernet, extra: dict[str, Any] 
     split.json) into `directory`; space.json comes last, so a run is complete once it exists."""
     directory = Path(directory)
     atomic_save_safetensors(directory / SUPERNET_WEIGHTS, model.state_dict(), metadata={"format": "taslora-supernet"})
-    hashes = hashes_of(directory, (SUPERNET_WEIGHTS, *HASHED_RUN_FILES, *RUN_FILES_RECORDED))
+    hashes = hashes_of(directory, (SUPERNET_WEIGHTS, *RUN_FILES_RECORDED))
     atomic_write_json(directory / SPACE_JSON, {"space": model.space.to_dict(), **(extra or {}), SHA256_KEY: hashes})
     return directory
 
@@ -92,7 +91,6 @@ def load_supernet(directory: str | Path, device: str | torch.device = "cpu") -> 
     if not isinstance(doc.get("space"), dict):
         raise CheckpointError(f"supernet record {meta} lacks its search space ('space'); {SUPERNET_FIX}")
     space = SearchSpace.from_dict(doc["space"])
-    check_recorded(directory, doc, meta, SUPERNET_FIX, names=HASHED_RUN_FILES)
     want = (doc.get(SHA256_KEY) or {}).get(SUPERNET_WEIGHTS) if isinstance(doc.get(SHA256_KEY), dict) else None
     state = load_safetensors_checked(weights, "supernet weights", SUPERNET_FIX, sha256=want, recorded_in=meta)
     model = Supernet(space)

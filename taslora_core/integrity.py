@@ -42,7 +42,7 @@ PREVIOUS_KEY = "previous"  # a hashed-write record: {name: [hex, ...]} the file 
 # (workspace.SUMMARY_JSON) and the training state's record (train.loop.TRAIN_STATE_RECORD); tested equal
 RUN_RECORDS = ("space.json", "mole.json", "summary.json", "train_state.sha256.json")
 # written before a run's final record and recorded there (besides the weights and split.json)
-RUN_FILES_RECORDED = ("train_config.json", "summary.json", "best.json", "pareto.json")
+RUN_FILES_RECORDED = ("split.json", "train_config.json", "summary.json", "best.json", "pareto.json")
 OVERRIDE_HINT = "pass --allow-modified (TASLORA_ALLOW_MODIFIED=1) to load it anyway"
 
 _allow_modified: bool = False
@@ -182,17 +182,6 @@ def check_sha256(path: str | Path, want: str | None, recorded_in: str | Path, fi
         print(f"warning: {problem}; loading it anyway (--allow-modified)", file=sys.stderr)
         return False
     raise IntegrityError(f"{problem}; {fix}, or {OVERRIDE_HINT}")
-
-
-def check_recorded(directory: str | Path, record: Mapping, record_path: str | Path, fix: str,
-                   names: Iterable[str] | None = None) -> None:
-    """Check the files of `directory` against the {name: sha256} map `record[SHA256_KEY]` (only `names` if given)."""
-    recorded = record.get(SHA256_KEY) or {}
-    if not isinstance(recorded, Mapping):
-        return
-    for name, want in recorded.items():
-        if (names is None or name in names) and (Path(directory) / name).is_file():
-            check_sha256(Path(directory) / name, want, record_path, fix)
 
 
 def _record_doc(record: Path) -> dict | None:

@@ -10,8 +10,7 @@ from typing import Any
 
 from taslora_core.artifact_read import load_safetensors_checked, read_json_artifact
 from taslora_core.atomic import atomic_save_safetensors, atomic_write_json
-from taslora_core.checkpoint import HASHED_RUN_FILES
-from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, check_recorded, hashes_of
+from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, hashes_of
 from taslora_core.state_check import CheckpointError, check_state_keys
 from taslora_core.mole import MoLEConfig, MoLEModel
 from taslora_core.supernet import Supernet
@@ -29,7 +28,7 @@ def save_mole(directory: str | Path, model: MoLEModel, extra: dict[str, Any] | N
     atomic_write_json(
         directory / MOLE_CONFIG,
         {"format": "taslora-mole", "config": model.config.to_dict(), "space": model.space.to_dict(), **(extra or {}),
-         SHA256_KEY: hashes_of(directory, (MOLE_WEIGHTS, *HASHED_RUN_FILES, *RUN_FILES_RECORDED))},
+         SHA256_KEY: hashes_of(directory, (MOLE_WEIGHTS, *RUN_FILES_RECORDED))},
     )
     return directory
 
@@ -50,7 +49,6 @@ def load_mole(directory: str | Path, supernet: Supernet) -> MoLEModel:
     directory = Path(directory)
     meta = read_mole_config(directory)
     model = MoLEModel(supernet, MoLEConfig.from_dict(meta["config"]))
-    check_recorded(directory, meta, directory / MOLE_CONFIG, MOLE_FIX, names=HASHED_RUN_FILES)
     recorded = meta.get(SHA256_KEY) if isinstance(meta.get(SHA256_KEY), dict) else {}
     state = load_safetensors_checked(directory / MOLE_WEIGHTS, "MoLE weights", MOLE_FIX,
                                      sha256=recorded.get(MOLE_WEIGHTS), recorded_in=directory / MOLE_CONFIG)

@@ -283,10 +283,11 @@ def test_record_names_match_their_writers() -> None:
     from taslora_core.integrity import RUN_RECORDS
     from taslora_core.mole_io import MOLE_CONFIG
     from taslora_core.search.pareto_file import PARETO_JSON
+    from taslora_core.train.run_files import SPLIT_FILE
     from taslora_core.workspace import BEST_JSON, SUMMARY_JSON
 
     assert RUN_RECORDS == (SPACE_JSON, MOLE_CONFIG, SUMMARY_JSON, TRAIN_STATE_RECORD)
-    assert set(RUN_FILES_RECORDED) == {TRAIN_CONFIG, SUMMARY_JSON, BEST_JSON, PARETO_JSON}
+    assert set(RUN_FILES_RECORDED) == {SPLIT_FILE, TRAIN_CONFIG, SUMMARY_JSON, BEST_JSON, PARETO_JSON}
 
 
 def test_state_record_written_before_the_state_keeps_a_kill_in_between_resumable(tmp_path, monkeypatch) -> None:
