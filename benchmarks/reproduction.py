@@ -40,13 +40,14 @@ import torch.nn.functional as F
 
 from taslora_cli.app import run_command
 from taslora_core.analysis import feature_collapse, mean_off_diagonal, paired_bootstrap, sample_distinct
-from taslora_core.data import DataConfig, build_data, load_split, load_test_batches, make_loaders
+from taslora_core.data import build_data, load_test_batches, make_loaders, make_mixup, make_train_loss
+from taslora_core.run_data import RecordedData, RunData, resolve_run_data
 from taslora_core.evaluate import per_image as evaluate_per_image
 from taslora_core.mole import MoLEModel
 from taslora_core.plots import plot_training_curves, training_curve_points
 from taslora_core.run_io import load_checkpoint
 from taslora_core.slicing import LINEAR_LAYERS, LINEAR_PATHS, block_dims, weight
-from taslora_core.subnet import Subnet
+from taslora_core.subnet import Subnet, smallest_subnet
 from taslora_core.train.run_files import recorded_epochs
 from taslora_core.workspace import runs
 from taslora_deploy.standalone import materialize
@@ -82,20 +83,28 @@ class Batches:
         return sum(len(y) for _, y in self.items)
 
 
-def test_batches(n: int | None = None) -> Batches:
-    """Fashion-MNIST test set (10,000 images; or the first n)."""
-    batches = load_test_batches(DataConfig.fmnist())
+def run_data(args) -> RunData:
+    """The supernet run's data recipe (or `--data` with that recipe; an imported AutoFormer supernet records none,
+    so `--data` gets its preset) and its held-out split when it saved one (else one is carved with seed 0)."""
+    space = load_checkpoint(args.supernet).supernet.space
+    return resolve_run_data(space, RecordedData.read(args.supernet, "space.json"), args.data,
+                            data_override="keep_recipe", fit_space=True, reuse_split="always")
+
+
+def test_batches(args, n: int | None = None) -> Batches:
+    """The test set of the run's data (Fashion-MNIST's 10,000 test images, a folder's val/; or the first n)."""
+    batches = load_test_batches(run_data(args).config)
     if n is not None:
         images, labels = torch.cat([b[0] for b in batches])[:n], torch.cat([b[1] for b in batches])[:n]
         batches = [(images, labels)]
     return Batches(batches)
 
 
-def val_batches(supernet_dir: Path, n: int | None = None) -> Batches:
+def val_batches(args, n: int | None = None) -> Batches:
     """The supernet run's held-out validation split (carved from the training images, saved in split.json)."""
-    cfg = DataConfig.fmnist()
-    bundle = build_data(cfg, split=load_split(supernet_dir / "split.json"), val_subset=n)
-    return Batches(list(make_loaders(bundle, cfg, batch_size=500, num_workers=0).val))
+    rd = run_data(args)
+    bundle = build_data(rd.config, split=rd.split, val_subset=n)
+    return Batches(list(make_loaders(bundle, rd.config, batch_size=500, num_workers=args.workers).val))
 
 
 def per_image(loaded, subnet: Subnet, batches: Batches, use_experts: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +177,8 @@ def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str,
             "--batch-size", str(args.batch_size), "--warmup-epochs", str(hp.get("warmup", args.warmup_epochs)),
             "--name", name, "--seed", str(seed), "--quiet", "--workdir", str(workdir), "--summary-subnets", "0",
             "--val-subset", "2000", "--save-every-steps", "200",
-            *(["--train-subset", str(args.train_subset)] if args.train_subset else [])]
+            *(["--train-subset", str(args.train_subset)] if args.train_subset else []),
+            *(["--data", args.data] if args.data else [])]
     if method != "finetune":
         argv += ["--lora-alpha", str(hp.get("alpha", args.alpha)), "--router-lr", str(hp.get("router_lr", args.router_lr))]
     run_command(f"train {name}", argv)
@@ -184,8 +194,47 @@ def _search(args, ckpt: Path, seed: int, out: Path) -> Subnet:
         run_command(f"search {out.stem}", [
             "search", "--ckpt", str(ckpt), "--flops", args.flops, "--population", str(args.population),
             "--iterations", str(args.iterations), "--val-subset", str(args.val_subset), "--seed", str(seed),
-            "--out", str(out), "--workdir", str(args.out / "workspace")])
+            "--out", str(out), "--workdir", str(args.out / "workspace"), *(["--data", args.data] if args.data else [])])
     return Subnet.load(out)
+
+
+# ---------------------------------------------------------------------- stage: supernet (train or resume)
+SUPERNET_NAME = "supernet"  # run-folder suffix of the supernet this stage trains in <out>/workspace
+
+
+def find_supernet(workdir: Path) -> tuple[Path | None, bool]:
+    """The newest supernet run this stage started in `workdir` and whether it finished (None: none started)."""
+    found = [r.path for r in runs(workdir, "supernets", finished_only=False) if r.name.endswith(f"-{SUPERNET_NAME}")]
+    if not found:
+        return None, False
+    return found[-1], (found[-1] / "summary.json").exists() and (found[-1] / "space.json").exists()
+
+
+def stage_supernet(args, store: Store) -> Path:
+    """Train the regime's supernet (AutoFormer's recipe, the converged reproduction's settings) or resume it.
+
+    Idempotent: a finished run is reused, a killed one (train_state.pt) continues from its last checkpoint.
+    """
+    workdir = args.out / "workspace"
+    run, finished = find_supernet(workdir)
+    if run is not None and finished:
+        return run
+    if run is not None and (run / "train_state.pt").exists():
+        argv = ["supernet", "train", "--resume", str(run), "--workdir", str(workdir), "--quiet"]
+    else:
+        argv = ["supernet", "train", "--space", args.space, "--data", args.data or "fmnist", "--epochs", str(args.supernet_epochs),
+                "--batch-size", "128", "--lr", "4e-3", "--warmup-epochs", "3", "--min-lr", "1e-5", "--drop-path", "0.1",
+                "--summary-subnets", "20", "--save-every-steps", "500", "--name", SUPERNET_NAME, "--seed", "0",
+                "--quiet", "--workdir", str(workdir),
+                *(["--train-subset", str(args.train_subset)] if args.train_subset else [])]
+    t0 = time.perf_counter()
+    run_command("supernet train", argv)
+    run, finished = find_supernet(workdir)
+    if run is None or not finished:
+        raise SystemExit(f"supernet training finished without a finished run in {workdir}")
+    store.add({"stage": "supernet", "key": f"{run.name}-{int(time.time())}", "run": str(run),
+               "seconds": round(time.perf_counter() - t0, 1)})
+    return run
 
 
 # ---------------------------------------------------------------------- diagnostics: what moved
@@ -241,7 +290,7 @@ def _hp_key(hp: dict[str, Any]) -> str:
 def stage_sweep(args, store: Store) -> dict[str, Any]:
     """TAS-LoRA seed 0 for each setting; judged by paired validation loss over the fixed subnets."""
     workdir = args.out / "workspace"
-    val = val_batches(args.supernet, args.sweep_val)
+    val = val_batches(args, args.sweep_val)
     base = load_checkpoint(args.supernet)
     fixed = sample_distinct(base.supernet.space, args.random_subnets, seed=FIXED_SEED)
     base_loss = [per_image(base, sn, val)[1] for sn in fixed]
@@ -281,7 +330,7 @@ def stage_ablation(args, store: Store) -> None:
     workdir = args.out / "workspace"
     hp = chosen_hp(args, store)
     print(f"[ablation] MoLE settings: {hp} ({args.epochs} epochs per trained method)", flush=True)
-    test, test_small = test_batches(), test_batches(1000)
+    test, test_small = test_batches(args), test_batches(args, 1000)
     for seed in args.seeds:
         for method in args.methods:
             key = f"{method}-s{seed}"
@@ -300,9 +349,13 @@ def stage_ablation(args, store: Store) -> None:
             fixed = sample_distinct(loaded.supernet.space, args.random_subnets, seed=FIXED_SEED)
             s_correct, s_loss = per_image(loaded, best, test)
             r = [per_image(loaded, sn, test) for sn in fixed]
+            targets = headroom_targets(args, loaded)  # the subnets whose headroom (f) measures: capture ratio
+            h_correct = np.stack([per_image(loaded, sn, test)[0] for _, sn in targets])
             collapse = feature_collapse(loaded.supernet, fixed[:8], test_small.items, loaded.mole)
             cos = collapse.with_experts if collapse.with_experts is not None else collapse.without_experts
             rec = {"stage": "ablation", "key": key, "method": method, "seed": seed, "ckpt": str(ckpt),
+                   "headroom_targets": [name for name, _ in targets],
+                   "headroom_top1": [float(c.mean()) for c in h_correct],
                    "best": best.to_dict(), "hp": hp if METHODS[method][0] == "mole" else None,
                    "searched_top1": float(s_correct.mean()), "searched_loss": float(s_loss.mean()),
                    "random_top1_mean": float(np.mean([c.mean() for c, _ in r])),
@@ -316,28 +369,32 @@ def stage_ablation(args, store: Store) -> None:
             rec["seconds"] = round(time.perf_counter() - t0, 1)
             store.add(rec, {"searched_correct": s_correct, "searched_loss": s_loss.astype(np.float16),
                             "random_correct": np.stack([c for c, _ in r]),
-                            "random_loss": np.stack([lo for _, lo in r]).astype(np.float16)})
+                            "random_loss": np.stack([lo for _, lo in r]).astype(np.float16),
+                            "headroom_correct": h_correct})
             print(f"[ablation] {key}: searched {rec['searched_top1']:.4f}, random mean {rec['random_top1_mean']:.4f}, "
                   f"collapse {rec['collapse_mean_cos']:.4f} ({rec['seconds']:.0f} s)", flush=True)
 
 
 # ---------------------------------------------------------------------- stage: headroom
-def finetune_standalone(model: torch.nn.Module, supernet_dir: Path, epochs: int, lr: float, batch_size: int,
-                        seed: int, train_subset: int | None = None) -> torch.nn.Module:
-    """All weights of a materialised subnet, AdamW + cosine (no warm-up), shift/flip augmentation, no mixup,
-    label smoothing 0.1 — the supernet's own recipe, on the same training images (its split)."""
-    cfg = DataConfig.fmnist()
-    bundle = build_data(cfg, split=load_split(supernet_dir / "split.json"), train_subset=train_subset)
-    loaders = make_loaders(bundle, cfg, batch_size=batch_size, seed=seed, num_workers=0)
+def finetune_standalone(model: torch.nn.Module, args, seed: int = 0) -> torch.nn.Module:
+    """All weights of a materialised subnet for the methods' budget (`args.epochs`), AdamW (`args.finetune_lr`) +
+    cosine, no warm-up, on the supernet's training images (its split) with its data recipe (Fashion-MNIST: shift/
+    flip and label smoothing 0.1; folders: AutoFormer's RandAugment, mixup/cutmix, smoothing)."""
+    rd = run_data(args)
+    bundle = build_data(rd.config, split=rd.split, train_subset=args.train_subset)
+    loaders = make_loaders(bundle, rd.config, batch_size=args.batch_size, seed=seed, num_workers=args.workers)
+    mixup, criterion = make_mixup(rd.config, bundle.num_classes), make_train_loss(rd.config)
     torch.manual_seed(seed)
-    steps = epochs * len(loaders.train)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.01)
+    steps = args.epochs * len(loaders.train)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.finetune_lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=args.finetune_lr * 0.01)
     model.train()
-    for epoch in range(epochs):
+    for epoch in range(args.epochs):
         loaders.train.set_epoch(epoch)
         for x, y in loaders.train:
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            if mixup is not None:
+                x, y = mixup(x, y)
+            loss = criterion(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -345,25 +402,51 @@ def finetune_standalone(model: torch.nn.Module, supernet_dir: Path, epochs: int,
     return model.eval()
 
 
-def stage_headroom(args, store: Store) -> None:
-    base = load_checkpoint(args.supernet)
+HEADROOM_TARGETS = ("searched", "smallest", "random0", "random1")
+
+
+def headroom_targets(args, base) -> list[tuple[str, Subnet]]:
+    """The subnets whose headroom is measured: the supernet's searched subnet, the space's smallest and the first
+    two fixed random subnets (the same subnets every ablation cell also evaluates, for the capture ratio)."""
     fixed = sample_distinct(base.supernet.space, args.random_subnets, seed=FIXED_SEED)
     searched = _search(args, args.supernet, 0, args.out / "searches" / "supernet-s0.json")
-    targets = [("searched", searched)] + [(f"random{i}", fixed[i]) for i in range(3)]
-    test = test_batches()
-    for name, sn in targets:
+    return list(zip(HEADROOM_TARGETS, [searched, smallest_subnet(base.supernet.space), fixed[0], fixed[1]]))
+
+
+def stage_headroom(args, store: Store) -> None:
+    """Each target materialised and fine-tuned alone (all weights) for the MoLE budget; per-image test results."""
+    base = load_checkpoint(args.supernet)
+    test = test_batches(args)
+    for name, sn in headroom_targets(args, base):
         if store.find("headroom", name):
             continue
         t0 = time.perf_counter()
         before = per_image(base, sn, test)
-        model = finetune_standalone(materialize(base.supernet, sn), args.supernet, args.epochs, args.finetune_lr,
-                                    args.batch_size, seed=0, train_subset=args.train_subset)
+        model = finetune_standalone(materialize(base.supernet, sn), args)
         after = model_per_image(model, test)
         rec = store.add({"stage": "headroom", "key": name, "subnet": sn.to_dict(), "top1_before": float(before[0].mean()),
                          "top1_after": float(after[0].mean()), "loss_before": float(before[1].mean()),
                          "loss_after": float(after[1].mean()), "seconds": round(time.perf_counter() - t0, 1)},
                         {"correct_before": before[0], "correct_after": after[0]})
         print(f"[headroom] {name}: top-1 {rec['top1_before']:.4f} -> {rec['top1_after']:.4f}", flush=True)
+
+
+def headroom_summary(store: Store) -> dict[str, Any] | None:
+    """Headroom pooled over the measured subnets (paired per image) and per subnet, in points, with 95% CIs."""
+    head = store.records("headroom")
+    if not head:
+        return None
+    diffs = {h["key"]: store.arrays("headroom", h["key"])["correct_after"].astype(float)
+             - store.arrays("headroom", h["key"])["correct_before"] for h in head}
+    pooled = bootstrap_ci(np.mean(list(diffs.values()), axis=0))
+    subnets = []
+    for h in head:
+        m, lo, hi = bootstrap_ci(diffs[h["key"]])
+        subnets.append({"name": h["key"], "subnet": h["subnet"], "top1_before": h["top1_before"] * 100,
+                        "top1_after": h["top1_after"] * 100, "gain_points": m * 100, "ci": [lo * 100, hi * 100],
+                        "seconds": h["seconds"]})
+    return {"gain_points": pooled[0] * 100, "ci": [pooled[1] * 100, pooled[2] * 100], "subnets": subnets,
+            "seconds": sum(h["seconds"] for h in head)}
 
 
 # ---------------------------------------------------------------------- stage: report
@@ -395,6 +478,84 @@ def paired(store: Store, method: str, seeds: list[int]) -> dict[str, np.ndarray]
     }
 
 
+def ratio_ci(num: np.ndarray, den: np.ndarray, resamples: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
+    """mean(num) / mean(den) and its 95% percentile-bootstrap interval, resampling images jointly (both are paired
+    per-image differences on the same test images). Meaningful only when mean(den) is clearly above zero."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    for start in range(0, resamples, 100):  # 100 resamples at a time keeps memory at 100 x n
+        idx = rng.integers(0, len(num), (min(100, resamples - start), len(num)))
+        ratios[start:start + len(idx)] = num[idx].mean(1) / den[idx].mean(1)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(num.mean() / den.mean()), float(lo), float(hi)
+
+
+def capture(store: Store, seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """Per method and headroom subnet: the method's paired gain over (a) (mean over seeds) and the capture ratio
+    gain / headroom(f) on the same subnet and test images."""
+    head = {h["key"]: store.arrays("headroom", h["key"]) for h in store.records("headroom")}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method in METHODS:
+        if method == "supernet":
+            continue
+        pairs = [(store.arrays("ablation", f"{method}-s{s}"), store.arrays("ablation", f"supernet-s{s}")) for s in seeds
+                 if store.find("ablation", f"{method}-s{s}") and store.find("ablation", f"supernet-s{s}")]
+        pairs = [(m, a) for m, a in pairs if "headroom_correct" in m and "headroom_correct" in a]
+        if not pairs:
+            continue
+        targets = store.find("ablation", f"{method}-s{seeds[0]}").get("headroom_targets", list(HEADROOM_TARGETS))
+        rows = []
+        for i, name in enumerate(targets):
+            gain = np.mean([m["headroom_correct"][i].astype(float) - a["headroom_correct"][i] for m, a in pairs], axis=0)
+            g = bootstrap_ci(gain)
+            row: dict[str, Any] = {"subnet": name, "gain_points": g[0] * 100, "gain_ci": [g[1] * 100, g[2] * 100],
+                                   "seeds": len(pairs)}
+            if name in head:
+                room = head[name]["correct_after"].astype(float) - head[name]["correct_before"]
+                hr = bootstrap_ci(room)
+                row.update({"headroom_points": hr[0] * 100, "headroom_ci": [hr[1] * 100, hr[2] * 100],
+                            "headroom_resolved": hr[1] > 0})
+                if hr[1] > 0:  # a ratio over a headroom whose interval includes 0 is not a number to report
+                    ratio = ratio_ci(gain, room)
+                    row.update({"capture_ratio": ratio[0], "capture_ci": [ratio[1], ratio[2]]})
+            rows.append(row)
+        out[method] = rows
+    return out
+
+
+def capture_markdown(cap: dict[str, list[dict[str, Any]]]) -> str:
+    """The capture table: one row per method, one column per headroom subnet."""
+    if not cap:
+        return ""
+    names = [r["subnet"] for r in next(iter(cap.values()))]
+    text = ("\n\nCapture ratio = the method's paired top-1 gain over (a) / the headroom (f) of the same subnet "
+            "(95% bootstrap CIs, images resampled jointly; undefined where the headroom's CI includes 0):\n\n")
+    text += "| method | " + " | ".join(f"{n}: gain (capture)" for n in names) + " |\n|---|" + "---|" * len(names) + "\n"
+    first = next(iter(cap.values()))
+    text += "| (f) headroom | " + " | ".join(
+        f"{r['headroom_points']:+.2f} [{r['headroom_ci'][0]:+.2f}, {r['headroom_ci'][1]:+.2f}]" if "headroom_points" in r
+        else "–" for r in first) + " |\n"
+    for method, rows in cap.items():
+        cells = []
+        for r in rows:
+            cell = f"{r['gain_points']:+.2f} [{r['gain_ci'][0]:+.2f}, {r['gain_ci'][1]:+.2f}]"
+            if r.get("headroom_resolved"):
+                cell += f" ({r['capture_ratio']:.2f} [{r['capture_ci'][0]:.2f}, {r['capture_ci'][1]:.2f}])"
+            cells.append(cell)
+        text += f"| {LABELS[method]} | " + " | ".join(cells) + " |\n"
+    return text
+
+
+def run_cost(store: Store, supernet: Path) -> dict[str, float | None]:
+    """CPU seconds: supernet training (its summary.json), the headroom fine-tunes, the gate cells (a) and (b) s0."""
+    summary = supernet / "summary.json"
+    sup = json.loads(summary.read_text()).get("train_seconds") if summary.exists() else None
+    head = sum(h["seconds"] for h in store.records("headroom")) or None
+    gate = [store.find("ablation", k) for k in ("supernet-s0", "finetune-s0")]
+    return {"supernet": sup, "headroom": head, "gate": sum(g["seconds"] for g in gate) if all(gate) else None}
+
+
 def stage_report(args, store: Store) -> str:
     rows = store.records("ablation")
     seeds = sorted({r["seed"] for r in rows})
@@ -421,10 +582,15 @@ def stage_report(args, store: Store) -> str:
         after = [h["top1_after"] for h in head]
         diffs = np.mean([store.arrays("headroom", h["key"])["correct_after"].astype(float)
                          - store.arrays("headroom", h["key"])["correct_before"] for h in head], axis=0)
-        lines.append(f"| {LABELS['headroom']} ({len(head)} subnets: searched + 3 random) | "
+        lines.append(f"| {LABELS['headroom']} ({len(head)} subnets: {', '.join(h['key'] for h in head)}) | "
                      f"{statistics.fmean(before) * 100:.2f} → {statistics.fmean(after) * 100:.2f} | {_ci(diffs)} | | | | | 1 | – |")
         summary["headroom"] = head
+        summary["headroom_summary"] = headroom_summary(store)
     text = "\n".join(lines)
+    cap = capture(store, seeds)
+    if cap:
+        summary["capture"] = cap
+        text += capture_markdown(cap)
     moved = [r for r in rows if "moved" in r]
     if moved:
         text += "\n\n| method | routing moved from init (TV, mean) | own-expert share (mean over groups) | " + \
@@ -456,6 +622,7 @@ def stage_report(args, store: Store) -> str:
                      f"[{r['val_loss_gain_ci'][0]:+.4f}, {r['val_loss_gain_ci'][1]:+.4f}] | "
                      f"{r['routing_tv_from_init_mean']:.4f} | {r['dw_over_w']['fc1'] * 100:.2f}% |\n")
         summary["sweep"] = sweep
+    summary["cost"] = run_cost(store, args.supernet)
     (args.out / "report.md").write_text(text + "\n")
     (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(text)
@@ -498,10 +665,19 @@ def stage_ship(args, store: Store) -> Path:
 
 
 # ---------------------------------------------------------------------- entry point
-def main(argv: list[str] | None = None) -> int:
+STAGES = {"sweep": stage_sweep, "headroom": stage_headroom, "ablation": stage_ablation, "report": stage_report,
+          "ship": stage_ship}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The reproduction's options (every stage takes them all)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["sweep", "headroom", "ablation", "report", "ship", "all"])
-    parser.add_argument("--supernet", type=Path, help="Converged fmnist supernet run folder.")
+    parser.add_argument("stage", choices=["supernet", *STAGES, "all"])
+    parser.add_argument("--supernet", type=Path, help="Converged supernet run folder (default: the one the "
+                        "`supernet` stage trained in <out>/workspace, or the one recorded in <out>/args.json).")
+    parser.add_argument("--space", default="fmnist", help="Search space of the `supernet` stage: a preset "
+                        "(fmnist, fmnist-wide) or a YAML file.")
+    parser.add_argument("--supernet-epochs", type=int, default=60, help="Epochs of the `supernet` stage.")
     parser.add_argument("--epochs", type=int, help="Budget of every trained method (default: 10%% of the supernet's epochs).")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--expert-lr", type=float, default=5e-4, help="Experts' AdamW LR (paper 5e-4).")
@@ -518,29 +694,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-subset", type=int, default=2000, help="Validation images of the search fitness.")
     parser.add_argument("--sweep-val", type=int, default=5000, help="Validation images judging the sweep.")
     parser.add_argument("--random-subnets", type=int, default=20)
-    parser.add_argument("--train-subset", type=int, default=None, help="Train on the first N images only (smoke runs).")
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="Train on the first N images of the split only (the `supernet` stage records it in the "
+                             "split, so every later stage uses the same N images).")
     parser.add_argument("--sweep-grid", type=int, default=None, help="Only the first N sweep settings (smoke runs).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/reproduction-runs"))
     parser.add_argument("--ship-dir", type=Path, default=Path("benchmarks/reproduction"))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(2)
-    store = Store(args.out)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--data", default=None, help="Data of the methods and evaluations (default: what the supernet "
+                        "run recorded); required for an imported AutoFormer supernet, e.g. an ImageNet-style folder.")
+    parser.add_argument("--workers", type=int, default=0, help="Data-loader workers for folder data.")
+    return parser.parse_args(argv)
+
+
+def resolve_supernet(args: argparse.Namespace) -> Path:
+    """--supernet, else the one recorded in <out>/args.json, else the `supernet` stage's finished run."""
     state = args.out / "args.json"
     if args.supernet is None and state.exists():
         args.supernet = Path(json.loads(state.read_text())["supernet"])
     if args.supernet is None:
-        raise SystemExit("--supernet is required the first time (a converged fmnist supernet run folder)")
+        run, finished = find_supernet(args.out / "workspace")
+        args.supernet = run if finished else None
+    if args.supernet is None:
+        raise SystemExit("--supernet is required (a converged supernet run folder), or run the `supernet` stage first")
     args.supernet = args.supernet.resolve()
     state.write_text(json.dumps({"supernet": str(args.supernet)}) + "\n")
+    return args.supernet
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = Store(args.out)
+    started = time.perf_counter()
+    if args.stage == "supernet":
+        args.supernet = stage_supernet(args, store)
+        resolve_supernet(args)
+        print(f"[reproduction] supernet {args.supernet} done in {time.perf_counter() - started:.0f} s", flush=True)
+        return 0
+    resolve_supernet(args)
     if args.epochs is None:
         args.epochs = max(1, round(recorded_epochs(args.supernet) / 10))
     if args.warmup_epochs is None:
         args.warmup_epochs = max(0, round(args.epochs / 10))
-    started = time.perf_counter()
     stages = ["sweep", "headroom", "ablation", "report"] if args.stage == "all" else [args.stage]
     for stage in stages:
-        {"sweep": stage_sweep, "headroom": stage_headroom, "ablation": stage_ablation, "report": stage_report,
-         "ship": stage_ship}[stage](args, store)
+        STAGES[stage](args, store)
     print(f"[reproduction] {', '.join(stages)} done in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 

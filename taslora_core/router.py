@@ -4,6 +4,8 @@ Per active block b: categorical indices of (heads, MLP ratio, embed dim[, depth]
 a single-layer LSTM (or GRU, or a block-wise MLP without recurrence) over the blocks -> the head of the
 block's architecture group g(b) (weight d x 4K, bias 4K) -> softmax over the K experts of each of the
 4 MoLE layers. Group-wise initialisation sets group g's bias to beta at expert g (`tas-lora-method.md` s3).
+With `position_heads` every (group, block position) pair has its own head (the paper's R has a block-position
+axis); by default a group's head is shared by every position, which the LSTM state already tells apart.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class RouterConfig:
     beta: float = 3.0
     head_init_std: float = 1e-4
     random_init_std: float = 0.02
+    position_heads: bool = False
 
     def to_dict(self) -> dict:
         """JSON form."""
@@ -70,8 +73,11 @@ class Router(nn.Module):
         else:
             self.core = nn.Sequential(nn.Linear(n_attr * a, config.hidden), nn.GELU(), nn.Linear(config.hidden, config.hidden))
         outputs = len(LINEAR_LAYERS) * num_experts
-        self.head_weight = nn.Parameter(torch.zeros(len(self.groups), config.hidden, outputs))
-        self.head_bias = nn.Parameter(torch.zeros(len(self.groups), outputs))
+        # one head per group, or per (group, position): heads are indexed by group * positions + position
+        self.positions = space.super_depth if config.position_heads else 1
+        heads = len(self.groups) * self.positions
+        self.head_weight = nn.Parameter(torch.zeros(heads, config.hidden, outputs))
+        self.head_bias = nn.Parameter(torch.zeros(heads, outputs))
         self.reset_heads()
 
     def reset_heads(self) -> None:
@@ -80,11 +86,11 @@ class Router(nn.Module):
         with torch.no_grad():
             if cfg.init == "group":
                 nn.init.normal_(self.head_weight, std=cfg.head_init_std)
-                bias = torch.zeros(len(self.groups), len(LINEAR_LAYERS), self.num_experts)
+                bias = torch.zeros(len(self.groups), self.positions, len(LINEAR_LAYERS), self.num_experts)
                 if self.num_experts > 1:
                     for g in range(len(self.groups)):
-                        bias[g, :, g] = cfg.beta
-                self.head_bias.copy_(bias.reshape(len(self.groups), -1))
+                        bias[g, :, :, g] = cfg.beta
+                self.head_bias.copy_(bias.reshape(len(self.groups) * self.positions, -1))
             else:
                 nn.init.normal_(self.head_weight, std=cfg.random_init_std)
                 self.head_bias.zero_()
@@ -122,6 +128,8 @@ class Router(nn.Module):
         else:
             h = self.core(seq.unsqueeze(0))[0].squeeze(0)  # (depth, hidden)
         g = torch.tensor(self.block_groups(subnet), device=h.device)
+        if self.positions > 1:
+            g = g * self.positions + torch.arange(subnet.depth, device=h.device)
         out = torch.einsum("bd,bdo->bo", h, self.head_weight[g]) + self.head_bias[g]
         return out.reshape(subnet.depth, len(LINEAR_LAYERS), self.num_experts)
 

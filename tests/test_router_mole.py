@@ -12,7 +12,7 @@ from taslora_core import slicing
 from taslora_core.mole import MoLEConfig, MoLEModel
 from taslora_core.router import Router, RouterConfig
 from taslora_core.space import SearchSpace
-from taslora_core.subnet import largest_subnet, sample_subnet, smallest_subnet
+from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_subnet
 from taslora_core.supernet import Supernet
 
 
@@ -82,6 +82,35 @@ def test_depth_attribute_multiplies_groups() -> None:
     sn = largest_subnet(space)
     g = router.block_groups(sn)[0]
     assert router(sn)[0, 0].argmax().item() == g
+
+
+def test_position_heads_separate_positions_of_one_group() -> None:
+    """Per-position heads start group-wise like shared heads, but a change to one position's head moves only that
+    position's routing; with shared heads the same change moves every block of the group."""
+    torch.manual_seed(0)
+    space = SearchSpace.preset("fmnist")
+    k = len(space.groups())
+    sn = Subnet(embed_dim=96, depth=6, num_heads=(3,) * 6, mlp_ratios=(3.0,) * 6)  # 6 blocks, one group
+    g = space.group_index(3, 3.0, 96)
+    shared = Router(space, k, RouterConfig(init="group"))
+    per_pos = Router(space, k, RouterConfig(init="group", position_heads=True))
+    assert per_pos.head_bias.shape[0] == k * space.super_depth and shared.head_bias.shape[0] == k
+    with torch.no_grad():
+        torch.testing.assert_close(per_pos(sn)[:, :, g], shared(sn)[:, :, g], atol=2e-3, rtol=0)
+        before = per_pos(sn).clone()
+        other = [layer * k + (g + 1) % k for layer in range(4)]  # raise another expert (softmax ignores a shift)
+        per_pos.head_bias[g * space.super_depth + 2, other] += 5.0  # group g at position 2 only
+        moved = (per_pos(sn) - before).abs().amax(dim=(1, 2))
+        assert moved[2] > 0.1 and torch.all(moved[[0, 1, 3, 4, 5]] < 1e-6)
+        before = shared(sn).clone()
+        shared.head_bias[g, other] += 5.0
+        assert torch.all((shared(sn) - before).abs().amax(dim=(1, 2)) > 0.1)
+
+
+def test_position_heads_round_trip_in_mole_config() -> None:
+    cfg = MoLEConfig(router=RouterConfig(position_heads=True))
+    assert MoLEConfig.from_dict(cfg.to_dict()).router.position_heads is True
+    assert MoLEConfig.from_dict({"router": {}}).router.position_heads is False  # older checkpoints
 
 
 @pytest.fixture(scope="module")

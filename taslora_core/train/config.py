@@ -107,6 +107,9 @@ class MoLETrainConfig(TrainConfig):
     router_init: str = setting("group", "group (group-wise init, TAS-LoRA) or random.")
     router_depth: bool = setting(
         False, "Feed the depth to the router too (groups then include depth).", flag="--router-depth/--no-router-depth")
+    router_position_heads: bool = setting(
+        False, "One router head per (group, block position) instead of one per group shared by every position.",
+        flag="--router-position-heads/--no-router-position-heads")
     beta: float = setting(3.0, "Group-wise init: bias of a group's own expert.")
     expert_lr: float = setting(5e-4, "Experts' AdamW LR (also the LR of --mode finetune).")
     router_lr: float = setting(0.1, "Router's SGD LR (momentum 0.9).")

@@ -59,7 +59,8 @@ def mole_config(cfg: MoLETrainConfig) -> MoLEConfig:
     experts = 1 if cfg.mode == "single-lora" else cfg.experts
     if experts is not None and experts < 1:
         raise ValueError(f"--experts must be >= 1, got {experts}")
-    router = RouterConfig(kind=cfg.router, include_depth=cfg.router_depth, init=cfg.router_init, beta=cfg.beta)
+    router = RouterConfig(kind=cfg.router, include_depth=cfg.router_depth, init=cfg.router_init, beta=cfg.beta,
+                          position_heads=cfg.router_position_heads)
     return MoLEConfig(num_experts=experts, rank=cfg.rank, router=router, alpha=cfg.lora_alpha)
 
 
