@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from taslora_cli.app import run_command
+from taslora_core import flops
 from taslora_core.analysis import feature_collapse, mean_off_diagonal, paired_bootstrap, sample_distinct
 from taslora_core.data import build_data, load_test_batches, make_loaders, make_mixup, make_train_loss
 from taslora_core.run_data import RecordedData, RunData, resolve_run_data
@@ -59,14 +60,23 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "single-lora": ("mole", ["--mode", "single-lora"]),
     "mole-random": ("mole", ["--router-init", "random"]),
     "tas-lora": ("mole", []),
+    # diagnostics (run only when named with --methods): does the paper's block-position axis, a larger rank or a
+    # longer budget let the experts capture more of the headroom?
+    "tas-lora-pos": ("mole", ["--router-position-heads"]),
+    "tas-lora-r32": ("mole", ["--rank", "32"]),
+    "tas-lora-3x": ("mole", []),
 }
+PAPER_METHODS = ["supernet", "finetune", "single-lora", "mole-random", "tas-lora"]
+EPOCH_FACTOR = {"tas-lora-3x": 3}  # budget multiple of a diagnostic method
 LABELS = {
     "supernet": "(a) supernet alone", "finetune": "(b) full fine-tuning", "single-lora": "(c) single LoRA (K=1)",
     "mole-random": "(d) MoLE, random router init", "tas-lora": "(e) TAS-LoRA (group-wise init)",
     "headroom": "(f) headroom: subnet fine-tuned alone",
+    "tas-lora-pos": "(e2) TAS-LoRA, per-position router heads", "tas-lora-r32": "(e3) TAS-LoRA, rank 32",
+    "tas-lora-3x": "(e4) TAS-LoRA, 3x the budget",
 }
 PAPER = {"supernet": "74.9", "finetune": "≈ 74.9", "single-lora": "75.0", "mole-random": "75.4", "tas-lora": "75.7",
-         "headroom": "–"}
+         "headroom": "–", "tas-lora-pos": "–", "tas-lora-r32": "–", "tas-lora-3x": "–"}
 FIXED_SEED = 1234  # the fixed random subnets (same as benchmarks/ablation.py)
 BOOTSTRAP = 2000
 
@@ -173,7 +183,8 @@ def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str,
     if done is not None:
         return done
     lr = args.finetune_lr if method == "finetune" else args.expert_lr
-    argv = ["train", "--supernet", str(args.supernet), *extra, "--epochs", str(args.epochs), "--expert-lr", str(lr),
+    epochs = args.epochs * EPOCH_FACTOR.get(method, 1)
+    argv = ["train", "--supernet", str(args.supernet), *extra, "--epochs", str(epochs), "--expert-lr", str(lr),
             "--batch-size", str(args.batch_size), "--warmup-epochs", str(hp.get("warmup", args.warmup_epochs)),
             "--name", name, "--seed", str(seed), "--quiet", "--workdir", str(workdir), "--summary-subnets", "0",
             "--val-subset", "2000", "--save-every-steps", "200",
@@ -251,6 +262,7 @@ def what_moved(loaded, seed: int, subnets: list[Subnet]) -> dict[str, Any]:
     groups = mole.space.groups(include_depth=mole.router.config.include_depth)
     dist: dict[int, list[float]] = {}
     own: dict[int, list[float]] = {}
+    mean_routing: dict[int, list[torch.Tensor]] = {}
     ratio: dict[str, list[float]] = {layer: [] for layer in LINEAR_LAYERS}
     params = dict(loaded.supernet.named_parameters())
     for sn in subnets:
@@ -259,6 +271,7 @@ def what_moved(loaded, seed: int, subnets: list[Subnet]) -> dict[str, Any]:
         for b, g in enumerate(mole.router.block_groups(sn)):
             # total-variation distance between the routing distributions, mean over the 4 layers
             dist.setdefault(g, []).append(float(0.5 * (p[b] - p0[b]).abs().sum(-1).mean()))
+            mean_routing.setdefault(g, []).append(p[b].mean(0))  # (K,), mean over the 4 layers
             if mole.num_experts == len(groups):
                 own.setdefault(g, []).append(float(p[b, :, g].mean()))
             dims = block_dims(mole.space, sn, b)
@@ -270,6 +283,7 @@ def what_moved(loaded, seed: int, subnets: list[Subnet]) -> dict[str, Any]:
         "routing_tv_from_init_mean": statistics.fmean(x for v in dist.values() for x in v),
         "own_expert_share": {str(g): statistics.fmean(v) for g, v in sorted(own.items())} if own else None,
         "dw_over_w": {layer: statistics.fmean(v) for layer, v in ratio.items()},
+        "routing_mean": {str(g): torch.stack(v).mean(0).tolist() for g, v in sorted(mean_routing.items())},
     }
 
 
@@ -547,6 +561,83 @@ def capture_markdown(cap: dict[str, list[dict[str, Any]]]) -> str:
     return text
 
 
+def per_subnet_gains(store: Store, method: str, seeds: list[int], space) -> dict[str, Any] | None:
+    """Which fixed random subnets the method helps and hurts: per subnet its FLOPs and its paired top-1 gain over
+    (a) (mean over seeds, 95% CI), the count helped/hurt beyond the interval, and Spearman(FLOPs, gain)."""
+    pairs = [(store.arrays("ablation", f"{method}-s{s}"), store.arrays("ablation", f"supernet-s{s}")) for s in seeds
+             if store.find("ablation", f"{method}-s{s}") and store.find("ablation", f"supernet-s{s}")]
+    if not pairs:
+        return None
+    count = pairs[0][0]["random_correct"].shape[0]
+    subnets = sample_distinct(space, count, seed=FIXED_SEED)
+    rows = []
+    for i, sn in enumerate(subnets):
+        m, lo, hi = bootstrap_ci(np.mean([b["random_correct"][i].astype(float) - a["random_correct"][i]
+                                          for b, a in pairs], axis=0))
+        rows.append({"subnet": sn.to_dict(), "flops": flops(space, sn), "gain_points": m * 100,
+                     "ci": [lo * 100, hi * 100]})
+    gains = np.array([r["gain_points"] for r in rows])
+    order = lambda v: np.argsort(np.argsort(v))  # noqa: E731  (ranks; ties are rare for FLOPs and gains)
+    rho = float(np.corrcoef(order(np.array([r["flops"] for r in rows])), order(gains))[0, 1])
+    return {"subnets": rows, "helped": sum(r["ci"][0] > 0 for r in rows), "hurt": sum(r["ci"][1] < 0 for r in rows),
+            "spearman_flops_gain": rho}
+
+
+def routing_separation(cells: list[dict[str, Any]], space) -> dict[str, Any] | None:
+    """Does the learned routing separate groups by embed dim (the axis along which headroom differs)? For each embed
+    dim: the routing mass its groups put on the experts that group-wise init gave to groups of the same embed dim
+    (1/3 = no separation with 3 embed dims), and the mean total-variation distance between groups' routings
+    within and across embed dims. From `what_moved`'s mean routing per group, averaged over seeds."""
+    cells = [c for c in cells if c.get("moved", {}).get("routing_mean")]
+    if not cells:
+        return None
+    groups = space.groups()
+    by_group: dict[int, np.ndarray] = {}
+    for g in range(len(groups)):
+        vecs = [np.array(c["moved"]["routing_mean"][str(g)]) for c in cells if str(g) in c["moved"]["routing_mean"]]
+        if vecs and len(vecs[0]) == len(groups):
+            by_group[g] = np.mean(vecs, axis=0)
+    if not by_group:
+        return None
+    out: dict[str, Any] = {"own_embed_mass": {}}
+    for e in space.embed_dims:
+        mine = [g for g in by_group if groups[g].embed_dim == e]
+        experts = [k for k, grp in enumerate(groups) if grp.embed_dim == e]
+        out["own_embed_mass"][str(e)] = float(np.mean([by_group[g][experts].sum() for g in mine])) if mine else None
+    tv = lambda a, b: 0.5 * float(np.abs(a - b).sum())  # noqa: E731
+    keys = sorted(by_group)
+    same = [tv(by_group[a], by_group[b]) for a in keys for b in keys
+            if a < b and groups[a].embed_dim == groups[b].embed_dim]
+    diff = [tv(by_group[a], by_group[b]) for a in keys for b in keys
+            if a < b and groups[a].embed_dim != groups[b].embed_dim]
+    out["tv_within_embed"] = statistics.fmean(same) if same else None
+    out["tv_across_embed"] = statistics.fmean(diff) if diff else None
+    out["chance_own_embed_mass"] = 1 / len(space.embed_dims)
+    return out
+
+
+def diagnostics_markdown(diag: dict[str, Any]) -> str:
+    """Which subnets each MoLE method helps/hurts, and how its routing separates embed dims."""
+    text = "\n\nWhere the experts help and hurt (fixed random subnets; paired top-1 gain over (a), mean over seeds) and " \
+           "whether the routing separates embed dims (mass on the experts group-wise init gave to the same embed dim; " \
+           "chance = 1/number of embed dims):\n\n| method | helped (CI > 0) | hurt (CI < 0) | Spearman(FLOPs, gain) | " \
+           "gain of the 5 smallest / 5 largest (mean) | own-embed routing mass per embed dim | routing TV within / " \
+           "across embed dims |\n|---|---|---|---|---|---|---|\n"
+    for method, d in diag.items():
+        ps, sep = d.get("per_subnet"), d.get("routing")
+        if ps is None:
+            continue
+        rows = sorted(ps["subnets"], key=lambda r: r["flops"])
+        small = statistics.fmean(r["gain_points"] for r in rows[:5])
+        large = statistics.fmean(r["gain_points"] for r in rows[-5:])
+        mass = ", ".join(f"{e}: {m:.2f}" for e, m in sep["own_embed_mass"].items() if m is not None) if sep else "–"
+        tvs = (f"{sep['tv_within_embed']:.3f} / {sep['tv_across_embed']:.3f}" if sep and sep["tv_within_embed"]
+               is not None and sep["tv_across_embed"] is not None else "–")
+        text += (f"| {LABELS[method]} | {ps['helped']}/{len(rows)} | {ps['hurt']}/{len(rows)} | "
+                 f"{ps['spearman_flops_gain']:+.2f} | {small:+.2f} / {large:+.2f} | {mass} | {tvs} |\n")
+    return text
+
+
 def run_cost(store: Store, supernet: Path) -> dict[str, float | None]:
     """CPU seconds: supernet training (its summary.json), the headroom fine-tunes, the gate cells (a) and (b) s0."""
     summary = supernet / "summary.json"
@@ -591,6 +682,13 @@ def stage_report(args, store: Store) -> str:
     if cap:
         summary["capture"] = cap
         text += capture_markdown(cap)
+    space = load_checkpoint(args.supernet).supernet.space
+    diag = {m: {"per_subnet": per_subnet_gains(store, m, seeds, space),
+                "routing": routing_separation([r for r in rows if r["method"] == m], space)}
+            for m in METHODS if METHODS[m][0] == "mole" and any(r["method"] == m for r in rows)}
+    if diag:
+        summary["diagnostics"] = diag
+        text += diagnostics_markdown(diag)
     moved = [r for r in rows if "moved" in r]
     if moved:
         text += "\n\n| method | routing moved from init (TV, mean) | own-expert share (mean over groups) | " + \
@@ -687,7 +785,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-epochs", type=int, default=None, help="Warm-up when no sweep ran (default: 10%% of the budget).")
     parser.add_argument("--no-sweep-choice", action="store_true", help="Use the command-line MoLE settings even if a sweep ran.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=PAPER_METHODS, choices=list(METHODS),
+                        help="Methods of the ablation stage (default: the paper's five; the tas-lora-* diagnostics on request).")
     parser.add_argument("--flops", default="6M")
     parser.add_argument("--population", type=int, default=12)
     parser.add_argument("--iterations", type=int, default=4)

@@ -211,3 +211,49 @@ def test_headroom_map_rows_come_from_each_regimes_report(tmp_path: Path, monkeyp
     text = (tmp_path / "results" / "map.md").read_text()
     assert "**+1.50** [+1.00, +2.00]" in text and "+4.00" in text and "NOT met" in text
     assert json.loads((tmp_path / "results" / "map.json").read_text())[0]["regime"] == "wide-10k"
+
+
+def test_per_subnet_gains_count_helped_and_hurt_subnets(tmp_path: Path) -> None:
+    rep = _load("reproduction")
+    store = rep.Store(tmp_path)
+    rng = np.random.default_rng(1)
+    n = 4000
+    base = np.stack([_correct(rng, n, 0.8) for _ in range(3)])
+    method = base.copy()
+    method[0, :400] = 1  # subnet 0 helped (up to +10 points)
+    method[1, :400] = 0  # subnet 1 hurt
+    for name, arr in (("supernet", base), ("tas-lora", method)):
+        store.add({"stage": "ablation", "key": f"{name}-s0", "method": name, "seed": 0},
+                  {"random_correct": arr, "headroom_correct": arr[:1]})
+    space = SearchSpace.preset("fmnist")
+    out = rep.per_subnet_gains(store, "tas-lora", [0], space)
+    assert out["helped"] == 1 and out["hurt"] == 1 and len(out["subnets"]) == 3
+    assert out["subnets"][0]["gain_points"] > 1 and out["subnets"][1]["gain_points"] < -1
+    assert out["subnets"][2]["gain_points"] == 0.0
+    assert out["subnets"][0]["flops"] == flops(space, Subnet.from_dict(out["subnets"][0]["subnet"]))
+
+
+def test_routing_separation_tells_separated_from_uniform_routing() -> None:
+    rep = _load("reproduction")
+    space = SearchSpace.preset("fmnist-wide")
+    groups = space.groups()
+    k = len(groups)
+
+    def cells(separated: bool) -> list[dict]:
+        means = {}
+        for g, grp in enumerate(groups):
+            v = np.full(k, 1.0 / k)
+            if separated:  # all mass on the experts of the same embed dim
+                same = [j for j, other in enumerate(groups) if other.embed_dim == grp.embed_dim]
+                v = np.zeros(k)
+                v[same] = 1.0 / len(same)
+            means[str(g)] = v.tolist()
+        return [{"moved": {"routing_mean": means}}]
+
+    sep = rep.routing_separation(cells(True), space)
+    uni = rep.routing_separation(cells(False), space)
+    assert all(m == pytest.approx(1.0) for m in sep["own_embed_mass"].values())
+    assert all(m == pytest.approx(1 / 3) for m in uni["own_embed_mass"].values())
+    assert sep["tv_within_embed"] == pytest.approx(0.0) and sep["tv_across_embed"] == pytest.approx(1.0)
+    assert uni["tv_across_embed"] == pytest.approx(0.0)
+    assert rep.routing_separation([{"moved": {}}], space) is None
