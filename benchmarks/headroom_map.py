@@ -18,6 +18,7 @@ the MoLE settings, (a)-(f) x 3 seeds, capture ratios) in the regime with the lar
     python benchmarks/headroom_map.py                 # every regime, the map, then the ablation where it is largest
     python benchmarks/headroom_map.py map --regimes wide-10k narrow-10k
     python benchmarks/headroom_map.py ablation        # only the ablation (the regime with the largest headroom)
+    python benchmarks/headroom_map.py diagnose        # per-position heads, rank 32, 3x budget in that regime
 """
 
 from __future__ import annotations
@@ -146,9 +147,19 @@ def run_ablation(regime: Regime) -> None:
     run_stage(regime, "report")
 
 
+DIAGNOSTICS = ["tas-lora-pos", "tas-lora-r32", "tas-lora-3x"]
+
+
+def run_diagnostics(regime: Regime) -> None:
+    """Why the experts do or do not capture the headroom: per-position router heads, rank 32 and 3x the budget,
+    3 seeds each, with the settings the sweep chose; then the report (per-subnet gains, routing separation)."""
+    run_stage(regime, "ablation", "--methods", *DIAGNOSTICS, "--seeds", "0", "1", "2")
+    run_stage(regime, "report")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", nargs="?", default="all", choices=["all", "map", "ablation"])
+    parser.add_argument("step", nargs="?", default="all", choices=["all", "map", "ablation", "diagnose"])
     parser.add_argument("--regimes", nargs="+", default=ORDER, choices=list(REGIMES))
     args = parser.parse_args(argv)
     chosen = [REGIMES[name] for name in args.regimes]
@@ -157,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             run_regime(regime)
             write_map([REGIMES[name] for name in ORDER])
     rows = write_map([REGIMES[name] for name in ORDER])
-    if args.step in ("all", "ablation"):
+    if args.step in ("all", "ablation", "diagnose"):
         best = best_regime(rows)
-        print(f"[headroom-map] ablation in regime {best.name} (largest headroom)", flush=True)
-        run_ablation(best)
+        print(f"[headroom-map] {args.step} in regime {best.name} (largest headroom)", flush=True)
+        if args.step == "diagnose":
+            run_diagnostics(best)
+        else:
+            run_ablation(best)
     return 0
 
 

@@ -400,17 +400,24 @@ def stage_ablation(args, store: Store) -> None:
 
 
 # ---------------------------------------------------------------------- stage: headroom
-def finetune_standalone(model: torch.nn.Module, args, seed: int = 0) -> torch.nn.Module:
-    """All weights of a materialised subnet for the methods' budget (`args.epochs`), AdamW (`args.finetune_lr`) +
+EXPERT_WEIGHTS = tuple(f".{path}.weight" for path in LINEAR_PATHS.values())  # what MoLE's experts change
+
+
+def finetune_standalone(model: torch.nn.Module, args, seed: int = 0, scope: str = "all") -> torch.nn.Module:
+    """A materialised subnet fine-tuned alone for the methods' budget (`args.epochs`), AdamW (`args.finetune_lr`) +
     cosine, no warm-up, on the supernet's training images (its split) with its data recipe (Fashion-MNIST: shift/
-    flip and label smoothing 0.1; folders: AutoFormer's RandAugment, mixup/cutmix, smoothing)."""
+    flip and label smoothing 0.1; folders: AutoFormer's RandAugment, mixup/cutmix, smoothing). `scope` "all" trains
+    every weight; "linear" only the qkv/proj/fc1/fc2 weights of the blocks, the only weights the experts change."""
+    if scope == "linear":
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("blocks.") and name.endswith(EXPERT_WEIGHTS))
     rd = run_data(args)
     bundle = build_data(rd.config, split=rd.split, train_subset=args.train_subset)
     loaders = make_loaders(bundle, rd.config, batch_size=args.batch_size, seed=seed, num_workers=args.workers)
     mixup, criterion = make_mixup(rd.config, bundle.num_classes), make_train_loss(rd.config)
     torch.manual_seed(seed)
     steps = args.epochs * len(loaders.train)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.finetune_lr, weight_decay=0.05)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.finetune_lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=args.finetune_lr * 0.01)
     model.train()
     for epoch in range(args.epochs):
@@ -437,31 +444,39 @@ def headroom_targets(args, base) -> list[tuple[str, Subnet]]:
     return list(zip(HEADROOM_TARGETS, [searched, smallest_subnet(base.supernet.space), fixed[0], fixed[1]]))
 
 
-def stage_headroom(args, store: Store) -> None:
-    """Each target materialised and fine-tuned alone (all weights) for the MoLE budget; per-image test results."""
+def stage_headroom(args, store: Store, scope: str = "all") -> None:
+    """Each target materialised and fine-tuned alone for the MoLE budget (all weights, or with `scope` "linear"
+    only the four weights per block the experts change: stage "headroom_linear"); per-image test results."""
+    stage = "headroom" if scope == "all" else "headroom_linear"
     base = load_checkpoint(args.supernet)
     test = test_batches(args)
     for name, sn in headroom_targets(args, base):
-        if store.find("headroom", name):
+        if store.find(stage, name):
             continue
         t0 = time.perf_counter()
         before = per_image(base, sn, test)
-        model = finetune_standalone(materialize(base.supernet, sn), args)
+        model = finetune_standalone(materialize(base.supernet, sn), args, scope=scope)
         after = model_per_image(model, test)
-        rec = store.add({"stage": "headroom", "key": name, "subnet": sn.to_dict(), "top1_before": float(before[0].mean()),
+        rec = store.add({"stage": stage, "key": name, "subnet": sn.to_dict(), "top1_before": float(before[0].mean()),
                          "top1_after": float(after[0].mean()), "loss_before": float(before[1].mean()),
                          "loss_after": float(after[1].mean()), "seconds": round(time.perf_counter() - t0, 1)},
                         {"correct_before": before[0], "correct_after": after[0]})
-        print(f"[headroom] {name}: top-1 {rec['top1_before']:.4f} -> {rec['top1_after']:.4f}", flush=True)
+        print(f"[{stage}] {name}: top-1 {rec['top1_before']:.4f} -> {rec['top1_after']:.4f}", flush=True)
 
 
-def headroom_summary(store: Store) -> dict[str, Any] | None:
+def stage_headroom_linear(args, store: Store) -> None:
+    """How much of the headroom the experts' four weights per block can reach at all (the rest is in the patch
+    embedding, positions, LayerNorms, biases and the classifier, which MoLE leaves frozen)."""
+    stage_headroom(args, store, scope="linear")
+
+
+def headroom_summary(store: Store, stage: str = "headroom") -> dict[str, Any] | None:
     """Headroom pooled over the measured subnets (paired per image) and per subnet, in points, with 95% CIs."""
-    head = store.records("headroom")
+    head = store.records(stage)
     if not head:
         return None
-    diffs = {h["key"]: store.arrays("headroom", h["key"])["correct_after"].astype(float)
-             - store.arrays("headroom", h["key"])["correct_before"] for h in head}
+    diffs = {h["key"]: store.arrays(stage, h["key"])["correct_after"].astype(float)
+             - store.arrays(stage, h["key"])["correct_before"] for h in head}
     pooled = bootstrap_ci(np.mean(list(diffs.values()), axis=0))
     subnets = []
     for h in head:
@@ -687,6 +702,12 @@ def stage_report(args, store: Store) -> str:
                      f"{statistics.fmean(before) * 100:.2f} → {statistics.fmean(after) * 100:.2f} | {_ci(diffs)} | | | | | 1 | – |")
         summary["headroom"] = head
         summary["headroom_summary"] = headroom_summary(store)
+    linear = headroom_summary(store, "headroom_linear")
+    if linear:
+        per = ", ".join(f"{h['name']} {h['gain_points']:+.2f}" for h in linear["subnets"])
+        lines.append(f"| (f') headroom through the experts' 4 weights per block only ({per}) | | "
+                     f"{linear['gain_points']:+.2f} [{linear['ci'][0]:+.2f}, {linear['ci'][1]:+.2f}] | | | | | 1 | – |")
+        summary["headroom_linear_summary"] = linear
     text = "\n".join(lines)
     cap = capture(store, seeds)
     if cap:
@@ -775,8 +796,8 @@ def stage_ship(args, store: Store) -> Path:
 
 
 # ---------------------------------------------------------------------- entry point
-STAGES = {"sweep": stage_sweep, "headroom": stage_headroom, "ablation": stage_ablation, "report": stage_report,
-          "ship": stage_ship}
+STAGES = {"sweep": stage_sweep, "headroom": stage_headroom, "headroom-linear": stage_headroom_linear,
+          "ablation": stage_ablation, "report": stage_report, "ship": stage_ship}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from taslora_core import flops, params
+from taslora_core.data import DataConfig
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, smallest_subnet
 from taslora_core.supernet import Supernet
@@ -257,3 +258,35 @@ def test_routing_separation_tells_separated_from_uniform_routing() -> None:
     assert sep["tv_within_embed"] == pytest.approx(0.0) and sep["tv_across_embed"] == pytest.approx(1.0)
     assert uni["tv_across_embed"] == pytest.approx(0.0)
     assert rep.routing_separation([{"moved": {}}], space) is None
+
+
+def test_linear_scope_fine_tunes_only_the_weights_the_experts_change(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from taslora_deploy.standalone import materialize
+
+    rep = _load("reproduction")
+    space = SearchSpace.preset("fmnist-wide")
+    model = materialize(Supernet(space), smallest_subnet(space))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(3)]
+
+    class Loader(list):
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+    class Bundle:
+        num_classes = 10
+
+    class Data:
+        config = DataConfig.fmnist()
+        split = None
+
+    monkeypatch.setattr(rep, "run_data", lambda args: Data())
+    monkeypatch.setattr(rep, "build_data", lambda *a, **k: Bundle())
+    monkeypatch.setattr(rep, "make_loaders", lambda *a, **k: type("L", (), {"train": Loader(batches)})())
+    args = rep.parse_args(["headroom", "--epochs", "1", "--finetune-lr", "1e-2"])
+    rep.finetune_standalone(model, args, scope="linear")
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"blocks.{b}.{p}.weight" for b in range(2) for p in ("attn.qkv", "attn.proj", "fc1", "fc2")}
