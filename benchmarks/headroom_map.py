@@ -151,9 +151,12 @@ DIAGNOSTICS = ["tas-lora-pos", "tas-lora-r32", "tas-lora-3x"]
 
 
 def run_diagnostics(regime: Regime) -> None:
-    """Why the experts do or do not capture the headroom: per-position router heads, rank 32 and 3x the budget,
-    3 seeds each, with the settings the sweep chose; then the report (per-subnet gains, routing separation)."""
-    run_stage(regime, "ablation", "--methods", *DIAGNOSTICS, "--seeds", "0", "1", "2")
+    """Why the experts do or do not capture the headroom: how much of it fine-tuning only the four linear weights per
+    block reaches, then per-position router heads, rank 32 and 3x the budget, 3 seeds each, with the settings the
+    sweep chose; then the report (per-subnet gains, routing separation)."""
+    run_stage(regime, "headroom-linear")
+    run_stage(regime, "ablation", "--methods", *DIAGNOSTICS, "--seeds", "0")  # one seed of each first
+    run_stage(regime, "ablation", "--methods", *DIAGNOSTICS, "--seeds", "1", "2")
     run_stage(regime, "report")
 
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
-from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, handle_errors
+from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, fail, handle_errors
 
 
 @app.command("quickstart")
@@ -30,6 +30,8 @@ def quickstart_cmd(
     latency ratio and where the files are.
     """
     from taslora_core.complexity import format_amount
+    from taslora_core.data import DataUnavailable
+    from taslora_deploy.errors import OnnxRuntimeMissing
     from taslora_deploy.quickstart import quickstart
 
     from taslora_cli.cmd_search import SearchPrinter
@@ -40,7 +42,10 @@ def quickstart_cmd(
     def stage(name: str, what: str) -> None:
         console.print(Rule(f"[bold]{name}[/]: {escape(what)}"))
 
-    s = quickstart(fast, supernet, flops_budget, workdir, seed, log=say, stage=stage, search_events=SearchPrinter())
+    try:
+        s = quickstart(fast, supernet, flops_budget, workdir, seed, log=say, stage=stage, search_events=SearchPrinter())
+    except (DataUnavailable, OnnxRuntimeMissing) as err:  # something this machine lacks: the doctor lists it all
+        raise fail(f"{err}; `taslora doctor` shows what this machine has and lacks") from None
     gain = s["top1_gain_with_mole"]
     low, high = gain["ci95"]
     verdict = "experts help" if low > 0 else "experts hurt" if high < 0 else "no difference beyond the interval"

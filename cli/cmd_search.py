@@ -6,22 +6,20 @@ only prints what the verb reports.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
-from taslora_cli.app import WorkdirOpt, app, console, err_console, handle_errors
-from taslora_core.complexity import format_amount
+from taslora_cli.app import WorkdirOpt, app, handle_errors
+from taslora_cli.search_output import SearchPrinter, front_table, top_table
 from taslora_core.distributed import DistContext
 from taslora_core.search import (
-    DEFAULT_OBJECTIVES, Constraints, LatencyLookup, SearchConfig, SearchError, SearchEvents, SearchRun, SearchRunConfig, SearchStart,
-    parse_objectives, run_search,
+    DEFAULT_OBJECTIVES, Constraints, LatencyLookup, SearchConfig, SearchError, SearchRunConfig, parse_objectives,
+    run_search,
 )
-from taslora_core.search.constraints import DEFAULT_LATENCY_TARGET
-from taslora_core.search.objectives import objective_value
+from taslora_core.search.latency import MeasureSpec
+from taslora_core.search.latency_setup import LatencyOptions
 from taslora_core.workspace import DEFAULT_WORKDIR
 
 _CONFIG = SearchConfig()  # the defaults of the options below
@@ -70,12 +68,31 @@ def search_cmd(
         "--out", help="Where to write the best subnet's JSON (default: <run>/best.json; the run folder always "
         "gets a copy).")] = None,
     latency_budget: Annotated[Optional[float], typer.Option(
-        "--latency-budget", help="Upper bound on measured latency in ms at batch 1 on --target (each candidate that "
-        "passes the FLOPs/params bounds is materialised and timed once; values are cached per subnet under "
-        "<workdir>/latency-cache).")] = None,
-    target: Annotated[str, typer.Option(
+        "--latency-budget", help="Upper bound on latency in ms of one --latency-batch on --target. Without "
+        "--latency-model each candidate that passes the FLOPs/params bounds is materialised and timed once (cached per "
+        "subnet under <workdir>/latency-cache); with it candidates are screened by the model and the returned subnet "
+        "is measured (the next one when it breaks the budget).")] = None,
+    target: Annotated[Optional[str], typer.Option(
         "--target", help="Latency target of --latency-budget and of the latency objective: torch-cpu, ort-cpu "
-        "(onnxruntime on the CPU), torch-cuda or trt (TensorRT engine on the GPU).")] = DEFAULT_LATENCY_TARGET,
+        "(onnxruntime on the CPU), torch-cuda or trt (TensorRT engine on the GPU). Default: the --latency-model's, "
+        "else torch-cpu.")] = None,
+    latency_model: Annotated[Optional[Path], typer.Option(
+        "--latency-model", help="latency-model.json (or its folder) written by `taslora latency fit` for this space, "
+        "target and batch size: search on its predictions, then measure what is returned (best.json and every "
+        "pareto.json member carry latency_ms measured and latency_predicted_ms).")] = None,
+    latency_batch: Annotated[Optional[int], typer.Option(
+        "--latency-batch", help="Images per timed call of the latency budget/objective (latency is per batch size; a "
+        "GPU service runs 32-256). Default: the --latency-model's, else 1.")] = None,
+    latency_statistic: Annotated[Optional[str], typer.Option(
+        "--latency-statistic", help="What a latency measurement keeps of its timed runs: median, or min (the fastest "
+        "run: robust on a machine shared with other jobs). Default: the --latency-model's, else median.")] = None,
+    latency_slack: Annotated[Optional[float], typer.Option(
+        "--latency-slack", help="With --latency-model: also search candidates predicted up to this fraction over "
+        "--latency-budget (the measurement decides). Default: the model's held-out MAPE.")] = None,
+    verify_latency: Annotated[bool, typer.Option(
+        "--verify-latency/--no-verify-latency", help="With --latency-model: measure the returned subnet(s) on the "
+        "target (default). --no-verify-latency returns predictions only (latency_source 'predicted'), e.g. where "
+        "the target cannot run.")] = True,
     pareto: Annotated[bool, typer.Option(
         "--pareto", help="Multi-objective search (NSGA-II: non-dominated sorting + crowding distance) over "
         "--objectives; writes the whole front to pareto.json and pareto.png beside best.json (which keeps the "
@@ -83,7 +100,7 @@ def search_cmd(
     objectives: Annotated[Optional[str], typer.Option(
         "--objectives", help="With --pareto (implies it): a quality and a cost objective, all minimised: "
         "loss|error , flops|params|latency (default loss,flops). 'latency' is measured once per subnet on "
-        "--target (cached like --latency-budget).")] = None,
+        "--target (cached like --latency-budget), or predicted by --latency-model and the front measured.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted search: RUN_DIR, or the latest unfinished search of the workspace. "
@@ -100,12 +117,15 @@ def search_cmd(
     from taslora_core.distributed import init_distributed, shutdown
 
     config = SearchRunConfig(
-        budget=Constraints.from_amounts(flops, params, min_flops, min_params, counter, latency_budget, target),
+        budget=Constraints.from_amounts(flops, params, min_flops, min_params, counter, latency_budget, target,
+                                        latency_batch or 1),
         search=SearchConfig(population=population, iterations=iterations, parents=parents, mutation_num=mutation_num,
                             crossover_num=crossover_num, m_prob=m_prob, s_prob=s_prob, seed=seed, metric=metric,
                             val_subset=val_subset, batch_size=batch_size, use_experts=not no_experts,
                             objectives=_objectives(pareto, objectives), latency_target=target),
         ckpt=ckpt, data=data, workdir=workdir, out=out, resume=resume, run_dir=run_dir,
+        latency=LatencyOptions(model=latency_model, batch=latency_batch, statistic=latency_statistic,
+                               slack=latency_slack, verify=verify_latency),
     )
     ctx = init_distributed(device)
     try:
@@ -119,10 +139,7 @@ def search_cmd(
         raise
     shutdown(ctx)
     if run.best_path is not None:  # rank 0
-        if run.pareto is not None:
-            _front_table(run)
-        else:
-            _top_table(run)
+        front_table(run) if run.pareto is not None else top_table(run)
         typer.echo(str(run.best_path))
 
 
@@ -134,122 +151,16 @@ def _objectives(pareto: bool, objectives: str | None) -> list[str] | None:
 
 
 def _latency_factory(workdir: Path, ctx: DistContext):
-    """(supernet, target) -> the cached latency lookup of `--latency-budget` under <workdir>/latency-cache."""
+    """(supernet, how to measure) -> the cached latency lookup under <workdir>/latency-cache."""
 
-    def make(supernet: Any, target: str) -> LatencyLookup:
+    def make(supernet: Any, spec: MeasureSpec) -> LatencyLookup:
         from taslora_deploy.latency_lookup import LatencyTable, default_cache_path
 
-        return LatencyTable(supernet, target, default_cache_path(workdir, target, supernet.space), ctx=ctx)
+        path = default_cache_path(workdir, spec.target, supernet.space, spec.batch, spec.statistic)
+        return LatencyTable(supernet, spec.target, path, threads=spec.threads, ctx=ctx, batch=spec.batch,
+                            statistic=spec.statistic)
 
     return make
 
 
-class SearchPrinter(SearchEvents):
-    """Prints the search's progress (rank 0 only: run_search reports nothing on the other ranks)."""
-
-    counter = _BUDGET.counter  # the FLOPs counter of the bounds, known once the search started
-
-    def resuming(self, run_dir: Path, state: dict[str, Any]) -> None:
-        _say(f"resuming search {run_dir} from generation {state['next_iteration']} ({len(state['history'])} subnets "
-             f"evaluated, {len(state.get('pending', []))} pending)")
-
-    def started(self, s: SearchStart) -> None:
-        ckpt, val, cfg, cons = s.ckpt, s.val, s.config, s.constraints
-        self.counter = cons.counter
-        kind = "MoLE experts + router" if ckpt.kind == "mole" else "plain supernet (AutoFormer's search)"
-        _say(f"checkpoint: {ckpt.path} [{kind}; {'--ckpt' if s.ckpt_given else 'latest MoLE run in ' + str(s.workdir)}]")
-        if ckpt.kind == "mole":
-            _say(f"supernet:   {ckpt.meta.get('supernet_dir')} (recorded in mole.json)")
-        _say(f"data:       {val.data_cfg.data} ({val.data_source})")
-        _say(f"split:      {val.split_source}; {val.total} validation images"
-             + (f" (first {cfg.val_subset})" if cfg.val_subset else "")
-             + (f", {s.world_size} ranks x ~{val.local}" if s.world_size > 1 else "")
-             + ("" if val.materialised else ", streamed per candidate"))
-        _say(f"space:      {s.space.name}; {cons.describe_range(s.space)}")
-        _say(f"fitness:    validation {'loss' if cfg.metric == 'loss' else 'top-1 error (1 - top1)'}, "
-             f"{'with' if s.use_experts else 'without'} experts; constraints: {cons.describe()}"
-             + (f" (e.g. {format_amount(cons.flops_of(s.space, s.witness))} FLOPs satisfies them)"
-                if cons.bounded else ""))
-        _say(f"search:     population {cfg.population}, {cfg.iterations} iterations, top-{cfg.parents}, "
-             f"{cfg.mutation_num} mutants + {cfg.crossover_num} crossovers, seed {cfg.seed}; run {s.run_dir}")
-
-    def generation(self, info: dict[str, Any]) -> None:
-        best, counter = info["best"], self.counter
-        _say(f"gen {info['generation']:>3}/{info['iterations']}: {info['population_size']:>3} new"
-             f" (total {info['evaluated']}), fitness best {info['pop_best']:.4f} median {info['pop_median']:.4f}"
-             f" | best so far {best['fitness']:.4f} at {format_amount(best[f'flops_{counter}'])} FLOPs,"
-             f" {format_amount(best['params'])} params"
-             + (f" | front {info['front_size']}" if "front_size" in info else "") + f" [{info['seconds']:.1f} s]")
-
-    def note(self, message: str) -> None:
-        err_console.print(f"note: {message}", highlight=False, soft_wrap=True)
-
-    def latency(self, lookup: LatencyLookup) -> None:
-        _say(f"latency ({lookup.target}): {lookup.measured} subnets measured in this run, {len(lookup.table)} in "
-             f"the cache {lookup.cache_path}")
-
-
-def _say(text: str) -> None:
-    console.print(text, highlight=False, soft_wrap=True)
-
-
-def _top_table(run: SearchRun) -> None:
-    cons = run.constraints
-    table = Table(title=f"top 10 of {len(run.result.history)} evaluated subnets ({cons.describe()})")
-    lat = cons.latency_max_ms is not None
-    cols = ["#", "fitness", "loss", "top1", f"FLOPs ({cons.counter})", "params"] + (["ms"] if lat else [])
-    for col in cols + ["depth", "embed", "heads", "MLP ratios", "gen"]:
-        table.add_column(col, justify="right" if col not in ("heads", "MLP ratios") else "left")
-    for i, r in enumerate(run.result.top(10), 1):
-        s = r["subnet"]
-        table.add_row(
-            str(i), f"{r['fitness']:.4f}",
-            f"{r['loss']:.4f}" if r.get("loss") is not None else "-",
-            f"{r['top1']:.4f}" if r.get("top1") is not None else "-",
-            format_amount(r[f"flops_{cons.counter}"]), format_amount(r["params"]),
-            *([f"{r['latency_ms']:.3f}"] if lat else []),
-            str(s["depth"]), str(s["embed_dim"]), " ".join(map(str, s["num_heads"])),
-            " ".join(f"{x:g}" for x in s["mlp_ratio"]), str(r["generation"]),
-        )
-    console.print(table)
-
-
-def _front_table(run: SearchRun) -> None:
-    """The Pareto front as a table (cost ascending; the single-objective pick marked), then the latency report."""
-    assert run.pareto is not None
-    cons, res = run.constraints, run.result
-    quality, cost = res.objectives or ("loss", "flops")
-    pick_key = res.best["key"]
-    table = Table(title=f"Pareto front: {len(res.front)} of {len(res.history)} evaluated subnets, {quality} vs "
-                        f"{cost} ({cons.describe()}); * = single-objective pick (best.json)")
-    lat = any(r.get("latency_ms") is not None for r in res.front)
-    cols = ["#", quality, "top1", f"FLOPs ({cons.counter})", "params"] + (["ms"] if lat else [])
-    for col in cols + ["depth", "embed", "heads", "MLP ratios", "gen"]:
-        table.add_column(col, justify="right" if col not in ("heads", "MLP ratios") else "left")
-    for i, r in enumerate(res.front, 1):
-        s = r["subnet"]
-        q = objective_value(r, quality, cons.counter)
-        table.add_row(
-            f"{i}{'*' if r['key'] == pick_key else ''}", f"{q:.4f}" if math.isfinite(q) else "-",
-            f"{r['top1']:.4f}" if r.get("top1") is not None else "-",
-            format_amount(r[f"flops_{cons.counter}"]), format_amount(r["params"]),
-            *([f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"] if lat else []),
-            str(s["depth"]), str(s["embed_dim"]), " ".join(map(str, s["num_heads"])),
-            " ".join(f"{x:g}" for x in s["mlp_ratio"]), str(r["generation"]),
-        )
-    console.print(table)
-    _say(f"pareto:     {run.pareto['pareto_json']} (plot {run.pareto['pareto_png']})")
-    report = run.pareto.get("latency_report")
-    if report:
-        rho = report["spearman_flops_latency"]
-        _say(f"latency:    {report['target']}: Spearman rank correlation of FLOPs ({report['counter']}) vs measured "
-             f"latency {'n/a' if rho is None else f'{rho:.3f}'} over {report['measured']} measured subnets; "
-             f"{report['cliff_count']} cliffs (fewer FLOPs yet > {100 * report['cliff_noise']:.0f}% slower, confirmed "
-             f"by interleaved re-timing of the worst {report['cliffs_checked']} of {report['cliff_candidates']} "
-             f"candidate pairs)")
-        for c in report["cliffs"][:5]:
-            _say(f"  cliff: {format_amount(c['flops'][0])} FLOPs {c['latency_ms'][0]:.3f} ms vs "
-                 f"{format_amount(c['flops'][1])} FLOPs {c['latency_ms'][1]:.3f} ms (+{100 * c['slower_by']:.0f}%)")
-
-
-__all__ = ["search_cmd", "SearchError"]
+__all__ = ["search_cmd", "SearchError", "SearchPrinter"]

@@ -21,17 +21,30 @@ def verify_cmd(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random inputs (default: fresh).")] = None,
     tolerance: Annotated[Optional[float], typer.Option(
         "--tolerance", help="Max abs diff of model.onnx vs the safetensors model (default: the export's).")] = None,
+    latency: Annotated[bool, typer.Option("--latency", help="Also re-run the latency equivalence test of certificate.json here and print it next to the certified verdict (different fails; inconclusive is skipped).")] = False,
+    time_s: Annotated[float, typer.Option("--time-s", help="With --latency: seconds of timed pairs per batch size at most.")] = 10.0,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads.")] = None,
 ) -> None:
-    """Re-check an export folder before deploying it; exit 0 only when every check passes."""
+    """Re-check an export folder before deploying it (hashes, parity, structure, its certificates); exit 0 only
+    when every check passes."""
+    from taslora_deploy.latency_equivalence import LatencyTestConfig
     from taslora_deploy.verify import verify
 
-    result = verify(export_dir, seed=seed, onnx_tolerance=tolerance)
+    config = LatencyTestConfig(time_limit_s=time_s, max_pairs=20000) if latency else None
+    result = verify(export_dir, seed=seed, onnx_tolerance=tolerance, latency=latency, latency_config=config,
+                    threads=threads, log=console.print)
     table = Table(title=f"verify {export_dir} (random inputs: seed {result.seed})")
     for col in ("check", "result", "detail"):
         table.add_column(col, overflow="fold")
     for check in result.checks:
         table.add_row(escape(check.name), f"[{_STYLE[check.status]}]{check.status}[/]", escape(check.detail))
     console.print(table)
+    if result.latency is not None:
+        from taslora_cli.certificate_tables import side_by_side_table
+        from taslora_deploy.certificate_check import latency_side_by_side
+
+        console.print(side_by_side_table(latency_side_by_side(result.certified_latency, result.latency),
+                                         "latency, A = no-LoRA baseline, B = folded (onnxruntime CPU)"))
     if not result.ok:
         first = result.failures[0]
         more = f" (and {len(result.failures) - 1} more failed checks)" if len(result.failures) > 1 else ""

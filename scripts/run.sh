@@ -2,7 +2,7 @@
 # One entry point for a fresh clone: sets up .venv and the Fashion-MNIST data, then runs a job.
 #   bash scripts/run.sh quickstart [options]   # the main job on the embedded default (Fashion-MNIST)
 #   bash scripts/run.sh test [pytest options]  # the test suite
-#   bash scripts/run.sh taslora ARGS...        # any taslora command inside the venv
+#   bash scripts/run.sh taslora ARGS...        # any taslora command inside the venv (`taslora doctor`: what is missing)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TASLORA_VENV:-$ROOT/.venv}"
@@ -16,9 +16,9 @@ setup_data() {
   if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || command -v sudo >/dev/null 2>&1; }; then
     echo "[setup] installing Debian package dataset-fashion-mnist" >&2
     $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null \
-      || echo "[setup] could not install dataset-fashion-mnist; tests that need it will be skipped" >&2
+      || echo "[setup] could not install dataset-fashion-mnist; tests that need it will be skipped; \`bash scripts/run.sh taslora doctor\` lists what is missing" >&2
   else
-    echo "[setup] Fashion-MNIST not found at $dir and apt-get is unavailable: set TASLORA_FMNIST_DIR to a folder with the IDX .gz files" >&2
+    echo "[setup] Fashion-MNIST not found at $dir and apt-get is unavailable: set TASLORA_FMNIST_DIR to a folder with the IDX .gz files (\`bash scripts/run.sh taslora doctor\` lists what is missing)" >&2
   fi
 }
 

@@ -26,6 +26,21 @@ class SubnetOutsideSearchSpace(SubnetError):
     """The subnet fits the supernet but uses choices the search space does not list."""
 
 
+def _mlp_ratios(lower: dict[str, Any], depth: int) -> list[float]:
+    """The per-block MLP ratios of a lower-cased subnet description: `mlp_ratios` (ours) or `mlp_ratio` (AutoFormer's
+    YAML and older taslora files; one number means the same ratio in every block)."""
+
+    def as_list(value: Any) -> list[float]:
+        return [float(value)] * depth if isinstance(value, (int, float)) else [float(v) for v in value]
+
+    ours, theirs = lower.get("mlp_ratios"), lower.get("mlp_ratio")
+    if ours is None and theirs is None:
+        raise SubnetError("subnet description lacks 'mlp_ratios'; expected keys embed_dim, depth, mlp_ratios, num_heads")
+    if ours is not None and theirs is not None and as_list(ours) != as_list(theirs):
+        raise SubnetError(f"subnet description has both mlp_ratios {ours} and mlp_ratio {theirs}, and they differ; keep one")
+    return as_list(ours if ours is not None else theirs)
+
+
 @dataclass(frozen=True)
 class Subnet:
     """A subnet: one embed dim for all blocks, `depth` blocks each with its own heads and MLP ratio."""
@@ -104,17 +119,22 @@ class Subnet:
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
+        """JSON-serialisable form: keys embed_dim, depth, mlp_ratios (one per block), num_heads.
+
+        (Files written before this key was named `mlp_ratios` say `mlp_ratio`, AutoFormer's name for the list;
+        `from_dict` reads both.)
+        """
         return {
             "embed_dim": self.embed_dim,
             "depth": self.depth,
-            "mlp_ratio": list(self.mlp_ratios),
+            "mlp_ratios": list(self.mlp_ratios),
             "num_heads": list(self.num_heads),
         }
 
     @staticmethod
     def from_dict(doc: dict[str, Any]) -> "Subnet":
-        """Read our JSON form; also accepts a dict wrapping it under 'subnet' and AutoFormer's upper-case keys."""
+        """Read our JSON form; also accepts a dict wrapping it under 'subnet', AutoFormer's upper-case keys
+        (RETRAIN: MLP_RATIO, NUM_HEADS, EMBED_DIM, DEPTH) and the `mlp_ratio` key of older taslora files."""
         if "subnet" in doc and isinstance(doc["subnet"], dict):
             doc = doc["subnet"]
         if "RETRAIN" in doc:
@@ -126,15 +146,13 @@ class Subnet:
                 if len(set(embed)) != 1:
                     raise SubnetError(f"per-block embed dims {embed} differ; taslora needs one embed dim")
                 embed = embed[0]
-            ratios = lower.get("mlp_ratio", lower.get("mlp_ratios"))
             heads = lower["num_heads"]
             depth = int(lower.get("depth", lower.get("layer_num", len(heads))))
         except KeyError as err:
             raise SubnetError(
-                f"subnet description lacks {err}; expected keys embed_dim, depth, mlp_ratio, num_heads"
+                f"subnet description lacks {err}; expected keys embed_dim, depth, mlp_ratios, num_heads"
             ) from None
-        if ratios is None:
-            raise SubnetError("subnet description lacks 'mlp_ratio'; expected keys embed_dim, depth, mlp_ratio, num_heads")
+        ratios = _mlp_ratios(lower, depth)
         return Subnet(embed_dim=int(embed), depth=depth, mlp_ratios=tuple(ratios), num_heads=tuple(heads))
 
     def to_json(self, path: str | Path) -> None:

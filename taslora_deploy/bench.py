@@ -8,30 +8,26 @@ ms of the host wall clock, coefficient of variation and throughput in images/s a
 queries/s, with the environment. On CUDA, runners that run on a known stream (torch,
 TensorRT) also get the GPU compute time from CUDA events, and a second row per batch
 replays the inference as a CUDA graph (``cuda_graph: true``; trtexec's default).
-The output side (bench.json rows, tables, ratios) is :mod:`taslora_deploy.bench_report`;
-labels, kinds and precisions of the artifacts are :mod:`taslora_deploy.bench_artifacts`.
+Each artifact is checked and turned into runners by :mod:`taslora_deploy.bench_prepare`; the output side
+(bench.json rows, tables, ratios) is :mod:`taslora_deploy.bench_report`; labels, kinds and precisions of the
+artifacts are :mod:`taslora_deploy.bench_artifacts`; the environment record is :mod:`taslora_deploy.machine`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import time
 from dataclasses import dataclass, field
-from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 
 from taslora_core.workspace import DEFAULT_WORKDIR, latest
-from taslora_deploy import standalone_io
-from taslora_deploy.artifacts import BENCH_RESULTS, MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS, REPORT
-from taslora_deploy.bench_artifacts import ONNX_SUFFIXES, TRT_SUFFIXES, ArtifactInfo, describe_artifacts
+from taslora_deploy.artifacts import BENCH_RESULTS, MODEL_ONNX, REPORT
+from taslora_deploy.bench_artifacts import ArtifactInfo, describe_artifacts
+from taslora_deploy.bench_prepare import Prepared, check_artifact, dynamo_reset, prepare
 from taslora_deploy.bench_report import attach_ratios, bench_table, compare_ratios, find_baseline, write_json
-from taslora_deploy.runners import ort_runner, torch_runner, trt_graph_runner, trt_runner
+from taslora_deploy.machine import environment
 from taslora_deploy.timing import (Runner, interleaved_latency, latency_stats, time_calls, time_calls_events,
                                    torch_threads, warm_up)
 
@@ -39,144 +35,6 @@ __all__ = ["bench", "bench_table", "write_json", "environment", "latency_stats",
            "default_output"]
 
 _GPU_KEYS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "cv")
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _dist_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def environment(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Versions and hardware facts to store next to benchmark numbers (JSON-serialisable)."""
-    dev = torch.device(device)
-    cuda = dev.type == "cuda" and torch.cuda.is_available()
-    if cuda:
-        idx = dev.index if dev.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(idx)
-        device_name = torch.cuda.get_device_name(idx)
-        capability = f"{props.major}.{props.minor}"
-    else:
-        device_name, capability = _cpu_model(), None
-    trt_version = None
-    if util.find_spec("tensorrt") is not None:  # do not import it just for the version
-        trt_version = _dist_version("tensorrt", "tensorrt-cu13", "tensorrt_cu13", "tensorrt-cu12", "tensorrt_cu12")
-    ort_version = _dist_version("onnxruntime", "onnxruntime-gpu")
-    return {
-        "device": str(device),
-        "device_name": device_name,
-        "compute_capability": capability,
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "onnx": _dist_version("onnx"),
-        "onnxruntime": ort_version,
-        "tensorrt": trt_version,
-        "numpy": np.__version__,
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-# --------------------------------------------------------------------------- artefacts
-
-
-def _load_standalone_dir(directory: Path) -> torch.nn.Module:
-    missing = [n for n in (MODEL_WEIGHTS, MODEL_CONFIG) if not (directory / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{directory} is not a standalone model directory: missing {', '.join(missing)} "
-            f"(expected {MODEL_WEIGHTS} + {MODEL_CONFIG})"
-        )
-    return standalone_io.load_standalone(directory)  # looked up at call time, so tests can substitute it
-
-
-def _module_input_shape(module: torch.nn.Module, directory: Path | None) -> tuple[int, ...] | None:
-    for attr in ("input_shape", "image_shape"):
-        val = getattr(module, attr, None)
-        if isinstance(val, (tuple, list)) and len(val) == 3:
-            return tuple(int(v) for v in val)
-    cfgs: list[dict] = []
-    cfg_obj = getattr(module, "config", None)
-    if isinstance(cfg_obj, dict):
-        cfgs.append(cfg_obj)
-    elif cfg_obj is not None and hasattr(cfg_obj, "__dict__"):
-        cfgs.append(vars(cfg_obj))
-    if directory is not None:
-        try:
-            cfgs.append(json.loads((directory / MODEL_CONFIG).read_text()))
-        except (OSError, ValueError):
-            pass
-    cfgs.append(vars(module))
-    for cfg in cfgs:
-        val = cfg.get("input_shape")
-        if isinstance(val, (list, tuple)) and len(val) == 3:
-            return tuple(int(v) for v in val)
-        size = next((cfg[k] for k in ("img_size", "image_size", "input_size") if k in cfg), None)
-        chans = next((cfg[k] for k in ("in_chans", "in_channels", "num_channels") if k in cfg), None)
-        if isinstance(size, (list, tuple)) and len(size) == 3:
-            return tuple(int(v) for v in size)
-        if size is not None and chans is not None:
-            hw = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(v) for v in size)
-            return (int(chans), *hw)
-    return None
-
-
-def _torch_runners(
-    module: torch.nn.Module,
-    batch_sizes: Sequence[int],
-    input_shape: Sequence[int],
-    device: str,
-    compile: bool,
-) -> tuple[str, Callable[[int], Callable[[], Any]], dict]:
-    info: dict[str, Any] = {"provider": str(torch.device(device)), "note": None, "compiled": False}
-    target = module.eval().to(torch.device(device))
-    runtime = "torch"
-    if compile:
-        try:
-            compiled = torch.compile(target)
-            probe = torch_runner(compiled, batch_sizes[0], input_shape, device)
-            probe()  # compilation happens on the first call
-            target = compiled
-            runtime = "torch.compile"
-            info["compiled"] = True
-        except Exception as exc:  # inductor needs a C++ toolchain; many failure types
-            msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-            info["note"] = f"torch.compile failed, eager fallback: {msg}"
-            info["compile_error"] = msg
-            _dynamo_reset()
-    info["eager"] = lambda b: torch_runner(module, b, input_shape, device)
-    if torch.device(device).type == "cuda":  # the CUDA-graph twin captures the eager module
-        info["graph"] = lambda b: torch_runner(module, b, input_shape, device, cuda_graph=True)
-    return runtime, (lambda b: torch_runner(target, b, input_shape, device)), info
-
-
-def _dynamo_reset() -> None:
-    try:
-        torch._dynamo.reset()
-    except Exception:
-        pass
 
 
 def _check_sizes(batch_sizes: Iterable[int], min_iters: int) -> list[int]:
@@ -218,23 +76,12 @@ def bench(
     sizes = _check_sizes(batch_sizes, min_iters)
     with torch_threads(threads):
         env = environment(device, threads)
-        prep = _prepare(artifact, sizes, device, threads, compile, input_shape)
+        prep = prepare(artifact, sizes, device, threads, compile, input_shape)
         return _bench_prepared(prep, name or prep.label, {}, sizes, warmup_s, int(min_iters), float(min_time_s),
                                device, threads, env, cuda_graphs)
 
 
-@dataclass
-class _Prepared:
-    """One artefact ready to run: ``make(batch)`` builds its runner; ``info['graph']`` its CUDA-graph twin."""
-
-    make: Callable[[int], Runner]
-    runtime: str
-    label: str
-    info: dict[str, Any]
-    shape: tuple[int, ...]
-
-
-def _bench_prepared(prep: _Prepared, name: str, described: dict[str, Any], sizes: Sequence[int], warmup_s: float,
+def _bench_prepared(prep: Prepared, name: str, described: dict[str, Any], sizes: Sequence[int], warmup_s: float,
                     min_iters: int, min_time_s: float, device: str, threads: int | None, env: dict[str, Any],
                     cuda_graphs: bool) -> list[dict]:
     info = prep.info
@@ -250,7 +97,7 @@ def _bench_prepared(prep: _Prepared, name: str, described: dict[str, Any], sizes
                 raise
             # torch.compile can fail on a recompilation for a new batch size: eager for this batch
             msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-            _dynamo_reset()
+            dynamo_reset()
             run = info["eager"](b)
             stats = _measure(run, b, warmup_s, min_iters, min_time_s)
             variants.append((run, "torch", f"torch.compile failed at batch {b}, eager fallback: {msg}", False))
@@ -296,69 +143,6 @@ def _measure(run: Runner, batch: int, warmup_s: float, min_iters: int, min_time_
     return {**latency_stats(host, batch), "gpu_compute": {k: gpu_stats[k] for k in _GPU_KEYS}}
 
 
-def _prepare(artifact, batch_sizes, device, threads, compile, input_shape) -> _Prepared:
-    """The artefact's runner factory, runtime, default label, info and input shape."""
-    if isinstance(artifact, torch.nn.Module):
-        shape = tuple(input_shape) if input_shape is not None else _module_input_shape(artifact, None)
-        if shape is None:
-            raise ValueError("input_shape (C, H, W) is required to benchmark an nn.Module without input_shape/img_size")
-        runtime, make, info = _torch_runners(artifact, batch_sizes, shape, device, compile)
-        return _Prepared(make, runtime, type(artifact).__name__, info, shape)
-
-    if not isinstance(artifact, (str, os.PathLike)):
-        raise TypeError(f"artifact must be a path or an nn.Module, got {type(artifact).__name__}")
-    path = Path(artifact)
-    label = str(path)
-
-    if path.is_dir():
-        module = _load_standalone_dir(path)
-        shape = tuple(input_shape) if input_shape is not None else _module_input_shape(module, path)
-        if shape is None:
-            raise ValueError(f"cannot tell the input shape of {path}; pass input_shape=(C, H, W)")
-        runtime, make, info = _torch_runners(module, batch_sizes, shape, device, compile)
-        return _Prepared(make, runtime, label, info, shape)
-
-    if not path.exists():
-        raise FileNotFoundError(path)
-    suffix = path.suffix.lower()
-
-    if suffix in ONNX_SUFFIXES:
-        first = ort_runner(path, batch_sizes[0], input_shape, device=device, threads=threads,
-                           allow_spinning=True)
-        shape = first.input_shape  # type: ignore[attr-defined]
-        info = {"provider": first.provider, "dtype": first.dtype}  # type: ignore[attr-defined]
-        cache = {batch_sizes[0]: first}
-
-        def make(b):
-            if b in cache:
-                return cache.pop(b)
-            return ort_runner(path, b, shape, device=device, threads=threads, allow_spinning=True)
-
-        return _Prepared(make, "onnxruntime", label, info, shape)
-
-    if suffix in TRT_SUFFIXES:
-        from taslora_deploy.trt_engine import TrtRunner, require_tensorrt
-
-        require_tensorrt()
-        if torch.device(device).type != "cuda":
-            raise ValueError(f"TensorRT engines run on CUDA; got device={device!r}")
-        runner = TrtRunner(path, device=device)
-        shape = tuple(input_shape) if input_shape is not None else runner.input_shape
-        lo, _, hi = runner.batch_range
-        bad = [b for b in batch_sizes if not lo <= b <= hi]
-        if bad:
-            raise ValueError(f"batch sizes {bad} are outside the engine profile range [{lo}, {hi}]")
-        info = {"provider": "TensorRT", "dtype": str(runner.input_dtype).replace("torch.", ""),
-                "graph": lambda b: trt_graph_runner(runner, b, shape)}
-
-        def make(b):
-            return trt_runner(runner, b, shape)
-
-        return _Prepared(make, "tensorrt", label, info, shape)
-
-    raise ValueError(f"unsupported artefact {path}: expected .onnx, .plan/.engine, or a standalone model directory")
-
-
 # --------------------------------------------------------------------------- `taslora bench`
 
 
@@ -394,15 +178,14 @@ def _artifact_paths(artifacts: Sequence[str | os.PathLike] | None, workdir: str 
         exp = latest(workdir, "exports", "run `taslora export --onnx` first or name the artifacts")
         paths = [p for p in (exp / MODEL_ONNX, exp) if p.exists()]
     for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"artifact {path} does not exist")
+        check_artifact(path)  # before anything is printed or timed
     if compare is not None and Path(compare).exists() and not any(
             os.path.abspath(p) == os.path.abspath(compare) for p in paths):
         paths.insert(0, Path(compare))  # a baseline path not listed is benchmarked too, first
     return paths
 
 
-def _paired_ratios(prepared: dict[str, _Prepared], baseline: str, sizes: Sequence[int], warmup_s: float,
+def _paired_ratios(prepared: dict[str, Prepared], baseline: str, sizes: Sequence[int], warmup_s: float,
                    iters: int, cuda_graphs: bool, log: Callable[[str], None]) -> dict[tuple[str, bool, int], dict]:
     """Interleaved A/B runs (A = baseline) of every other series at each batch size."""
     out: dict[tuple[str, bool, int], dict] = {}
@@ -455,12 +238,12 @@ def benchmark(
     baseline = find_baseline(compare, infos) if compare is not None else None
     sizes = _check_sizes(batch_sizes, min_iters)
     rows: list[dict] = []
-    prepared: dict[str, _Prepared] = {}
+    prepared: dict[str, Prepared] = {}
     with torch_threads(threads):
         env = environment(device, threads)
         for path, info in zip(paths, infos):
             log(f"benchmarking {info.label} ({info.kind}, {info.precision})")
-            prep = prepared[info.label] = _prepare(path, sizes, device, threads, compile, None)
+            prep = prepared[info.label] = prepare(path, sizes, device, threads, compile, None)
             described = {k: v for k, v in info.to_dict().items() if k != "label"}
             rows += _bench_prepared(prep, info.label, described, sizes, warmup_s, int(min_iters), float(min_time_s),
                                     device, threads, env, cuda_graphs)

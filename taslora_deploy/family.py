@@ -3,7 +3,8 @@
 :func:`export_family` is the library verb. It reads the front (``taslora_core.search.pareto_file``), checks it
 against the checkpoint's search space, picks the members (all, or N spread evenly along the front, both ends
 included) and runs the one export verb (:func:`taslora_deploy.pipeline.export`) for each into its own folder
-``member-<i>-<flops>/`` (usual artifacts + report.json: fold parity, ONNX parity, zero-overhead checks). It then
+``member-<i>-<flops>/`` (usual artifacts + report.json: fold parity, ONNX parity, zero-overhead checks, and the
+member's zero-overhead certificate.json, whose verdict is a column of the table). It then
 times each member on the chosen runtime (:func:`taslora_deploy.bench.bench`, THE timing loop underneath),
 optionally measures test top-1 (:func:`taslora_core.evaluate.evaluate`), and writes ``family.json`` (rewritten
 after every member), ``family.md`` and ``family.png``. A member that fails a step is marked failed with that
@@ -67,7 +68,9 @@ class FamilyMember:
     top1_test: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
-    overhead_ratio: float | None = None  # median folded/baseline latency ratio (onnxruntime)
+    overhead_ratio: float | None = None  # median per-pair folded/baseline latency ratio (largest tested batch)
+    latency_verdict: str | None = None  # equivalent / different / inconclusive (None: not measured)
+    certificate: str | None = None  # the verdict of the member's certificate.json
     fold_parity_max_diff: float | None = None
     onnx_parity_max_diff: float | None = None
     same_structure: bool | None = None
@@ -275,6 +278,8 @@ def _copy_checks(record: FamilyMember, exported: ExportResult) -> None:
     record.onnx_parity_max_diff = exported.onnx_parity_max_diff
     record.same_structure = exported.same_structure
     record.overhead_ratio = exported.latency_ratio
+    record.latency_verdict = exported.latency_verdict
+    record.certificate = (exported.certificates.get("fp32") or {}).get("verdict")
     for step, line in exported.failures.items():
         record.fail(step, line)
 
@@ -316,7 +321,7 @@ def _evaluate_member(record: FamilyMember, member: ParetoMember, loaded: LoadedC
 
 
 TABLE_COLUMNS = ("member", "FLOPs (autoformer)", "FLOPs (MACs)", "params", "val loss", "test top-1 %",
-                 "p50 ms", "p99 ms", "overhead ratio", "status")
+                 "p50 ms", "p99 ms", "overhead ratio", "certificate", "status")
 """The columns of the family table (family.md and the CLI's table); one :func:`member_row` per member."""
 
 
@@ -328,7 +333,8 @@ def member_row(m: FamilyMember) -> list[str]:
     status = "ok" if m.ok else f"failed: {m.failed_step}: {m.error}"
     return [m.folder, format_amount(m.flops_autoformer), format_amount(m.flops_macs), format_amount(m.params),
             num(m.val_loss, ".4f"), num(None if m.top1_test is None else 100 * m.top1_test, ".2f"),
-            num(m.latency_p50_ms, ".3f"), num(m.latency_p99_ms, ".3f"), num(m.overhead_ratio, ".4f"), status]
+            num(m.latency_p50_ms, ".3f"), num(m.latency_p99_ms, ".3f"), num(m.overhead_ratio, ".4f"),
+            m.certificate or "-", status]
 
 
 def family_markdown(result: FamilyResult) -> str:

@@ -2,16 +2,27 @@
 
 A subnet's latency depends only on its shapes, never on its weight values, so each subnet is materialised from
 the bare supernet (`taslora_deploy.standalone.materialize`; the folded experts would change values, not shapes:
-that is the zero-overhead claim) and timed at batch 1:
+that is the zero-overhead claim) and timed at one batch size (`batch`, default 1; part of the cache key):
 
 - ``torch-cpu``: the standalone ViT in torch (inference mode) on the CPU;
 - ``torch-cuda``: the same on the current CUDA device (synchronised per call);
 - ``ort-cpu``: exported with `taslora_deploy.onnx_export.export_onnx` and run by onnxruntime on the CPU;
-- ``trt``: the same ONNX file built into a TensorRT engine (batch 1 profile) and run on the current CUDA device.
+- ``trt``: the same ONNX file built into a TensorRT engine (a profile of exactly `batch`) and run on the current
+  CUDA device.
 
-The value is the median of `iters` timed runs after `warmup` runs (`taslora_deploy.timing`), single-threaded by default (`threads=1`:
-stable on a shared machine; multi-threaded batch-1 timings of small models vary by 10x under load). Measurements are noisy, so every value is
-cached (and the cache is saved as JSON, keyed by target, host and search space) and reused: a search, its
+An ONNX file depends only on the subnet's shapes, so with `export_dir` each export is kept there and reused (by
+another batch size, by ort-cpu and trt alike); that is what makes fitting a latency model at several batch sizes
+cost one export per subnet (`taslora_deploy.latency_model`). `measure_many` times a set of subnets the robust
+way: all runners are prepared first, then timed in `rounds` shuffled passes (machine drift hits every subnet
+alike) and the median of the per-round medians is kept; the spread between rounds is the measurement noise.
+
+The value is the median of `iters` timed runs after `warmup` runs (`taslora_deploy.timing`), single-threaded by
+default (`threads=1`: stable on a shared machine; multi-threaded batch-1 timings of small models vary by 10x under
+load). `statistic="min"` keeps the fastest run instead: on a machine shared with other jobs most runs wait for a
+core and the median measures the load, while the fastest run is what the model costs (Python's `timeit` gives
+the same advice); it is the deployment latency only where the machine is otherwise idle, so median stays the
+default. Measurements are noisy, so every value is cached (and the cache is saved as JSON, keyed by target, batch,
+statistic, host and search space; it records the threads) and reused: a search, its
 resume and a later search on the same machine see the same number for the same subnet. A cache that cannot be
 used (damaged, truncated, another target's, or edited: it records the sha256 of its table) is ignored with one
 warning line naming it and its subnets are measured again (a cache only saves time; refusing it would only
@@ -26,8 +37,12 @@ import importlib
 import json
 import math
 import platform
+import random
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +50,7 @@ import torch
 
 from taslora_core.artifact_read import ArtifactError, read_json_artifact
 from taslora_core.atomic import atomic_write_json
+from taslora_core.search.latency_model import host_name, space_hash
 from taslora_core.search.objectives import LATENCY_TARGETS
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
@@ -43,24 +59,27 @@ from taslora_deploy.timing import interleaved_latency, latency_stats, time_calls
 
 TARGETS = LATENCY_TARGETS  # the one list of targets (taslora_core.search.objectives)
 CACHE_FORMAT = "taslora-latency-cache"
+STATISTICS = ("median", "min")
+"""What a measurement keeps of its timed runs (`timing.latency_stats` keys without '_ms')."""
+PREPARE_CHUNK = 32
+"""Subnets whose runners (an ONNX session, an engine) are held at once by `measure_many`."""
+
+Cleanup = Callable[[], None] | None
 
 
 class LatencyUnavailable(ValueError):
     """The requested latency target cannot run here (no CUDA, no onnxruntime, export failure)."""
 
 
-def _space_hash(space: SearchSpace) -> str:
-    return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _table_sha256(table: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
 
 
-def default_cache_path(workdir: str | Path, target: str, space: SearchSpace) -> Path:
-    """`<workdir>/latency-cache/<target>-<host>-<space hash>.json`."""
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in platform.node() or "host")
-    return Path(workdir) / "latency-cache" / f"{target}-{host}-{_space_hash(space)}.json"
+def default_cache_path(workdir: str | Path, target: str, space: SearchSpace, batch: int = 1,
+                       statistic: str = "median") -> Path:
+    """`<workdir>/latency-cache/<target>-b<batch>[-<statistic>]-<host>-<space hash>.json` (median unnamed)."""
+    stat = "" if statistic == "median" else f"-{statistic}"
+    return Path(workdir) / "latency-cache" / f"{target}-b{int(batch)}{stat}-{host_name()}-{space_hash(space)}.json"
 
 
 def check_target(target: str) -> None:
@@ -83,18 +102,49 @@ def check_target(target: str) -> None:
                                      "use --target torch-cuda, torch-cpu or ort-cpu here")
 
 
+def runtime_versions(target: str) -> dict[str, str | None]:
+    """Versions of the software a latency on `target` depends on (recorded with caches and latency models)."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
+    if target == "ort-cpu":
+        versions["onnxruntime"] = _version("onnxruntime")
+    if target == "trt":
+        versions["tensorrt"] = _version("tensorrt")
+    if target in ("torch-cuda", "trt"):
+        versions["cuda"] = torch.version.cuda
+        versions["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return versions
+
+
+def _version(module: str) -> str | None:
+    try:
+        return str(importlib.import_module(module).__version__)
+    except (ImportError, AttributeError):
+        return None
+
+
 class LatencyTable:
-    """Callable subnet -> median latency in ms at batch 1 on `target`, measured once per subnet and cached."""
+    """Callable subnet -> median latency in ms of one `batch` on `target`, measured once per subnet and cached."""
 
     def __init__(self, supernet: torch.nn.Module, target: str = "torch-cpu", cache_path: str | Path | None = None,
-                 warmup: int = 10, iters: int = 30, threads: int | None = 1, ctx: Any = None) -> None:
+                 warmup: int = 10, iters: int = 30, threads: int | None = 1, ctx: Any = None, batch: int = 1,
+                 export_dir: str | Path | None = None, statistic: str = "median") -> None:
         check_target(target)
-        self.supernet, self.target = supernet, target
+        if int(batch) < 1:
+            raise LatencyUnavailable(f"--latency-batch must be at least 1, got {batch}")
+        if statistic not in STATISTICS:
+            raise LatencyUnavailable(f"unknown latency statistic '{statistic}'; choose one of {', '.join(STATISTICS)}")
+        self.statistic = statistic
+        self.supernet, self.target, self.batch = supernet, target, int(batch)
         self.space: SearchSpace = supernet.space  # type: ignore[assignment]
         self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.export_dir = Path(export_dir) if export_dir is not None else None
         self.warmup, self.iters, self.threads, self.ctx = warmup, iters, threads, ctx
         self.table: dict[str, float] = {}
+        self.rounds: dict[str, list[float]] = {}
+        """Per-round medians (ms) of the subnets `measure_many` timed, for the noise report."""
         self.measured = 0
+        self.export_s = 0.0
+        """Seconds spent exporting/building (ONNX, engines) for measurements so far."""
         if self.cache_path is not None and self.cache_path.exists():
             self.table = self._read_cache(self.cache_path)
 
@@ -105,6 +155,10 @@ class LatencyTable:
             table = doc.get("latency_ms")
             if doc.get("format") != CACHE_FORMAT or doc.get("target") != self.target or not isinstance(table, dict):
                 raise ArtifactError(f"latency cache {path} is not a {self.target} latency cache")
+            took = (int(doc.get("batch", 1)), doc.get("threads", self.threads), doc.get("statistic", "median"))
+            if took != (self.batch, self.threads, self.statistic):
+                raise ArtifactError(f"latency cache {path} holds the {took[2]} at batch {took[0]} with {took[1]} "
+                                    f"threads, not the {self.statistic} at batch {self.batch} with {self.threads}")
             values = {str(k): float(v) for k, v in table.items()}
             if not all(math.isfinite(v) and v > 0 for v in values.values()):
                 raise ArtifactError(f"latency cache {path} holds values that are not latencies")
@@ -138,24 +192,85 @@ class LatencyTable:
         if self.cache_path is None or (self.ctx is not None and not getattr(self.ctx, "is_main", True)):
             return
         atomic_write_json(self.cache_path, {
-            "format": CACHE_FORMAT, "target": self.target, "batch": 1, "host": platform.node(),
-            "space": self.space.name, "warmup": self.warmup, "iters": self.iters, "latency_ms": self.table,
-            "sha256": _table_sha256(self.table),
+            "format": CACHE_FORMAT, "target": self.target, "batch": self.batch, "threads": self.threads,
+            "statistic": self.statistic,
+            "host": platform.node(), "space": self.space.name, "warmup": self.warmup, "iters": self.iters,
+            "runtime": runtime_versions(self.target), "latency_ms": self.table, "sha256": _table_sha256(self.table),
         })
 
     # ------------------------------------------------------------------ measuring
     def measure(self, subnet: Subnet) -> float:
-        """Median latency (ms) of one batch-1 forward of the materialised subnet on the target."""
+        """Latency (ms, `statistic` of the timed runs) of one forward of `batch` images through the materialised
+        subnet on the target."""
         self.measured += 1
         run, cleanup = self._runner(subnet)
         try:
-            with torch_threads(self.threads if self.target == "torch-cpu" else None):
-                warm_up([run], min_calls=self.warmup)
-                times = time_calls(run, min_iters=self.iters)
-            return latency_stats(times, batch=1)["median_ms"]
+            return self._time(run)
         finally:
             if cleanup is not None:
                 cleanup()
+
+    def measure_many(self, subnets: Sequence[Subnet], rounds: int = 3, seed: int = 0,
+                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, float]:
+        """Measure every subnet not in the table yet: runners prepared first (in chunks of PREPARE_CHUNK subnets
+        drawn in a shuffled order), then timed in `rounds` passes in a shuffled order; the value kept is the
+        median of the per-round medians
+        (per-round values in `self.rounds`). `progress(stage, done, total)` reports 'prepare'/'time' steps.
+        Returns {key: ms} of all `subnets` (cached ones included). Single process only."""
+        todo = list({self.key(s): s for s in subnets if self.key(s) not in self.table}.values())
+        rng = random.Random(seed)
+        rng.shuffle(todo)  # each chunk mixes the subnets: drift between chunks hits none of them more than others
+        done = 0
+        for start in range(0, len(todo), PREPARE_CHUNK):
+            chunk = todo[start:start + PREPARE_CHUNK]
+            prepared: list[tuple[Subnet, Any, Cleanup]] = []
+            try:
+                for subnet in chunk:
+                    prepared.append((subnet, *self._runner(subnet)))
+                    if progress is not None:
+                        progress("prepare", start + len(prepared), len(todo))
+                per_round: dict[str, list[float]] = {self.key(s): [] for s in chunk}
+                for _ in range(max(int(rounds), 1)):
+                    for subnet, run, _cleanup in rng.sample(prepared, len(prepared)):
+                        per_round[self.key(subnet)].append(self._time(run))
+                        done += 1
+                        if progress is not None:
+                            progress("time", done, len(todo) * max(int(rounds), 1))
+            finally:
+                for _subnet, _run, cleanup in prepared:
+                    if cleanup is not None:
+                        cleanup()
+            for k, values in per_round.items():
+                self.rounds[k] = values
+                self.table[k] = float(statistics.median(values))
+                self.measured += 1
+        return {self.key(s): self.table[self.key(s)] for s in subnets}
+
+    def export_ahead(self, subnets: Sequence[Subnet], progress: Callable[[str, int, int], None] | None = None) -> int:
+        """Export the ONNX files of `subnets` into `export_dir` without timing anything (e.g. while the machine is
+        busy; `measure_many` later reuses them). Returns how many were exported (kept ones are skipped)."""
+        if self.export_dir is None or self.target not in ("ort-cpu", "trt"):
+            raise LatencyUnavailable("export_ahead needs an export_dir and an ONNX target (ort-cpu, trt)")
+        from taslora_deploy.standalone import materialize
+
+        shape = (self.space.in_chans, self.space.img_size, self.space.img_size)
+        exported = 0
+        for i, subnet in enumerate(subnets, 1):
+            with tempfile.TemporaryDirectory(prefix="taslora-lat-") as tmp:
+                model = materialize(self.supernet, subnet).float().cpu().eval()
+                spent = self.export_s
+                self._onnx_file(model, subnet, shape, Path(tmp))
+                exported += self.export_s > spent
+            if progress is not None:
+                progress("export", i, len(subnets))
+        return exported
+
+    def _time(self, run: Any) -> float:
+        """The `statistic` (ms) of `iters` calls of a runner after `warmup` calls, with this table's threads."""
+        with torch_threads(self.threads if self.target == "torch-cpu" else None):
+            warm_up([run], min_calls=self.warmup)
+            times = time_calls(run, min_iters=self.iters)
+        return latency_stats(times, batch=self.batch)[f"{self.statistic}_ms"]
 
     def compare(self, slower: Subnet, faster: Subnet, warmup_s: float = 0.3, iters: int = 60) -> dict[str, float]:
         """Re-time two subnets interleaved (AB, BA, ...; `timing.interleaved_latency`, the zero-overhead check's
@@ -172,37 +287,59 @@ class LatencyTable:
                 if done is not None:
                     done()
 
-    def _runner(self, subnet: Subnet):
-        """(zero-arg batch-1 runner of the materialised subnet on the target, cleanup or None)."""
+    def _runner(self, subnet: Subnet) -> tuple[Any, Cleanup]:
+        """(zero-arg runner of one `batch` through the materialised subnet on the target, cleanup or None)."""
         from taslora_deploy.standalone import materialize
 
         model = materialize(self.supernet, subnet).float().cpu().eval()
         shape = (self.space.in_chans, self.space.img_size, self.space.img_size)
         if self.target in ("ort-cpu", "trt"):
-            return self._onnx(model, shape)
+            return self._onnx(model, subnet, shape)
         from taslora_deploy.runners import torch_runner
 
         device = "cuda" if self.target == "torch-cuda" else "cpu"
-        return torch_runner(model, 1, shape, device=device), None
+        return torch_runner(model, self.batch, shape, device=device), None
 
-    def _onnx(self, model: torch.nn.Module, shape: tuple[int, int, int]):
-        """A runner of the exported ONNX file: onnxruntime on the CPU, or a TensorRT engine built from it."""
-        from taslora_deploy.onnx_export import export_onnx
+    def _onnx(self, model: torch.nn.Module, subnet: Subnet, shape: tuple[int, int, int]) -> tuple[Any, Cleanup]:
+        """A runner of the subnet's ONNX file: onnxruntime on the CPU, or a TensorRT engine built from it."""
         from taslora_deploy.runners import ort_runner, trt_runner
 
         tmp = tempfile.TemporaryDirectory(prefix="taslora-lat-")
-        path = Path(tmp.name) / MODEL_ONNX
         try:
-            export_onnx(model, path, input_shape=shape)
+            path = self._onnx_file(model, subnet, shape, Path(tmp.name))
             if self.target == "trt":
                 from taslora_deploy.trt_engine import TrtRunner, build_engine
 
-                plan = build_engine(path, Path(tmp.name) / "model.plan", shape, min_batch=1, opt_batch=1, max_batch=1)
-                run = trt_runner(TrtRunner(plan), 1, input_shape=shape)
+                b = self.batch
+                plan = _timed_into(self, lambda: build_engine(path, Path(tmp.name) / "model.plan", shape, min_batch=b,
+                                                              opt_batch=b, max_batch=b))
+                run = trt_runner(TrtRunner(plan), b, input_shape=shape)
             else:
-                run = ort_runner(path, 1, input_shape=shape, device="cpu", threads=self.threads)
+                run = ort_runner(path, self.batch, input_shape=shape, device="cpu", threads=self.threads)
         except Exception as err:  # noqa: BLE001 - reported as one line
             tmp.cleanup()
             raise LatencyUnavailable(f"ONNX export/{'TensorRT' if self.target == 'trt' else 'onnxruntime'} failed "
                                      f"for a candidate: {str(err).splitlines()[0]}") from None
         return run, tmp.cleanup
+
+    def _onnx_file(self, model: torch.nn.Module, subnet: Subnet, shape: tuple[int, int, int], tmp: Path) -> Path:
+        """The subnet's ONNX file (dynamic batch): exported into `tmp`, or kept in / reused from `export_dir`."""
+        from taslora_deploy.onnx_export import export_onnx
+
+        if self.export_dir is None:
+            return _timed_into(self, lambda: export_onnx(model, tmp / MODEL_ONNX, input_shape=shape))
+        name = hashlib.sha256(f"{torch.__version__}|{space_hash(self.space)}|{self.key(subnet)}".encode()).hexdigest()
+        kept = self.export_dir / f"{name[:24]}.onnx"  # export_onnx writes atomically: a kept file is whole
+        if not kept.is_file():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            _timed_into(self, lambda: export_onnx(model, kept, input_shape=shape))
+        return kept
+
+
+def _timed_into(table: LatencyTable, make: Callable[[], Path]) -> Path:
+    """Run `make` (an export or an engine build) and add its seconds to `table.export_s`."""
+    start = time.perf_counter()
+    try:
+        return make()
+    finally:
+        table.export_s += time.perf_counter() - start

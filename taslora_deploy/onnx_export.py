@@ -44,6 +44,7 @@ __all__ = [
     "ProviderUnavailableError",
     "export_onnx",
     "fold_constant_subgraphs",
+    "stamp_metadata",
     "ort_session",
     "check_onnx_parity",
     "op_histogram",
@@ -137,6 +138,22 @@ def export_onnx(
             side_data.unlink(missing_ok=True)
 
     atomic_write(path, write)
+    return path
+
+
+def stamp_metadata(path: str | os.PathLike, props: dict[str, str], prefix: str = "taslora.") -> Path:
+    """Rewrite the ONNX file at ``path`` (atomically) with ``props`` as its ``metadata_props``; earlier entries whose
+    key starts with ``prefix`` are replaced, others kept. The graph is untouched."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(prefix)]
+    del model.metadata_props[:]
+    for key, value in [*kept, *sorted(props.items())]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
+    atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
     return path
 
 

@@ -1,4 +1,5 @@
-"""Facts read from an ONNX file without running it: the graph input, op histograms, parameter counts, I/O.
+"""Facts read from an ONNX file without running it: the graph input, op histograms, parameter counts, I/O, the
+initializer table, multiply-accumulates counted on the graph, metadata_props.
 
 ``onnx`` is imported lazily, so this module imports with numpy alone.
 """
@@ -15,7 +16,8 @@ from taslora_core.artifact_read import load_onnx_checked
 from taslora_deploy.errors import ExportError
 
 __all__ = ["onnx_input_info", "op_histogram", "initializer_param_count", "referenced_param_count",
-           "referenced_param_shapes", "io_signature", "default_opset_version", "value_info_dims", "dim_repr"]
+           "referenced_param_shapes", "io_signature", "default_opset_version", "value_info_dims", "dim_repr",
+           "initializer_table", "graph_macs", "onnx_metadata"]
 
 
 def default_opset_version(model) -> int | None:
@@ -98,6 +100,8 @@ def op_histogram(path: str | os.PathLike) -> dict[str, int]:
 
 
 def _is_float_tensor(t) -> bool:
+    """A parameter tensor: floating point, or 8-bit (the weights and zero points of an int8 QDQ graph); the int64
+    shape / axes constants are not parameters."""
     import onnx
 
     return t.data_type in (
@@ -105,6 +109,8 @@ def _is_float_tensor(t) -> bool:
         onnx.TensorProto.FLOAT16,
         onnx.TensorProto.BFLOAT16,
         onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
     )
 
 
@@ -126,9 +132,9 @@ def _float_initializers(model) -> dict[str, tuple[int, ...]]:
 
 
 def initializer_param_count(path: str | os.PathLike) -> int:
-    """Number of floating-point initializer elements stored in the file.
+    """Number of floating-point (and 8-bit quantized) initializer elements stored in the file.
 
-    Integer initializers (shape / axes constants) are not parameters and are
+    Wider integer initializers (shape / axes constants) are not parameters and are
     excluded.  Note that the torch exporter's optimiser deduplicates initializers
     with identical values (e.g. freshly initialised LayerNorm weights), so this
     can be lower than the torch parameter count; see :func:`referenced_param_count`.
@@ -176,3 +182,87 @@ def io_signature(path: str | os.PathLike) -> dict[str, Any]:
         "inputs": [sig(v) for v in model.graph.input if v.name not in init_names],
         "outputs": [sig(v) for v in model.graph.output],
     }
+
+
+def initializer_table(path: str | os.PathLike) -> list[list[Any]]:
+    """``[name, shape, dtype]`` of every stored initializer (graph and subgraphs), sorted by name."""
+    import onnx
+
+    model = load_onnx_checked(path)
+    rows = []
+    for g in _iter_graphs(model.graph):
+        for t in g.initializer:
+            rows.append([t.name, [int(d) for d in t.dims], onnx.TensorProto.DataType.Name(t.data_type)])
+    return sorted(rows)
+
+
+def _shape_map(model, batch: int) -> dict[str, list[int | None]]:
+    """Every value's dims after shape inference with the graph inputs' symbolic batch dim fixed to ``batch``."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    init_names = {i.name for i in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name not in init_names:
+            dims = value_info_dims(vi)
+            if dims and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = int(batch)
+    del model.graph.value_info[:]  # recorded with the symbolic batch: infer them again from the fixed input
+    for out in model.graph.output:
+        for d in value_info_dims(out):
+            if not d.HasField("dim_value"):
+                d.Clear()
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes: dict[str, list[int | None]] = {}
+    g = inferred.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in value_info_dims(vi)]
+    for t in g.initializer:
+        shapes[t.name] = [int(d) for d in t.dims]
+    return shapes
+
+
+def _prod(dims: list[int | None]) -> int | None:
+    return None if any(d is None for d in dims) else int(np.prod(dims, dtype=np.int64)) if dims else 1
+
+
+def _node_macs(node, shapes: dict[str, list[int | None]]) -> int | None:
+    """Multiply-accumulates of one MatMul / Gemm / Conv node (None when a shape is unknown)."""
+    out = shapes.get(node.output[0])
+    if out is None or _prod(out) is None:
+        return None
+    if node.op_type == "MatMul":
+        a = shapes.get(node.input[0])
+        return None if not a or a[-1] is None else _prod(out) * int(a[-1])
+    if node.op_type == "Gemm":
+        a = shapes.get(node.input[0])
+        trans_a = next((att.i for att in node.attribute if att.name == "transA"), 0)
+        k = None if not a else a[0 if trans_a else -1]
+        return None if k is None else _prod(out) * int(k)
+    w = shapes.get(node.input[1])  # Conv: every output element reads (C_in / groups) x kernel weights
+    per = _prod(w[1:]) if w else None
+    return None if per is None else _prod(out) * per
+
+
+def graph_macs(path: str | os.PathLike, batch: int = 1) -> dict[str, Any]:
+    """Multiply-accumulates of the graph's MatMul, Gemm and Conv nodes for one batch of ``batch`` images, read from
+    the graph itself (shape inference), so an added or resized layer shows. ``{"macs", "counted", "unknown"}``:
+    ``unknown`` lists the nodes whose shapes could not be inferred (then ``macs`` is a lower bound)."""
+    model = load_onnx_checked(path)
+    shapes = _shape_map(model, batch)
+    total, counted, unknown = 0, 0, []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        macs = _node_macs(node, shapes)
+        if macs is None:
+            unknown.append(node.name or node.op_type)
+        else:
+            total += macs
+            counted += 1
+    return {"macs": int(total), "counted": counted, "unknown": unknown}
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The model's ``metadata_props`` as a dict."""
+    return {p.key: p.value for p in load_onnx_checked(path).metadata_props}

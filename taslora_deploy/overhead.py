@@ -1,32 +1,29 @@
-"""Zero-overhead checks: structural comparison of two ONNX files, the latency verdict, and `check-overhead`.
+"""Zero-overhead checks of two ONNX files (structure) and the `check-overhead` verb (structure + latency, re-checked
+against the export's certificate).
 
-Typical use: A = plain ViT of an architecture, B = the same architecture after
-folding the TAS-LoRA experts into its weights.  Structurally they must be identical
-(same ops, same parameter shapes/counts, same FLOPs), and their latency ratio B/A
-must be ~1. The timing itself is :mod:`taslora_deploy.timing` (``interleaved_latency``) on the runners of
-:mod:`taslora_deploy.runners`; both are re-exported here for existing callers.
+Typical use: A = plain ViT of an architecture, B = the same architecture after folding the TAS-LoRA experts into
+its weights. Structurally they must be identical (same ops, parameter shapes/counts, I/O, MACs counted on the
+graph, FLOPs) and their latencies equivalent: the 90% CI of the folded/baseline ratio inside the margin
+(:mod:`taslora_deploy.equivalence`). The structure facts are :mod:`taslora_deploy.structure`'s; the timing is
+:mod:`taslora_deploy.timing` on the runners of :mod:`taslora_deploy.runners` (re-exported here for existing
+callers).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections import Counter
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from taslora_core.artifact_read import read_json_artifact
 from taslora_core.atomic import atomic_write_json
 from taslora_core.workspace import DEFAULT_WORKDIR, latest
-from taslora_deploy.artifacts import BASELINE_ONNX, MODEL_CONFIG, MODEL_ONNX, OVERHEAD_REPORT, baseline_onnx
-from taslora_deploy.onnx_graph import (
-    initializer_param_count,
-    io_signature,
-    op_histogram,
-    referenced_param_count,
-    referenced_param_shapes,
-)
+from taslora_deploy.artifacts import (MODEL_CONFIG, OVERHEAD_REPORT, PRECISION_CERTIFICATE, PRECISION_ONNX,
+                                      PRECISION_PLAN, baseline_twin)
+from taslora_deploy.equivalence import DIFFERENT
 from taslora_deploy.runners import ort_runner, torch_runner
 from taslora_deploy.timing import interleaved_latency
 
@@ -35,7 +32,6 @@ __all__ = [
     "structural_compare",
     "assert_same_structure",
     "interleaved_latency",
-    "within_tolerance",
     "ort_runner",
     "torch_runner",
     "OverheadCheck",
@@ -49,115 +45,48 @@ class OverheadError(AssertionError):
     """Two artefacts that should be structurally identical are not."""
 
 
-# --------------------------------------------------------------------------- structure
-
-
 def _resolve_flops(flops: FlopsArg, path: Path) -> float | None:
     if flops is None:
         return None
-    if callable(flops):
-        return float(flops(path))
-    return float(flops)
+    return float(flops(path)) if callable(flops) else float(flops)
 
 
-def structural_compare(
-    onnx_a: str | os.PathLike,
-    onnx_b: str | os.PathLike,
-    flops_a: FlopsArg = None,
-    flops_b: FlopsArg = None,
-) -> dict:
-    """Compare two ONNX files structurally.
+def structural_compare(onnx_a: str | os.PathLike, onnx_b: str | os.PathLike, flops_a: FlopsArg = None,
+                       flops_b: FlopsArg = None) -> dict:
+    """Compare two ONNX files structurally (:func:`taslora_deploy.structure.compare_structures` of their facts).
 
-    Compared: op-type histograms, graph I/O signatures (names, dtypes, shapes),
-    floating-point parameter shapes per use and their element count
-    (:func:`referenced_param_count`, insensitive to the exporter merging
-    initializers that happen to hold identical values), and FLOPs when given
-    (a number for each model, or a callable ``path -> flops``; compared exactly).
-    The stored initializer element counts are reported too; a difference there
-    alone is listed under ``notes`` (it only reflects deduplicated initializers).
+    Compared: op-type histograms, graph I/O signatures, floating-point parameter shapes per use and their element
+    count (insensitive to the exporter merging initializers that hold identical values), MatMul/Gemm/Conv MACs
+    counted on the graph, and FLOPs when given (a number for each model, or a callable ``path -> flops``).
+    Stored-initializer differences that leave the parameters the graph reads unchanged are ``notes``.
 
-    Returns ``{"a", "b", "op_histogram_a", "op_histogram_b", "params_a",
-    "params_b", "stored_params_a", "stored_params_b", "flops_a", "flops_b",
-    "equal", "differences", "notes"}``.
+    Returns ``{"a", "b", "op_histogram_a", "op_histogram_b", "params_a", "params_b", "stored_params_a",
+    "stored_params_b", "flops_a", "flops_b", "graph_macs_a", "graph_macs_b", "digest_a", "digest_b", "equal",
+    "differences", "notes"}``.
     """
+    from taslora_deploy.structure import compare_structures, onnx_structure
+
     pa, pb = Path(onnx_a), Path(onnx_b)
-    hist_a, hist_b = op_histogram(pa), op_histogram(pb)
-    params_a, params_b = referenced_param_count(pa), referenced_param_count(pb)
-    stored_a, stored_b = initializer_param_count(pa), initializer_param_count(pb)
     fa, fb = _resolve_flops(flops_a, pa), _resolve_flops(flops_b, pb)
     if (fa is None) != (fb is None):
         raise ValueError("pass FLOPs for both models or for neither")
-
-    differences: list[str] = []
-    notes: list[str] = []
-    for op in sorted(set(hist_a) | set(hist_b)):
-        ca, cb = hist_a.get(op, 0), hist_b.get(op, 0)
-        if ca != cb:
-            differences.append(f"op {op}: {ca} in A vs {cb} in B")
-    if params_a != params_b:
-        differences.append(f"parameter count: {params_a} in A vs {params_b} in B")
-    shapes_a, shapes_b = Counter(referenced_param_shapes(pa)), Counter(referenced_param_shapes(pb))
-    if shapes_a != shapes_b:
-        only_a = sorted((shapes_a - shapes_b).elements())
-        only_b = sorted((shapes_b - shapes_a).elements())
-        differences.append(f"parameter shapes: only in A {only_a[:8]}, only in B {only_b[:8]}")
-    io_a, io_b = io_signature(pa), io_signature(pb)
-    if io_a != io_b:
-        differences.append(f"graph I/O: A {io_a} vs B {io_b}")
-    if fa is not None and fa != fb:
-        differences.append(f"FLOPs: {fa:g} in A vs {fb:g} in B")
-    if stored_a != stored_b and params_a == params_b:
-        notes.append(
-            f"stored initializer elements differ ({stored_a} vs {stored_b}) only because the exporter merged "
-            "initializers with identical values"
-        )
-
-    return {
-        "a": str(pa),
-        "b": str(pb),
-        "op_histogram_a": hist_a,
-        "op_histogram_b": hist_b,
-        "params_a": params_a,
-        "params_b": params_b,
-        "stored_params_a": stored_a,
-        "stored_params_b": stored_b,
-        "flops_a": fa,
-        "flops_b": fb,
-        "equal": not differences,
-        "differences": differences,
-        "notes": notes,
-    }
+    a, b = onnx_structure(pa, fa), onnx_structure(pb, fb)
+    cmp = compare_structures(a, b)
+    return {"a": str(pa), "b": str(pb), "op_histogram_a": a["ops"], "op_histogram_b": b["ops"],
+            "params_a": a["params"], "params_b": b["params"], "stored_params_a": a["stored_params"],
+            "stored_params_b": b["stored_params"], "flops_a": fa, "flops_b": fb, "graph_macs_a": a["graph_macs"],
+            "graph_macs_b": b["graph_macs"], "digest_a": a["digest"], "digest_b": b["digest"],
+            "equal": cmp["identical"], "differences": cmp["differences"], "notes": cmp["notes"]}
 
 
-def assert_same_structure(
-    onnx_a: str | os.PathLike,
-    onnx_b: str | os.PathLike,
-    flops_a: FlopsArg = None,
-    flops_b: FlopsArg = None,
-) -> dict:
+def assert_same_structure(onnx_a: str | os.PathLike, onnx_b: str | os.PathLike, flops_a: FlopsArg = None,
+                          flops_b: FlopsArg = None) -> dict:
     """:func:`structural_compare`, raising :class:`OverheadError` listing every difference."""
     report = structural_compare(onnx_a, onnx_b, flops_a=flops_a, flops_b=flops_b)
     if not report["equal"]:
         raise OverheadError(
-            f"{report['a']} and {report['b']} differ structurally:\n  " + "\n  ".join(report["differences"])
-        )
+            f"{report['a']} and {report['b']} differ structurally:\n  " + "\n  ".join(report["differences"]))
     return report
-
-
-# --------------------------------------------------------------------------- latency verdict
-
-
-def within_tolerance(report: dict, tol: float = 0.03, two_sided: bool = False) -> bool:
-    """True when B is at most ``tol`` slower than A (median pair ratio ``<= 1 + tol``).
-
-    With ``two_sided=True`` B must also not be more than ``tol`` faster.
-    """
-    r = float(report["ratio_median"])
-    if not math.isfinite(r) or r <= 0:
-        return False
-    if two_sided:
-        return abs(r - 1.0) <= tol
-    return r <= 1.0 + tol
 
 
 # --------------------------------------------------------------------------- `taslora check-overhead`
@@ -171,56 +100,113 @@ class OverheadCheck:
     structure: dict[str, Any]
     latency: dict[str, Any]
     report_path: Path
+    certificate: dict[str, Any] | None = None  # the export's certificate of the checked artifact (None: none shipped)
 
     @property
     def same_structure(self) -> bool:
-        """Same ops, parameter shapes/counts, I/O and FLOPs as the no-LoRA baseline."""
+        """Same ops, parameters, I/O, MACs and FLOPs as the no-LoRA twin (and the certified facts, if any)."""
         return bool(self.structure.get("equal"))
 
     @property
+    def latency_verdict(self) -> str:
+        """equivalent / different / inconclusive, measured here."""
+        return str(self.latency.get("verdict"))
+
+    @property
     def latency_ok(self) -> bool:
-        """Median folded/baseline pair ratio within the tolerance (both ways)."""
-        return bool(self.latency.get("within_tolerance"))
+        """Latency is not different (inconclusive is a warning, not a failure)."""
+        return self.latency_verdict != DIFFERENT
 
     @property
     def ok(self) -> bool:
-        """Both verdicts hold."""
+        """Neither structure nor latency is evidence of overhead."""
         return self.same_structure and self.latency_ok
+
+
+def _structure_here(directory: Path, doc: dict[str, Any] | None, artifact: Path, baseline: Path) -> dict[str, Any]:
+    """The structure comparison of the two files, plus the re-check against the certificate when there is one."""
+    from taslora_core.artifact_read import read_json_artifact
+    from taslora_deploy.certificate_check import recheck_structure
+
+    config = read_json_artifact(directory / MODEL_CONFIG, "model config", "re-export it with `taslora export`") \
+        if (directory / MODEL_CONFIG).exists() else {}
+    f = config.get("flops_macs")
+    out = structural_compare(artifact, baseline, flops_a=f, flops_b=f)
+    if doc is not None and doc["artifact"] == artifact.relative_to(directory).as_posix():
+        try:
+            out["certificate"] = {"file": doc["file"], "matches": True, "detail": recheck_structure(directory, doc)}
+        except ValueError as err:
+            out["certificate"] = {"file": doc["file"], "matches": False, "detail": " ".join(str(err).split())}
+            out["equal"] = False
+            out["differences"] = [*out["differences"], f"certificate {doc['file']}: {out['certificate']['detail']}"]
+    return out
+
+
+def _trt_plans(stack: ExitStack, directory: Path, precision: str, baseline: Path, shape: tuple[int, ...] | None) -> tuple[Path, Path]:
+    """(baseline, folded) TensorRT plans: the folded one shipped, the no-LoRA one built now into a temporary folder."""
+    from taslora_deploy.trt_engine import build_engine
+
+    folded = directory / PRECISION_PLAN[precision]
+    if not folded.is_file():
+        raise FileNotFoundError(f"{folded} does not exist; export with --trt to check the TensorRT engine")
+    if shape is None:
+        raise ValueError(f"{directory / MODEL_CONFIG} records no input_shape; needed to build the baseline engine")
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="taslora-baseline-plan-")))
+    return build_engine(baseline, tmp / PRECISION_PLAN[precision], shape), folded
 
 
 def check_overhead(
     export_dir: str | os.PathLike | None = None,
     *,
     workdir: str | os.PathLike = DEFAULT_WORKDIR,
-    batch: int = 8,
-    iters: int = 500,
-    tolerance: float = 0.03,
-    device: str = "cpu",
+    config: Any = None,
+    runtime: str = "ort-cpu",
+    precision: str = "fp32",
     threads: int | None = None,
-    warmup_s: float = 1.0,
+    log: Callable[[str], None] = print,
 ) -> OverheadCheck:
-    """Zero-overhead check of an export folder (default: the workspace's latest export) against its baseline.
+    """Zero-overhead re-check of an export folder (default: the workspace's latest export) on this machine.
 
-    A = ``baseline/model.onnx`` (no LoRA), B = ``model.onnx`` (folded): structural comparison (with the
-    FLOPs recorded in ``config.json``) and interleaved onnxruntime latency. Writes ``overhead.json`` there.
-    Raises FileNotFoundError when either ONNX file is missing.
+    A = the no-LoRA twin (``baseline/model.onnx``, or ``baseline/model_<p>.onnx`` for ``precision``), B = the
+    exported artifact: structural comparison (also against the facts its certificate recorded) and the latency
+    equivalence test (``config``: a :class:`~taslora_deploy.latency_equivalence.LatencyTestConfig`) on ``runtime``
+    (``trt``/``trt-graph``: the shipped engine against a no-LoRA engine built now). Writes ``overhead.json`` there.
+    Raises FileNotFoundError when a file is missing.
     """
+    from taslora_deploy.certificate import read_certificate
+    from taslora_deploy.certificate_check import rerun_latency
+    from taslora_deploy.latency_equivalence import LatencyTestConfig
+
     directory = Path(export_dir) if export_dir is not None else latest(
         workdir, "exports", "run `taslora export --onnx` first")
-    folded, base = directory / MODEL_ONNX, baseline_onnx(directory)
-    if not folded.exists() or not base.exists():
-        raise FileNotFoundError(
-            f"{directory} lacks {MODEL_ONNX} or {BASELINE_ONNX}; re-run `taslora export --onnx`")
-    config_path = directory / MODEL_CONFIG
-    config = read_json_artifact(config_path, "model config", "re-export it with `taslora export`") if config_path.exists() else {}
-    f = config.get("flops_macs")
-    structure = structural_compare(folded, base, flops_a=f, flops_b=f)
-    shape = tuple(config.get("input_shape", ())) or None
-    res = interleaved_latency(ort_runner(base, batch, shape, device=device, threads=threads),
-                              ort_runner(folded, batch, shape, device=device, threads=threads),
-                              warmup_s=warmup_s, iters=iters)
-    ok_lat = within_tolerance(res, tolerance, two_sided=True)
-    latency = {**res, "runtime": f"onnxruntime-{device}", "batch": batch, "tolerance": tolerance,
-               "within_tolerance": ok_lat}
-    report_path = atomic_write_json(directory / OVERHEAD_REPORT, {"structure": structure, "latency": latency})
-    return OverheadCheck(directory, structure, latency, report_path)
+    if precision not in PRECISION_ONNX:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_ONNX)}, not '{precision}'")
+    artifact, baseline = directory / PRECISION_ONNX[precision], baseline_twin(directory, precision)
+    for path in (artifact, baseline):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; re-run `taslora export --onnx` (with --precision "
+                                    f"{precision} for a twin)")
+    cert_path = directory / PRECISION_CERTIFICATE[precision]
+    doc = read_certificate(cert_path) if cert_path.is_file() else None
+    structure = _structure_here(directory, doc, artifact, baseline)
+    config = config or LatencyTestConfig()
+    rel = artifact.relative_to(directory).as_posix(), baseline.relative_to(directory).as_posix()
+    with ExitStack() as stack:
+        plans = None
+        if runtime.startswith("trt"):
+            plans = _trt_plans(stack, directory, precision, baseline, _input_shape(directory))
+        latency = rerun_latency(directory, doc, rel[0], rel[1], config, runtime, threads, plans=plans, log=log)
+    certified = None if doc is None else {"file": doc["file"], "verdict": doc["verdict"],
+                                          "latency": (doc.get("latency") or {}).get("verdict")}
+    report_path = atomic_write_json(directory / OVERHEAD_REPORT, {"structure": structure, "latency": latency,
+                                                                   "certificate": certified})
+    return OverheadCheck(directory, structure, latency, report_path, doc)
+
+
+def _input_shape(directory: Path) -> tuple[int, ...] | None:
+    from taslora_core.artifact_read import read_json_artifact
+
+    if not (directory / MODEL_CONFIG).is_file():
+        return None
+    config = read_json_artifact(directory / MODEL_CONFIG, "model config", "re-export it with `taslora export`")
+    return tuple(config.get("input_shape", ())) or None

@@ -1,4 +1,4 @@
-"""`taslora export`: fold -> parity -> safetensors -> ONNX -> zero-overhead checks -> TensorRT, in one folder.
+"""`taslora export`: fold -> parity -> safetensors -> ONNX -> twins -> certificates -> TensorRT, in one folder.
 
 :func:`export` is the library verb: it resolves the subnet and checkpoint (defaults from the workspace), opens
 an ``exports/`` run folder, runs the steps (:func:`run_export`) and returns an :class:`ExportResult`.
@@ -37,6 +37,7 @@ from taslora_deploy.artifacts import (
     TIMING_CACHE,
     baseline_onnx,
 )
+from taslora_deploy.certificate_steps import CertificateInputs, certificate_steps
 from taslora_deploy.precision_gate import DEFAULT_MAX_TOP1_DROP
 from taslora_deploy.precision_steps import GateData, parse_precisions, precision_steps, trt_precision_steps
 from taslora_deploy.fold import FoldResult, UnmergedMoLEViT, check_parity, fold_subnet
@@ -46,7 +47,8 @@ from taslora_deploy.standalone_io import save_standalone
 __all__ = ["ExportOptions", "ExportResult", "export", "run_export", "source_hashes", "REPORT"]
 
 SEARCH_RESULT = BEST_JSON  # what `taslora search` writes; the default subnet of an export
-LATENCY_MODES = ("strict", "report")
+LATENCY_MODES = ("strict", "report", "off")
+EXPORT_RUNTIMES = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda", "torch-cuda-graph")
 REAL_IMAGES = 16
 
 
@@ -61,12 +63,15 @@ class ExportOptions:
     opset: int = 18
     parity_tolerance: float = 1e-5
     onnx_tolerance: float = 1e-4
-    overhead: bool = True
-    latency_mode: str = "strict"  # strict: out-of-tolerance latency fails the export; report: only recorded
-    latency_batch: int = 8
-    latency_iters: int = 300
-    latency_warmup_s: float = 1.0
-    latency_tolerance: float = 0.03
+    overhead: bool = True  # False: no latency measurements (structure and parity are still certified)
+    latency_mode: str = "strict"  # strict: a latency verdict "different" fails the export; report: recorded; off
+    latency_batch: int = 8  # of the unmerged-vs-folded comparison
+    latency_batches: tuple[int, ...] = (1, 8)  # of the equivalence test
+    latency_iters: int = 100  # pairs before the first look of the equivalence test
+    latency_time_s: float = 3.0  # per batch size: then the verdict is taken, even if inconclusive
+    latency_warmup_s: float = 0.5
+    latency_margin: float = 0.02  # equivalence region of the folded/baseline ratio: [1/(1+m), 1+m]
+    latency_runtime: str | None = None  # ort-cpu with --onnx, else torch-cpu
     threads: int | None = None
     trt_max_batch: int = 64
     seed: int = 0
@@ -77,7 +82,10 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if self.latency_mode not in LATENCY_MODES:
-            raise ValueError(f"latency mode must be strict or report, not '{self.latency_mode}'")
+            raise ValueError(f"--latency-check must be strict, report or off, not '{self.latency_mode}'")
+        self.latency_config()  # validates the equivalence test's settings (one-line ValueError)
+        if self.latency_runtime is not None and self.latency_runtime not in EXPORT_RUNTIMES:
+            raise ValueError(f"--latency-runtime must be one of {', '.join(EXPORT_RUNTIMES)}, not '{self.latency_runtime}'")
         # `fp16=True` (the --fp16 flag) and "fp16" in `precisions` mean the same: keep both spellings in step
         self.precisions = parse_precisions([*self.precisions, *(("fp16",) if self.fp16 else ())])
         self.fp16 = "fp16" in self.precisions
@@ -88,6 +96,16 @@ class ExportOptions:
         self.max_top1_drop = {**DEFAULT_MAX_TOP1_DROP, **self.max_top1_drop}
         if len(self.precisions) > 1:
             self.onnx = True  # the reduced-precision files are made from (and gated against) the fp32 ONNX
+
+
+    def latency_config(self):
+        """The equivalence test's settings (:class:`~taslora_deploy.latency_equivalence.LatencyTestConfig`)."""
+        from taslora_deploy.latency_equivalence import LatencyTestConfig
+
+        return LatencyTestConfig(batch_sizes=tuple(self.latency_batches), margin=self.latency_margin,
+                                 warmup_s=self.latency_warmup_s, first_pairs=self.latency_iters,
+                                 max_pairs=max(4000, self.latency_iters), time_limit_s=self.latency_time_s,
+                                 seed=self.seed)
 
 
 @dataclass
@@ -137,13 +155,18 @@ class ExportResult:
 
     @property
     def latency_ratio(self) -> float | None:
-        """Median folded/baseline latency ratio on onnxruntime (None when not measured)."""
+        """Median per-pair folded/baseline latency ratio at the largest tested batch (None when not measured)."""
         return self._step("zero_overhead_latency").get("ratio_median")
 
     @property
-    def latency_within_tolerance(self) -> bool | None:
-        """The latency ratio is within 1 +- tolerance (None when not measured)."""
-        return self._step("zero_overhead_latency").get("within_tolerance")
+    def latency_verdict(self) -> str | None:
+        """equivalent / different / inconclusive (None when not measured)."""
+        return (self.report.get("zero_overhead_latency") or {}).get("verdict")
+
+    @property
+    def certificates(self) -> dict[str, dict[str, Any]]:
+        """precision -> {file, artifact, verdict, digest, reasons} of the certificates written."""
+        return dict((self.report.get("certificate") or {}).get("certificates") or {})
 
 
 class _StepRecorder:
@@ -181,6 +204,11 @@ class _StepRecorder:
         """Store a step's result and rewrite the report."""
         self.data[step] = value
         self.save()
+
+    def reject(self, step: str, value: dict[str, Any], line: str) -> None:
+        """Record a step that ran but whose evidence fails it: its numbers are kept, the one-line reason listed."""
+        self.failures[step] = " ".join(line.split())
+        self.record(step, {**value, "ok": False, "error": self.failures[step]})
 
     def save(self, final: bool = False) -> None:
         """Atomically rewrite report.json: marked in progress until the `final` save, which records the sha256
@@ -333,8 +361,13 @@ def run_export(
         if len(options.precisions) > 1:
             precision_steps(steps, ckpt, onnx_path, options.precisions, calib_size=options.calib_size,
                             max_top1_drop=options.max_top1_drop, data=gate_data, threads=options.threads, log=log)
-        if options.overhead and onnx_path.exists() and base_onnx.exists():
-            _overhead_steps(steps, ckpt, subnet, folded.model, baseline, mole, onnx_path, base_onnx, options, log)
+    certificate_steps(steps, CertificateInputs(
+        out, space, subnet, folded.model, baseline, references["supernet_runtime"], inputs.get("real"),
+        {"subnet": subnet.to_dict(), "space": space.name, "lora_folded": mole is not None,
+         **{k: config_extra[k] for k in ("flops_macs", "flops_autoformer", "params")},
+         "source_sha256": steps.data["source"]["sha256"], "ckpt": str(ckpt.path)},
+        (lambda: UnmergedMoLEViT(ckpt.supernet, subnet, mole)) if mole is not None and options.onnx else None),
+        options, log)
     if options.trt:
         _trt_steps(steps, folded.model, onnx_path, options, gate_data, log)
     steps.save(final=True)
@@ -359,52 +392,6 @@ def _export_onnx_steps(steps: _StepRecorder, model: StandaloneViT, baseline: Sta
     steps.run("onnx_baseline", lambda: {
         "path": str(export_onnx(baseline, base_onnx, input_shape=shape, opset=options.opset)), "ok": True},
         writes=(base_onnx,))
-
-
-def _overhead_steps(steps: _StepRecorder, ckpt, subnet, model, baseline, mole, onnx_path, base_onnx,
-                    options: ExportOptions, log) -> None:
-    from taslora_deploy.overhead import assert_same_structure, within_tolerance
-    from taslora_deploy.runners import ort_runner, torch_runner
-    from taslora_deploy.timing import interleaved_latency
-
-    space = ckpt.supernet.space
-    f = flops(space, subnet, "macs")
-    steps.run("zero_overhead_structure", lambda: {
-        **assert_same_structure(onnx_path, base_onnx, flops_a=f, flops_b=f),
-        "params_folded": sum(p.numel() for p in model.parameters()),
-        "params_baseline": sum(p.numel() for p in baseline.parameters()), "ok": True})
-
-    def latency() -> dict[str, Any]:
-        b = options.latency_batch
-        run_folded = ort_runner(onnx_path, b, model.input_shape, threads=options.threads, seed=options.seed)
-        run_base = ort_runner(base_onnx, b, model.input_shape, threads=options.threads, seed=options.seed)
-        res = interleaved_latency(run_base, run_folded, warmup_s=options.latency_warmup_s, iters=options.latency_iters)
-        ok = within_tolerance(res, options.latency_tolerance, two_sided=True)
-        out = {"runtime": "onnxruntime-cpu", "batch": b, "a": "baseline (no LoRA)", "b": "folded", **res,
-               "tolerance": options.latency_tolerance, "within_tolerance": ok, "mode": options.latency_mode, "ok": True}
-        if not ok and options.latency_mode == "strict":
-            raise AssertionError(
-                f"folded/baseline median latency ratio {res.get('ratio_median'):.4f} is outside 1 +- "
-                f"{options.latency_tolerance:g} (spread {res.get('ratio_p10'):.3f}..{res.get('ratio_p90'):.3f}); "
-                "re-run `taslora check-overhead` on a quiet machine")
-        return out
-
-    lat = steps.run("zero_overhead_latency", latency)
-    if lat is not None:
-        log(f"latency folded/baseline (onnxruntime, batch {options.latency_batch}): median ratio {lat['ratio_median']:.4f}")
-    if mole is not None:
-        def unmerged() -> dict[str, Any]:
-            b = options.latency_batch
-            um = UnmergedMoLEViT(ckpt.supernet, subnet, mole)
-            res = interleaved_latency(torch_runner(model, b, model.input_shape, seed=options.seed),
-                                      torch_runner(um, b, model.input_shape, seed=options.seed),
-                                      warmup_s=options.latency_warmup_s, iters=max(50, options.latency_iters // 3))
-            return {"runtime": "torch-eager-cpu", "batch": b, "a": "folded", "b": "unmerged MoLE (router + LoRA branches at run time)",
-                    **res, "params_unmerged": sum(p.numel() for p in um.parameters()), "ok": True}
-
-        saved = steps.run("unmerged_vs_folded", unmerged)
-        if saved is not None:
-            log(f"unmerged MoLE / folded latency (torch eager, batch {options.latency_batch}): {saved['ratio_median']:.3f}x")
 
 
 def _require_onnxruntime(steps: _StepRecorder) -> None:

@@ -37,17 +37,8 @@ def calibration_images(ckpt: LoadedCheckpoint, n: int, batch_size: int = 256) ->
 
 
 def gate_batches(ckpt: LoadedCheckpoint, n: int | None = None, batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The run's test set (all of it, or its first `n` images) as (images, labels) evaluation batches."""
-    cfg, _ = _run_config(ckpt)
-    batches = D.load_test_batches(cfg, batch_size=batch_size)
-    if n is None:
-        return batches
-    if n < 1:
+    """The run's test set (all of it, or its first `n` images: only those are read) as (images, labels) batches."""
+    if n is not None and n < 1:
         raise ValueError(f"--gate-images must be >= 1, got {n}")
-    out, left = [], n
-    for x, y in batches:
-        if left <= 0:
-            break
-        out.append((x[:left], y[:left]))
-        left -= len(x[:left])
-    return out
+    cfg, _ = _run_config(ckpt)
+    return D.load_test_batches(cfg, batch_size=batch_size, limit=n)

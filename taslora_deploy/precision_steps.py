@@ -1,7 +1,8 @@
 """The export's reduced-precision steps: one artifact per precision, each with its own accuracy gate.
 
 ``onnx_fp16`` / ``onnx_int8`` write ``model_fp16.onnx`` / ``model_int8.onnx`` from the verified fp32
-``model.onnx`` and gate them against it on the run's test split; ``tensorrt_fp16`` / ``tensorrt_int8`` build
+``model.onnx`` and gate them against it on the run's test split (and make ``baseline/model_fp16.onnx`` /
+``baseline/model_int8.onnx`` the same way from the no-LoRA ``baseline/model.onnx``, for the twins' certificates); ``tensorrt_fp16`` / ``tensorrt_int8`` build
 engines from those same files (TensorRT strongly typed / explicit quantization) and gate the engines the same
 way. A failing step (a gate, missing data) is recorded and the other steps still run.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from taslora_core.run_io import LoadedCheckpoint
-from taslora_deploy.artifacts import PRECISION_ONNX, PRECISION_PLAN
+from taslora_deploy.artifacts import PRECISION_ONNX, PRECISION_PLAN, baseline_twin
 
 __all__ = ["PRECISIONS", "REDUCED_PRECISIONS", "GateData", "parse_precisions", "precision_steps", "trt_precision_steps"]
 
@@ -107,12 +108,17 @@ def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, preci
     steps.data["gate_data"] = {"split": "test", "images": data.n or "all"}
     for precision in (p for p in REDUCED_PRECISIONS if p in precisions):
         target = onnx_path.with_name(PRECISION_ONNX[precision])
+        base_src, base_target = baseline_twin(onnx_path.parent, "fp32"), baseline_twin(onnx_path.parent, precision)
 
-        def make(precision: str = precision, target: Path = target) -> dict[str, Any]:
+        def make(precision: str = precision, target: Path = target, base_target: Path = base_target) -> dict[str, Any]:
             if not (steps.data.get("onnx") or {}).get("ok"):
                 raise FileNotFoundError(f"{onnx_path.name} did not pass its step; no {precision} twin is made from it")
+            # the no-LoRA subnet at the same precision, made the same way: what the twin's certificate compares with
+            twin_baseline = (steps.data.get("onnx_baseline") or {}).get("ok") and base_src.is_file()
             if precision == "fp16":
                 convert_fp16(onnx_path, target)
+                if twin_baseline:
+                    convert_fp16(base_src, base_target)
                 facts = {"kept_fp32": [*FP32_OPS, "classifier head"],
                          "ort_cpu_fp32_fallback_ops": ort_cpu_fp32_fallbacks(target)}
             else:
@@ -120,8 +126,11 @@ def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, preci
                     raise ValueError(f"int8 needs calibration images of the run's validation split: {data.missing}")
                 images = calibration_images(ckpt, calib_size)
                 quantize_int8(onnx_path, images, target)
+                if twin_baseline:
+                    quantize_int8(base_src, images, base_target)
                 facts = {"scheme": "static QDQ, per-channel symmetric int8 weights, symmetric int8 activations (MinMax)",
                          "calibration": {"split": "validation", "images": len(images)}}
+            facts["baseline_twin"] = str(base_target) if twin_baseline else None
             batches = data.batches()
             if batches is None:  # fp16 of a run without recorded data (an imported AutoFormer supernet): as before --precision
                 log(f"note: {target.name} is NOT accuracy-gated: {data.missing}")
@@ -131,7 +140,7 @@ def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, preci
                                  threads=threads)
             return {**_file_facts(target), "size_fp32_bytes": onnx_path.stat().st_size, **facts, "gate": gate, "ok": True}
 
-        result = steps.run(f"onnx_{precision}", make, writes=(target,))
+        result = steps.run(f"onnx_{precision}", make, writes=(target, base_target))
         if result is None:
             log(f"{precision} FAILED: {steps.data[f'onnx_{precision}'].get('error')}")
         elif "skipped" not in result["gate"]:

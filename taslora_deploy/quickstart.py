@@ -43,6 +43,8 @@ class QuickstartPlan:
     lora_alpha: float
     router_lr: float
     train_subset: int | None
+    val_subset: int | None  # held-out images of the training runs' epoch-end and summary evaluations (None: all)
+    summary_subnets: int  # random subnets in the training runs' summary.json besides the largest and smallest
     search_population: int
     search_iterations: int
     search_val_subset: int
@@ -52,11 +54,11 @@ class QuickstartPlan:
 
 # MoLE settings: chosen on the held-out validation split by benchmarks/reproduction.py's sweep (README).
 FULL = QuickstartPlan(supernet_epochs=6, supernet_warmup=1, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.1,
-                      expert_lr=5e-4, lora_alpha=16.0, router_lr=1.0, train_subset=None,
+                      expert_lr=5e-4, lora_alpha=16.0, router_lr=1.0, train_subset=None, val_subset=None, summary_subnets=3,
                       search_population=20, search_iterations=6, search_val_subset=2000, latency_iters=300,
                       bench_min_time_s=1.0)
 FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.0,
-                      expert_lr=2e-3, lora_alpha=16.0, router_lr=1.0, train_subset=3000,
+                      expert_lr=2e-3, lora_alpha=16.0, router_lr=1.0, train_subset=3000, val_subset=1000, summary_subnets=0,
                       search_population=6, search_iterations=2, search_val_subset=500, latency_iters=60,
                       bench_min_time_s=0.2)
 
@@ -127,7 +129,8 @@ def quickstart(
     def done(name: str) -> None:
         timings[name] = round(time.perf_counter() - timings[name], 1)
 
-    common = dict(workdir=str(workdir), seed=seed, train_subset=plan.train_subset, quiet=fast)
+    common = dict(workdir=str(workdir), seed=seed, train_subset=plan.train_subset, val_subset=plan.val_subset,
+                  summary_subnets=plan.summary_subnets, quiet=fast)
     if supernet is not None:
         supernet_dir = Path(supernet).resolve()
         if not is_supernet_dir(supernet_dir):

@@ -24,7 +24,12 @@ from taslora_deploy.onnx_graph import onnx_input_info
 from taslora_deploy.ort_parity import ort_session
 from taslora_deploy.timing import Runner, synchronize
 
-__all__ = ["ort_runner", "torch_runner", "trt_runner", "trt_graph_runner"]
+__all__ = ["ort_runner", "torch_runner", "trt_runner", "trt_graph_runner", "RUNTIMES", "runtime_device",
+           "runtime_runner"]
+
+RUNTIMES = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda", "torch-cuda-graph", "trt", "trt-graph")
+"""Runtimes of :func:`runtime_runner`: onnxruntime (ONNX file), torch eager or CUDA-graph replay (module), TensorRT
+(plan file or TrtRunner; ``trt-graph`` replays execute_async_v3 captured in a CUDA graph)."""
 
 
 def ort_runner(
@@ -100,6 +105,8 @@ def torch_runner(
     in a ``torch.cuda.CUDAGraph`` instead (:func:`_graph_replay`).
     """
     device = torch.device(device)
+    if cuda_graph:
+        _require_cuda(device, "a CUDA graph")
     module, x = _module_and_batch(module, batch, input_shape, device, dtype, seed)
     if cuda_graph:
         run = _graph_replay(module, x, device)
@@ -222,3 +229,31 @@ def trt_graph_runner(engine: Any, batch: int, input_shape: Sequence[int], seed: 
 
     run.graph, run.context, run.buffers = graph, context, (x, outputs)  # type: ignore[attr-defined]  # keep alive
     return _describe(run, input_shape, engine.input_dtype, torch.cuda.current_stream(device))
+
+
+def runtime_device(runtime: str) -> str:
+    """'cuda' for the runtimes that run on a GPU, else 'cpu' (ValueError for an unknown runtime)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+    return "cuda" if runtime.startswith("trt") or "cuda" in runtime else "cpu"
+
+
+def runtime_runner(runtime: str, artifact: Any, batch: int, input_shape: Sequence[int] | None = None,
+                   threads: int | None = None, seed: int = 0) -> Runner:
+    """A runner of ``artifact`` on ``runtime`` (see :data:`RUNTIMES`): an ONNX path for ``ort-*``, a torch module
+    for ``torch-*``, a plan path or :class:`~taslora_deploy.trt_engine.TrtRunner` for ``trt*``. Two artifacts
+    made with the same ``seed`` get the same input values."""
+    device = runtime_device(runtime)
+    if runtime.startswith("ort"):
+        return ort_runner(artifact, batch, input_shape, device=device, threads=threads, seed=seed)
+    if input_shape is None:
+        raise ValueError(f"runtime {runtime} needs the input shape (C, H, W)")
+    if runtime.startswith("torch"):
+        return torch_runner(artifact, batch, input_shape, device=device, seed=seed,
+                            cuda_graph=runtime == "torch-cuda-graph")
+    engine = artifact
+    if isinstance(artifact, (str, os.PathLike)):
+        from taslora_deploy.trt_engine import TrtRunner
+
+        engine = TrtRunner(artifact)
+    return (trt_graph_runner if runtime == "trt-graph" else trt_runner)(engine, batch, input_shape, seed=seed)

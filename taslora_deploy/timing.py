@@ -12,7 +12,10 @@ Every timed loop here follows the same rules:
   call: host latency (wall clock, what a caller waits) and GPU compute time (events) side by side, trtexec-style;
 - the garbage collector is paused while timing, so a collection does not land in one sample;
 - A/B comparisons interleave the two runners and alternate which goes first in each pair, so that drift of
-  the machine (clock, load, caches) hits both sides alike; the ratio is taken per pair.
+  the machine (clock, load, caches) hits both sides alike; the ratio is taken per pair. The order can also be
+  drawn at random in balanced blocks (:func:`balanced_order`), so no periodic disturbance can line up with it;
+- :func:`sequential_pairs` adds pairs in growing rounds until a decision rule is satisfied, a pair budget is
+  spent or a time limit passes (the equivalence test of :mod:`taslora_deploy.latency_equivalence`).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = ["Runner", "synchronize", "torch_threads", "warm_up", "time_calls", "time_calls_events", "time_pairs",
-           "latency_stats", "interleaved_latency", "pair_ratio_stats"]
+           "time_pairs_events", "balanced_order", "SequentialPairs", "sequential_pairs", "latency_stats",
+           "interleaved_latency", "pair_ratio_stats"]
 
 Runner = Callable[[], Any]
 """One inference per call; returns when its work is finished."""
@@ -135,20 +140,127 @@ def time_calls_events(run: Runner, stream: Any, min_iters: int, min_time_s: floa
     return np.asarray(host, dtype=np.float64), np.asarray(gpu, dtype=np.float64)
 
 
-def time_pairs(run_a: Runner, run_b: Runner, iters: int, inner: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds per call of A and B over ``iters`` interleaved pairs (AB, BA, AB, ...)."""
+def _alternating(iters: int) -> np.ndarray:
+    return np.arange(iters) % 2 == 0
+
+
+def balanced_order(pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Which runner goes first in each of ``pairs`` pairs (True: A): blocks of two pairs, (AB, BA) or (BA, AB)
+    drawn at random, so either side goes first equally often and the order has no period to resonate with."""
+    if pairs < 0:
+        raise ValueError("pairs must be >= 0")
+    blocks = rng.integers(0, 2, size=(pairs + 1) // 2).astype(bool)
+    return np.stack([blocks, ~blocks], axis=1).reshape(-1)[:pairs]
+
+
+def time_pairs(run_a: Runner, run_b: Runner, iters: int, inner: int = 1, a_first: np.ndarray | None = None,
+               collect: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds per call of A and B over ``iters`` interleaved pairs (AB, BA, AB, ... unless ``a_first`` says
+    which side goes first in each pair). ``collect``: run the garbage collector once before timing."""
     if iters < 1 or inner < 1:
         raise ValueError("iters and inner must be >= 1")
+    order = _alternating(iters) if a_first is None else np.asarray(a_first, dtype=bool)
+    if order.shape != (iters,):
+        raise ValueError(f"a_first must hold one flag per pair ({iters}), got shape {order.shape}")
     ta, tb = np.empty(iters), np.empty(iters)
-    with _gc_paused(collect=True):
+    with _gc_paused(collect=collect):
         for i in range(iters):
-            if i % 2 == 0:
+            if order[i]:
                 ta[i] = _timed(run_a, inner)
                 tb[i] = _timed(run_b, inner)
             else:
                 tb[i] = _timed(run_b, inner)
                 ta[i] = _timed(run_a, inner)
     return ta, tb
+
+
+def time_pairs_events(run_a: Runner, run_b: Runner, stream_a: Any, stream_b: Any, iters: int,
+                      a_first: np.ndarray | None = None,
+                      make_event: Callable[[], Any] | None = None) -> tuple[np.ndarray, ...]:
+    """Interleaved pairs on CUDA: (host A, host B, GPU A, GPU B) seconds per call; the GPU times come from an
+    event pair recorded on each runner's stream around each call (read once at the end, as in
+    :func:`time_calls_events`; ``make_event`` defaults to ``torch.cuda.Event(enable_timing=True)``)."""
+    if iters < 1:
+        raise ValueError("iters must be >= 1")
+    make_event = make_event or _cuda_timing_event
+    order = _alternating(iters) if a_first is None else np.asarray(a_first, dtype=bool)
+    host = {"a": np.empty(iters), "b": np.empty(iters)}
+    events: dict[str, list[tuple[Any, Any]]] = {"a": [], "b": []}
+    sides = {"a": (run_a, stream_a), "b": (run_b, stream_b)}
+
+    def one(side: str, i: int) -> None:
+        run, stream = sides[side]
+        begin, end = make_event(), make_event()
+        begin.record(stream)
+        host[side][i] = _timed(run, 1)
+        end.record(stream)
+        events[side].append((begin, end))
+
+    with _gc_paused():
+        for i in range(iters):
+            for side in (("a", "b") if order[i] else ("b", "a")):
+                one(side, i)
+    for side in ("a", "b"):
+        events[side][-1][1].synchronize()
+    gpu = {side: np.asarray([b.elapsed_time(e) / 1e3 for b, e in events[side]]) for side in ("a", "b")}
+    return host["a"], host["b"], gpu["a"], gpu["b"]
+
+
+@dataclass
+class SequentialPairs:
+    """What :func:`sequential_pairs` measured: the pairs, the pair counts at which the rule was consulted, why it
+    stopped ("decided", "time limit" or "max pairs") and the seconds it took."""
+
+    ta: np.ndarray
+    tb: np.ndarray
+    looks: list[int] = field(default_factory=list)
+    stopped: str = ""
+    seconds: float = 0.0
+
+
+def sequential_pairs(measure: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                     decided: Callable[[np.ndarray, np.ndarray], bool], first: int = 100, max_pairs: int = 4000,
+                     time_limit_s: float = 3.0, growth: float = 2.0, chunk: int = 16) -> SequentialPairs:
+    """Measure pairs in rounds of growing size until ``decided(ta, tb)`` holds, ``max_pairs`` are measured or
+    ``time_limit_s`` seconds passed.
+
+    ``measure(k)`` times ``k`` more pairs and returns their (A, B) seconds. The rule is consulted ("a look") once
+    ``first`` pairs exist, then whenever the count has grown by ``growth`` times, and once more with whatever was
+    measured when the time limit strikes: a few looks (about log2(max_pairs / first)), so the chance that one of
+    them errs stays close to that of a single test. Pairs are measured ``chunk`` at a time, so the time limit is
+    honoured even when one round would take long (a slow model: the first look may then have fewer pairs); at
+    least two pairs are always measured.
+    """
+    if first < 2 or max_pairs < first or growth <= 1.0 or chunk < 1:
+        raise ValueError(f"need 2 <= first <= max_pairs and growth > 1, got first={first}, max_pairs={max_pairs}, "
+                         f"growth={growth}")
+    perf = time.perf_counter
+    parts_a: list[np.ndarray] = []
+    parts_b: list[np.ndarray] = []
+    result = SequentialPairs(np.empty(0), np.empty(0))
+    count, target = 0, first
+    with _gc_paused(collect=True):
+        start = perf()  # after the collection, which can take a second on a loaded machine
+        while True:
+            while count < target and (count < 2 or perf() - start < time_limit_s):
+                in_time = perf() - start < time_limit_s
+                a, b = measure(min(chunk, target - count) if in_time else 2 - count)
+                parts_a.append(a)
+                parts_b.append(b)
+                count += len(a)
+            out_of_time = perf() - start >= time_limit_s
+            result.ta, result.tb = np.concatenate(parts_a or [np.empty(0)]), np.concatenate(parts_b or [np.empty(0)])
+            if count >= 2 and (not result.looks or count > result.looks[-1]):
+                result.looks.append(count)
+                if decided(result.ta, result.tb):
+                    result.stopped = "decided"
+                    break
+            if out_of_time or count >= max_pairs:
+                result.stopped = "time limit" if out_of_time else "max pairs"
+                break
+            target = min(max_pairs, max(target + 1, int(round(target * growth))))
+    result.seconds = perf() - start
+    return result
 
 
 # --------------------------------------------------------------------------- statistics

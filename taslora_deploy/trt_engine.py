@@ -36,7 +36,8 @@ __all__ = [
     "compare_trt_to_ort",
 ]
 
-_NOT_INSTALLED = "tensorrt is not installed: pip install 'taslora[trt]' on a CUDA machine (needs NVIDIA's index)"
+_NOT_INSTALLED = ("tensorrt is not installed: pip install 'taslora[trt]' on a CUDA machine (needs NVIDIA's index; "
+                  "`taslora doctor` shows what this machine has)")
 
 
 class TensorRTUnavailable(RuntimeError):

@@ -11,7 +11,14 @@ Checks, each pass / fail / skipped with a one-line detail (`VerifyResult.checks`
   (max abs diff <= 5e-2 and top-1 agreement); the no-LoRA `baseline/model.onnx` only loads and runs (its
   torch twin is not shipped);
 - every TensorRT engine (`*.plan`): against model.onnx when TensorRT is present, else skipped;
-- `zero-overhead structure`: model.onnx vs baseline/model.onnx (`overhead.structural_compare`).
+- `zero-overhead structure`: model.onnx vs baseline/model.onnx (`overhead.structural_compare`);
+- per certificate (`certificate.json`, `certificate_fp16.json`, ...; `taslora_deploy.certificate_check`):
+  `certificate <file>` (it reads back, its digest matches its content and the ONNX file's metadata_props),
+  `certificate structure <file>` (facts recomputed from the shipped files have the certified digests) and
+  `certificate parity <file>` (the artifact on the certificate's probe batch against the run-time MoLE logits
+  recorded there); exports older than certificates: skipped;
+- with `latency=True`: `latency here`, the equivalence test re-run on this machine next to the certified verdict
+  (different fails; inconclusive is skipped with the reason).
 
 A check whose input file failed its hash check is skipped (the hash row names the cause).
 """
@@ -26,13 +33,14 @@ from typing import Any
 
 from taslora_core.artifact_read import read_json_artifact
 from taslora_core.integrity import EXPORT_HASHES_KEY, file_sha256
-from taslora_deploy.artifacts import (BASELINE_ONNX, MODEL_CONFIG, MODEL_FP16_PLAN, MODEL_INT8_ONNX, MODEL_INT8_PLAN,
-                                      MODEL_ONNX, MODEL_WEIGHTS, REPORT)
+from taslora_deploy.artifacts import (BASELINE_DIR, BASELINE_ONNX, MODEL_CONFIG, MODEL_FP16_PLAN, MODEL_INT8_ONNX,
+                                      MODEL_INT8_PLAN, MODEL_ONNX, MODEL_WEIGHTS, REPORT)
+from taslora_deploy.certificate import FP16_MAX_ABS
 
 __all__ = ["VerifyCheck", "VerifyResult", "verify", "PASS", "FAIL", "SKIPPED", "TWIN_TOLERANCE"]
 
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
-TWIN_TOLERANCE = 5e-2  # fp16 / int8 twins: max abs logit diff against the fp32 safetensors model
+TWIN_TOLERANCE = FP16_MAX_ABS  # fp16 twins: max abs logit diff against the fp32 safetensors model
 DEFAULT_ONNX_TOLERANCE = 1e-4  # the export's default (ExportOptions.onnx_tolerance) when report.json lacks it
 
 
@@ -52,6 +60,8 @@ class VerifyResult:
     export_dir: Path
     checks: list[VerifyCheck] = field(default_factory=list)
     seed: int = 0
+    certified_latency: dict[str, Any] | None = None  # the certificate's latency section (with latency=True)
+    latency: dict[str, Any] | None = None  # the equivalence test re-run here (with latency=True)
 
     @property
     def ok(self) -> bool:
@@ -119,11 +129,15 @@ def _onnx_files(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*.onnx") if not p.name.startswith("."))
 
 
-def verify(export_dir: str | os.PathLike, seed: int | None = None, onnx_tolerance: float | None = None) -> VerifyResult:
+def verify(export_dir: str | os.PathLike, seed: int | None = None, onnx_tolerance: float | None = None,
+           latency: bool = False, latency_config: Any = None, threads: int | None = None,
+           log: Callable[[str], None] = print) -> VerifyResult:
     """Re-check the export folder `export_dir` (see the module docstring) and return the verdict.
 
     ``seed``: of the random inputs (default: fresh from the OS, recorded in the result). ``onnx_tolerance``:
-    of model.onnx against the safetensors model (default: the tolerance the export used)."""
+    of model.onnx against the safetensors model (default: the tolerance the export used). ``latency``: also re-run
+    the latency equivalence test of certificate.json's artifact here (``latency_config``: a
+    :class:`~taslora_deploy.latency_equivalence.LatencyTestConfig`; onnxruntime CPU, ``threads``)."""
     directory = Path(export_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"export folder {directory} does not exist; pass a folder written by `taslora export`")
@@ -164,8 +178,57 @@ def verify(export_dir: str | os.PathLike, seed: int | None = None, onnx_toleranc
         checks.run("engine", (), lambda: _check_engine(None, directory, model, seed))
     if MODEL_ONNX in onnx_files:
         checks.run("zero-overhead structure", (MODEL_ONNX, BASELINE_ONNX), lambda: _check_structure(directory))
+    _check_certificates(directory, checks, result, latency, latency_config, threads, log)
     result.checks = checks.rows
     return result
+
+
+def _check_certificates(directory: Path, checks: _Checks, result: VerifyResult, latency: bool, config: Any,
+                        threads: int | None, log: Callable[[str], None]) -> None:
+    """The certificate rows of the module docstring."""
+    from taslora_deploy.certificate_check import (certificate_files, open_certificate, recheck_parity,
+                                                  recheck_structure, rerun_latency)
+
+    names = certificate_files(directory)
+    if not names:
+        checks.add("certificate", SKIPPED, f"no certificate.json in {directory} (exported before certificates)")
+    docs: dict[str, dict[str, Any]] = {}
+
+    def opened(name: str) -> str:
+        docs[name], detail = open_certificate(directory, name)
+        return detail
+
+    for name in names:
+        checks.run(f"certificate {name}", (name,), lambda name=name: opened(name))
+        doc = docs.get(name)
+        if doc is None:
+            continue
+        files = (name, doc["artifact"], *((doc["baseline"],) if doc["baseline"].startswith(BASELINE_DIR) else ()))
+        checks.run(f"certificate structure {name}", files, lambda doc=doc: recheck_structure(directory, doc))
+        checks.run(f"certificate parity {name}", files[:2], lambda doc=doc: recheck_parity(directory, doc, threads))
+    main = docs.get(names[0]) if names else None
+    if latency:
+        checks.run("latency here", tuple(names[:1]), lambda: _latency_here(directory, main, result, config,
+                                                                                     threads, log, rerun_latency))
+
+
+def _latency_here(directory: Path, doc: dict[str, Any] | None, result: VerifyResult, config: Any,
+                  threads: int | None, log: Callable[[str], None], rerun: Callable[..., dict[str, Any]]) -> str:
+    from taslora_deploy.equivalence import DIFFERENT, INCONCLUSIVE
+    from taslora_deploy.latency_equivalence import LatencyTestConfig
+
+    if doc is None or not str(doc["baseline"]).startswith(BASELINE_DIR):
+        raise _Skip("needs certificate.json of an ONNX export (its artifact and baseline/ twin) to re-time")
+    result.certified_latency = doc.get("latency")
+    result.latency = here = rerun(directory, doc, doc["artifact"], doc["baseline"], config or LatencyTestConfig(),
+                                  threads=threads, log=log)
+    at_export = (doc.get("latency") or {}).get("verdict", "not measured")
+    line = f"here: {here['verdict']}; at export: {at_export}"
+    if here["verdict"] == DIFFERENT:
+        raise ValueError(f"latency of {doc['artifact']} vs {doc['baseline']} is different on this machine ({line})")
+    if here["verdict"] == INCONCLUSIVE:
+        raise _Skip(f"{line}: too noisy here to decide; re-run on a quiet machine")
+    return line
 
 
 def _recorded_tolerance(record: dict[str, Any] | None) -> float:
@@ -187,7 +250,7 @@ def _check_onnx(path: Path, rel: str, model: Any, tolerance: float, seed: int) -
     if rel == MODEL_ONNX:
         rep = check_onnx_parity(model, path, shape, batch_sizes=(1, 7), atol=tolerance, seed=seed)
         return f"max abs diff {rep['max_abs_diff']:.2e} <= {tolerance:g} on fresh random inputs (seed {seed})"
-    if rel == BASELINE_ONNX:
+    if rel.startswith(f"{BASELINE_DIR}/"):  # the no-LoRA twins: their torch model is not shipped
         return _runs(path, shape, seed)
     if rel == MODEL_INT8_ONNX:  # int8 logits move by ~0.1-1 on random inputs: the export's test-split gate is its check
         _runs(path, shape, seed)

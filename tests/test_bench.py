@@ -13,11 +13,12 @@ import pytest
 import torch
 import torch.nn as nn
 from rich.table import Table
+from typer.testing import CliRunner
 
 from conftest import without_cuda, without_trt
 from tiny_vit import TinyViT
 from taslora_cli.main import app
-from taslora_deploy import bench as bench_module
+from taslora_deploy import bench_prepare
 from taslora_deploy.bench import bench, bench_table, benchmark, environment, latency_stats, write_json
 from taslora_deploy.bench_artifacts import artifact_labels, describe_artifacts, onnx_precision
 from taslora_deploy.bench_report import compare_ratios
@@ -109,6 +110,21 @@ def test_bench_bad_artifacts(tmp_path):
         bench(tmp_path / "x.txt", **FAST)
     with pytest.raises(TypeError):
         bench(42, **FAST)
+
+
+def test_benchmark_checks_every_artifact_before_printing_or_timing(tmp_path, onnx_path):
+    """`taslora bench /etc/passwd` used to print 'benchmarking passwd (unknown, unknown)' before its error."""
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0\n")
+    said: list[str] = []
+    with pytest.raises(ValueError, match="unsupported artefact .*passwd: expected .onnx"):
+        benchmark([onnx_path, text], out=tmp_path / "o", log=said.append, **FAST)
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
+        benchmark([onnx_path, tmp_path], out=tmp_path / "o", log=said.append, **FAST)
+    assert said == [] and not (tmp_path / "o").exists()  # nothing printed, timed or written
+    res = CliRunner().invoke(app, ["bench", str(text)])
+    assert res.exit_code == 2 and "benchmarking" not in res.output
+    assert res.stderr.strip().startswith("error: unsupported artefact")
 
 
 @without_trt
@@ -207,7 +223,7 @@ def controlled(monkeypatch):
         run.input_shape, run.provider, run.dtype = (3, 4, 4), "CPUExecutionProvider", "float32"
         return run
 
-    monkeypatch.setattr(bench_module, "ort_runner", fake_ort_runner)
+    monkeypatch.setattr(bench_prepare, "ort_runner", fake_ort_runner)
     return costs
 
 

@@ -49,7 +49,8 @@ def _invoke(workspace: dict[str, Path], *args: str):
 @pytest.fixture(scope="module")
 def family(workspace) -> dict:
     """Two of the three members (both ends), ONNX and the zero-overhead checks, test top-1, default folder."""
-    options = ExportOptions(onnx=True, latency_mode="report", latency_iters=20, latency_warmup_s=0.1)
+    options = ExportOptions(onnx=True, latency_mode="report", latency_iters=20, latency_warmup_s=0.1,
+                            latency_time_s=0.3, latency_batches=(1,))
     lines: list[str] = []
     timing = FamilyTiming("ort-cpu", warmup_s=0.1, min_iters=20, min_time_s=0.1)
     result = export_family(workspace["pareto"], workdir=workspace["root"], members=2, options=options,
@@ -93,6 +94,9 @@ def test_family_exports_one_verified_folder_per_member(family, workspace):
         assert m["status"] == "ok" and m["failed_step"] is None and m["same_structure"] is True
         assert m["fold_parity_max_diff"] <= 1e-5 and m["onnx_parity_max_diff"] <= 1e-4
         assert m["overhead_ratio"] == report["zero_overhead_latency"]["ratio_median"]
+        cert = json.loads((folder / "certificate.json").read_text())  # every member carries its certificate
+        assert m["certificate"] == cert["verdict"] and cert["structure"]["identical"] and cert["parity"]["ok"]
+        assert m["latency_verdict"] == cert["latency"]["verdict"] == report["zero_overhead_latency"]["verdict"]
         assert 0 < m["latency_p50_ms"] <= m["latency_p99_ms"]
         assert 0.0 <= m["top1_test"] <= 1.0
     assert members[0]["flops_autoformer"] < members[1]["flops_autoformer"]

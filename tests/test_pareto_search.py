@@ -416,11 +416,11 @@ def test_latency_objective_takes_the_budget_target_when_it_names_none():
     """A library caller naming the target once (on the budget) gets that target, not a clash with a default."""
     from taslora_core.search import Constraints, SearchConfig
     from taslora_core.search.objectives import DEFAULT_LATENCY_TARGET
-    from taslora_core.search.run import _latency_target
+    from taslora_core.search.latency_setup import latency_target
 
     cfg = SearchConfig(objectives=["loss", "latency"])
-    assert _latency_target(Constraints(latency_max_ms=5.0, latency_target="ort-cpu"), cfg) == "ort-cpu"
-    assert _latency_target(Constraints(), cfg) == DEFAULT_LATENCY_TARGET
+    assert latency_target(Constraints(latency_max_ms=5.0, latency_target="ort-cpu"), cfg) == "ort-cpu"
+    assert latency_target(Constraints(), cfg) == DEFAULT_LATENCY_TARGET
     with pytest.raises(ValueError, match="different targets"):
-        _latency_target(Constraints(latency_max_ms=5.0, latency_target="ort-cpu"),
-                        SearchConfig(objectives=["loss", "latency"], latency_target="torch-cpu"))
+        latency_target(Constraints(latency_max_ms=5.0, latency_target="ort-cpu"),
+                       SearchConfig(objectives=["loss", "latency"], latency_target="torch-cpu"))

@@ -369,7 +369,7 @@ def test_cli_end_to_end(cli_run, fresh_ws) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     summary = json.loads((run / "summary.json").read_text())
     assert summary["evaluations"] == len(history) and summary["best_json"] == str(best_path)
-    assert "gen   2/2" in proc.stdout and "top 10" in proc.stdout
+    assert "gen   2/2" in proc.stdout and "ETA 0:00:00]" in proc.stdout and "top 10" in proc.stdout
     assert "checkpoint:" in proc.stdout and "split:" in proc.stdout
     # `workspace.latest` now finds this search as a finished run
     assert workspace.latest(fresh_ws["workdir"], "searches", "") == run

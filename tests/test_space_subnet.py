@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from taslora_core.space import SpaceError
 from taslora_core.subnet import (
     AUTOFORMER_SUBNETS,
     SubnetDoesNotFitSupernet,
+    SubnetError,
     SubnetOutsideSearchSpace,
     largest_subnet,
     sample_subnet,
@@ -128,6 +130,22 @@ def test_subnet_json_round_trip_and_retrain_block(tmp_path):
     assert Subnet.load(tmp_path / "s.json") == sub
     (tmp_path / "AutoFormer-T.yaml").write_text(SUBNET_T_YAML)
     assert Subnet.load(tmp_path / "AutoFormer-T.yaml") == AUTOFORMER_SUBNETS["autoformer-t"]
+
+
+def test_subnet_json_key_is_mlp_ratios_and_older_files_still_read(tmp_path):
+    sub = Subnet(embed_dim=80, depth=4, mlp_ratios=(3.0, 3.0, 3.0, 2.0), num_heads=(2, 3, 3, 2))
+    assert sub.to_dict() == {"embed_dim": 80, "depth": 4, "mlp_ratios": [3.0, 3.0, 3.0, 2.0], "num_heads": [2, 3, 3, 2]}
+    old = {"embed_dim": 80, "depth": 4, "mlp_ratio": [3.0, 3.0, 3.0, 2.0], "num_heads": [2, 3, 3, 2]}
+    assert Subnet.from_dict(old) == sub  # files written before the rename (e.g. benchmarks/reproduction/subnet.json)
+    assert Subnet.load(Path(__file__).resolve().parent.parent / "benchmarks" / "reproduction" / "subnet.json") == sub
+    assert Subnet.from_dict({"subnet": sub.to_dict()}) == sub  # best.json wraps it
+    same = Subnet.from_dict({"EMBED_DIM": [80], "DEPTH": 4, "MLP_RATIO": 3.0, "NUM_HEADS": [2, 3, 3, 2]})
+    assert same.mlp_ratios == (3.0,) * 4  # one AutoFormer ratio for every block
+    assert Subnet.from_dict({**old, "mlp_ratios": [3, 3, 3, 2]}) == sub  # both keys, same ratios
+    with pytest.raises(SubnetError, match="differ"):
+        Subnet.from_dict({**old, "mlp_ratios": [2.0] * 4})
+    with pytest.raises(SubnetError, match="lacks 'mlp_ratios'"):
+        Subnet.from_dict({"embed_dim": 80, "depth": 4, "num_heads": [2] * 4})
 
 
 def test_official_t_subnet_fits_supernet_but_not_search_space():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from taslora_deploy.timing import (interleaved_latency, latency_stats, time_calls, time_calls_events, time_pairs,
-                                   torch_threads, warm_up)
+from taslora_deploy.timing import (balanced_order, interleaved_latency, latency_stats, sequential_pairs, time_calls,
+                                   time_calls_events, time_pairs, time_pairs_events, torch_threads, warm_up)
 
 
 @pytest.fixture
@@ -53,6 +53,74 @@ def test_time_pairs_alternates_who_goes_first(clock):
     ta, tb = time_pairs(_runner(clock, 0.001, calls, "a"), _runner(clock, 0.003, calls, "b"), iters=4)
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert np.allclose(ta, 0.001) and np.allclose(tb, 0.003)
+
+
+def test_time_pairs_follows_a_given_order(clock):
+    calls: list[str] = []
+    ta, tb = time_pairs(_runner(clock, 0.001, calls, "a"), _runner(clock, 0.003, calls, "b"), iters=3,
+                        a_first=np.array([False, False, True]), collect=False)
+    assert calls == ["b", "a", "b", "a", "a", "b"]
+    assert np.allclose(ta, 0.001) and np.allclose(tb, 0.003)
+    with pytest.raises(ValueError, match="one flag per pair"):
+        time_pairs(lambda: None, lambda: None, iters=3, a_first=np.array([True]))
+
+
+def test_balanced_order_is_random_but_balanced_in_blocks_of_two():
+    order = balanced_order(1000, np.random.default_rng(0))
+    assert order.shape == (1000,) and order.sum() == 500
+    assert (order[0::2] != order[1::2]).all()  # each block of two pairs: AB then BA, or BA then AB
+    assert 200 < (order[0::2]).sum() < 300  # which block comes is drawn (not a fixed alternation)
+    assert not np.array_equal(order, balanced_order(1000, np.random.default_rng(1)))
+    assert balanced_order(3, np.random.default_rng(0)).shape == (3,)
+
+
+def test_sequential_pairs_looks_at_growing_counts_and_stops_when_decided(clock):
+    """Looks at 10, 20, 40 pairs; the rule says yes at the third look."""
+    calls: list[str] = []
+    run_a, run_b = _runner(clock, 0.001, calls, "a"), _runner(clock, 0.001, calls, "b")
+    seen: list[int] = []
+
+    def decided(ta, tb) -> bool:
+        seen.append(len(ta))
+        return len(ta) >= 40
+
+    seq = sequential_pairs(lambda k: time_pairs(run_a, run_b, k, collect=False), decided, first=10, max_pairs=1000,
+                           time_limit_s=100.0, chunk=4)
+    assert seen == [10, 20, 40] and seq.looks == [10, 20, 40] and seq.stopped == "decided"
+    assert len(seq.ta) == len(seq.tb) == 40 and len(calls) == 80
+    assert seq.seconds == pytest.approx(0.08)
+
+
+def test_sequential_pairs_honours_the_time_limit_and_the_pair_budget(clock):
+    calls: list[str] = []
+    run_a, run_b = _runner(clock, 0.01, calls, "a"), _runner(clock, 0.01, calls, "b")
+    measure = lambda k: time_pairs(run_a, run_b, k, collect=False)  # noqa: E731
+    seq = sequential_pairs(measure, lambda ta, tb: False, first=10, max_pairs=10_000, time_limit_s=1.0, chunk=5)
+    # 0.02 s per pair: 50 pairs fill the second, measured in chunks of 5: looks at 10, 20, 40, then 50 at the limit
+    assert seq.stopped == "time limit" and seq.looks == [10, 20, 40, 50] and seq.seconds == pytest.approx(1.0)
+    seq = sequential_pairs(measure, lambda ta, tb: False, first=10, max_pairs=30, time_limit_s=100.0)
+    assert seq.stopped == "max pairs" and seq.looks == [10, 20, 30]
+    seq = sequential_pairs(measure, lambda ta, tb: False, first=10, max_pairs=30, time_limit_s=0.0)
+    assert seq.looks == [2] and len(seq.ta) == 2  # out of time at once: still two pairs to look at
+
+
+def test_time_pairs_events_times_both_sides_on_their_streams(clock):
+    """Host time (wall clock) and GPU time (events) per side; B's GPU work is twice A's, its host time equal."""
+    gpu_clock, streams = [0.0], []
+
+    def runner(host_s: float, gpu_s: float):
+        def run():
+            clock[0] += host_s
+            gpu_clock[0] += gpu_s
+        return run
+
+    ha, hb, ga, gb = time_pairs_events(runner(0.003, 0.001), runner(0.003, 0.002), "stream-a", "stream-b", iters=4,
+                                       a_first=np.array([True, False, True, False]),
+                                       make_event=lambda: _FakeEvent(gpu_clock, streams))
+    assert ha.tolist() == pytest.approx([0.003] * 4) and hb.tolist() == pytest.approx([0.003] * 4)
+    assert ga.tolist() == pytest.approx([0.001] * 4) and gb.tolist() == pytest.approx([0.002] * 4)
+    assert streams[:4] == ["stream-a", "stream-a", "stream-b", "stream-b"]
+    assert streams[4:8] == ["stream-b", "stream-b", "stream-a", "stream-a"]
 
 
 def test_torch_threads_is_restored():

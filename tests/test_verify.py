@@ -40,8 +40,12 @@ def test_fresh_export_passes(exported: Path) -> None:
     status = {c.name: c.status for c in result.checks}
     assert result.ok, result.failures
     for name in ("sha256 model.onnx", "sha256 model.safetensors", "sha256 config.json", "sha256 baseline/model.onnx",
-                 "config vs weights", "onnx parity", "onnx baseline/model.onnx", "zero-overhead structure"):
+                 "config vs weights", "onnx parity", "onnx baseline/model.onnx", "zero-overhead structure",
+                 "sha256 certificate.json", "certificate certificate.json", "certificate structure certificate.json",
+                 "certificate parity certificate.json"):
         assert status[name] == PASS, name
+    detail = {c.name: c.detail for c in result.checks}
+    assert detail["certificate certificate.json"].startswith("structure-certified, latency not measured")
     assert status["engine"] in (SKIPPED, PASS)
     res = CliRunner().invoke(app, ["verify", str(exported)])
     assert res.exit_code == 0, res.output
@@ -91,6 +95,8 @@ def test_structure_mismatch_fails(exported: Path, tmp_path: Path) -> None:
     rows = {c.name: c for c in verify(copy, seed=0).checks}
     same = json.loads((copy / "config.json").read_text())["subnet"] == json.loads((other / "config.json").read_text())["subnet"]
     assert not same and rows["zero-overhead structure"].status == FAIL
+    assert rows["certificate structure certificate.json"].status == FAIL
+    assert "baseline/model.onnx has structure digest" in rows["certificate structure certificate.json"].detail
 
 
 def test_export_into_a_used_folder_certifies_only_what_it_wrote(exported: Path, tmp_path: Path) -> None:
@@ -117,3 +123,105 @@ def test_export_into_a_used_folder_certifies_only_what_it_wrote(exported: Path, 
     assert any("model_int8.onnx" in line and line.startswith("warning:") for line in lines)
     with pytest.raises(ArtifactError, match="not written by the export"):
         load_onnx_checked(out / "model_int8.onnx")
+
+
+def _without_hashes(folder: Path) -> None:
+    """Drop report.json's hashes, so that only the certificate can tell what changed."""
+    doc = json.loads((folder / REPORT).read_text())
+    doc.pop("hashes")
+    (folder / REPORT).write_text(json.dumps(doc))
+
+
+def test_edited_certificate_fails(exported: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "edited"
+    shutil.copytree(exported, copy)
+    _without_hashes(copy)
+    doc = json.loads((copy / "certificate.json").read_text())
+    doc["verdict"] = "certified"  # a better verdict than the export proved
+    (copy / "certificate.json").write_text(json.dumps(doc))
+    rows = {c.name: c for c in verify(copy, seed=0).checks}
+    assert rows["certificate certificate.json"].status == FAIL and "was edited" in rows["certificate certificate.json"].detail
+
+
+def test_certificate_of_another_export_fails(exported: Path, tmp_path: Path) -> None:
+    """A certificate (digest intact) next to an ONNX file stamped with another certificate: they do not belong."""
+    from taslora_deploy.onnx_export import stamp_metadata
+
+    copy = tmp_path / "foreign"
+    shutil.copytree(exported, copy)
+    _without_hashes(copy)
+    stamp_metadata(copy / "model.onnx", {"taslora.certificate.digest": "0" * 64,
+                                         "taslora.certificate.verdict": "certified"})
+    rows = {c.name: c for c in verify(copy, seed=0).checks}
+    assert rows["certificate certificate.json"].status == FAIL
+    assert "do not belong together" in rows["certificate certificate.json"].detail
+
+
+def test_parity_catches_what_structure_cannot(exported: Path, tmp_path: Path) -> None:
+    """model.onnx replaced by the no-LoRA graph, stamped with the right certificate: same structure (the
+    certificate's structure check passes), but the probe no longer matches the run-time MoLE logits."""
+    from taslora_deploy.certificate import metadata_props
+    from taslora_deploy.onnx_export import stamp_metadata
+
+    copy = tmp_path / "swapped"
+    shutil.copytree(exported, copy)
+    _without_hashes(copy)
+    shutil.copy(copy / "baseline" / "model.onnx", copy / "model.onnx")
+    stamp_metadata(copy / "model.onnx", metadata_props(json.loads((copy / "certificate.json").read_text())))
+    rows = {c.name: c for c in verify(copy, seed=0).checks}
+    assert rows["certificate certificate.json"].status == PASS
+    assert rows["certificate structure certificate.json"].status == PASS
+    assert rows["certificate parity certificate.json"].status == FAIL
+    assert "against the run-time MoLE logits" in rows["certificate parity certificate.json"].detail
+
+
+def test_verify_reruns_latency_side_by_side(exported: Path) -> None:
+    res = CliRunner().invoke(app, ["verify", str(exported), "--latency", "--time-s", "0.3"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "at export (certificate)" in text and "not measured" in text and "latency here" in text
+
+
+def test_check_overhead_on_tensorrt_with_fakes(exported: Path, tmp_path: Path, monkeypatch) -> None:
+    """`check-overhead --runtime trt` written to TensorRT's API, run with fakes: the shipped model.plan against a
+    no-LoRA engine built from baseline/model.onnx into a temporary folder, timed with CUDA events on the engines'
+    streams (fake events: equal GPU time, so equivalent)."""
+    from taslora_deploy import timing, trt_engine
+    from taslora_deploy.latency_equivalence import LatencyTestConfig
+    from taslora_deploy.overhead import check_overhead
+    from test_timing import _FakeEvent
+
+    import torch
+
+    copy = tmp_path / "trt"
+    shutil.copytree(exported, copy)
+    _without_hashes(copy)
+    (copy / "model.plan").write_bytes(b"folded engine")
+    built, gpu, streams = [], [0.0], []
+
+    def fake_build(onnx_path, plan_path, input_shape, **kwargs):
+        built.append((Path(onnx_path), tuple(input_shape)))
+        Path(plan_path).write_bytes(b"baseline engine")
+        return Path(plan_path)
+
+    class FakeTrt:
+        device, input_dtype = torch.device("cpu"), torch.float32
+
+        def __init__(self, plan):
+            self.stream = f"stream of {Path(plan).read_bytes().decode()}"
+
+        def __call__(self, x):
+            gpu[0] += 1e-3
+            return x
+
+    monkeypatch.setattr(trt_engine, "build_engine", fake_build)
+    monkeypatch.setattr(trt_engine, "TrtRunner", FakeTrt)
+    monkeypatch.setattr(timing, "_cuda_timing_event", lambda: _FakeEvent(gpu, streams))
+    config = LatencyTestConfig(batch_sizes=(1, 8), warmup_s=0.0, first_pairs=20, time_limit_s=0.5, resamples=50)
+    check = check_overhead(copy, config=config, runtime="trt", log=lambda _: None)
+    assert built == [(copy / "baseline" / "model.onnx", (1, 28, 28))]
+    assert set(streams) == {"stream of baseline engine", "stream of folded engine"}
+    lat = check.latency
+    assert lat["runtime"] == "trt" and lat["environment"]["device"] == "cuda"
+    assert all(r["clock"] == "cuda-events" and r["verdict"] == "equivalent" for r in lat["batches"].values())
+    assert check.ok and check.certificate is not None and check.structure["certificate"]["matches"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Iterator, NamedTuple, Union
 
@@ -173,8 +174,15 @@ def make_loaders(bundle: DataBundle, cfg: DataConfig, batch_size: int, rank: int
     )
 
 
-def load_test_batches(cfg: DataConfig, batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def load_test_batches(cfg: DataConfig, batch_size: int = 500,
+                      limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The whole test set of ``cfg.data`` (Fashion-MNIST's t10k, or a folder's ``val/``) as evaluation batches,
-    in file order. The test set does not depend on the held-out split, so only a token one is carved."""
+    in file order; with ``limit``, only its first ``limit`` images (and only those are read from disk). The test
+    set does not depend on the held-out split, so only a token one is carved."""
     bundle = build_data(cfg, val_size=10)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"the number of test images must be >= 1, got {limit}")
+        test = bundle.test  # a TensorSource or FolderSource: every field is indexed by image
+        bundle.test = type(test)(**{f.name: getattr(test, f.name)[:limit] for f in dataclasses.fields(test)})
     return list(make_loaders(bundle, cfg, batch_size=batch_size, num_workers=0).test)

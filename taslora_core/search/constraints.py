@@ -28,14 +28,22 @@ class Constraints:
     counter: str = "autoformer"
     latency_max_ms: float | None = None
     latency_target: str | None = None
+    latency_batch: int = 1
+    """Images per timed call of the latency budget (latency is per batch size)."""
+    latency_predicted: bool = False
+    """True when `latency_fn` is a fitted latency model's prediction (`--latency-model`): candidates record it as
+    `latency_predicted_ms`, and the search's result is measured afterwards (`search.latency_verify`)."""
+    latency_slack: float = 0.0
+    """With a predicted latency: candidates predicted up to this fraction over the budget are let through (the
+    model's own error: a subnet it cannot tell from a feasible one is searched, and the measurement decides)."""
     latency_fn: latency.LatencyFn | None = field(default=None, compare=False, repr=False)
-    """Measured latency (ms) of a subnet on `latency_target`; needed when `latency_max_ms` is set. It is only
-    called for subnets that pass the FLOPs/params bounds (those are cheap, a measurement is not)."""
+    """Latency (ms) of a subnet on `latency_target`, measured or predicted; needed when `latency_max_ms` is set.
+    It is only called for subnets that pass the FLOPs/params bounds (those are cheap, a measurement is not)."""
 
     def __post_init__(self) -> None:
         if self.counter not in complexity.COUNTERS:
             raise SearchError(f"unknown FLOPs counter '{self.counter}'; choose one of {', '.join(complexity.COUNTERS)}")
-        for name in ("flops_max", "flops_min", "params_max", "params_min", "latency_max_ms"):
+        for name in ("flops_max", "flops_min", "params_max", "params_min", "latency_max_ms", "latency_slack"):
             value = getattr(self, name)
             if value is not None and (not math.isfinite(float(value)) or float(value) < 0):
                 raise SearchError(f"{name.replace('_', ' ')} must be a non-negative number, got {value}")
@@ -51,9 +59,10 @@ class Constraints:
     def from_amounts(flops: str | float | None = None, params: str | float | None = None,
                      min_flops: str | float | None = None, min_params: str | float | None = None,
                      counter: str = "autoformer", latency_budget: float | None = None,
-                     target: str = DEFAULT_LATENCY_TARGET) -> "Constraints":
-        """Constraints from the command line's amounts ('1.3G', '6M', numbers); the target is kept only with a
-        latency budget. A malformed amount raises SearchError naming its option."""
+                     target: str | None = DEFAULT_LATENCY_TARGET, latency_batch: int = 1) -> "Constraints":
+        """Constraints from the command line's amounts ('1.3G', '6M', numbers); the target and batch are kept
+        only with a latency budget (target None: decided later, by a latency model or the default). A malformed
+        amount raises SearchError naming its option."""
 
         def amount(option: str, value: str | float | None) -> float | None:
             if value is None:
@@ -66,7 +75,8 @@ class Constraints:
         return Constraints(flops_max=amount("flops", flops), flops_min=amount("min-flops", min_flops),
                            params_max=amount("params", params), params_min=amount("min-params", min_params),
                            counter=counter, latency_max_ms=latency_budget,
-                           latency_target=target if latency_budget is not None else None)
+                           latency_target=target if latency_budget is not None else None,
+                           latency_batch=int(latency_batch) if latency_budget is not None else 1)
 
     @property
     def bounded(self) -> bool:
@@ -96,12 +106,13 @@ class Constraints:
         if not self.cheap_satisfied(space, subnet):
             return False
         if self.latency_max_ms is not None:
-            return self.latency_of(subnet) <= self.latency_max_ms
+            slack = self.latency_slack if self.latency_predicted else 0.0
+            return self.latency_of(subnet) <= self.latency_max_ms * (1.0 + slack)
         return True
 
     # ------------------------------------------------------------------ forwarded to the modules of each job
     def latency_of(self, subnet: Subnet) -> float:
-        """Measured latency (ms) via `latency_fn` (see `search.latency`)."""
+        """Latency (ms) via `latency_fn`: measured, or predicted with `latency_predicted` (see `search.latency`)."""
         return latency.latency_of(self, subnet)
 
     def extra_measures(self, subnet: Subnet) -> dict[str, float]:

@@ -72,6 +72,7 @@ def load_val_data(
     else:
         split_source = f"carved from the training set with seed {seed} ({val_size} images)"
     bundle = D.build_data(cfg, val_size=val_size, seed=seed, val_subset=val_subset, split=split)
+    check_classes(bundle.num_classes, ckpt.supernet.space, data)
     total = len(bundle.val)
     if total == 0:
         raise D.DataUnavailable("the validation split is empty; train with a held-out split or lower --val-subset")
@@ -93,6 +94,18 @@ def load_val_data(
             batches = loaders.val
     return ValData(batches=batches, total=total, local=len(shard), data_cfg=cfg, split=bundle.split,
                    split_source=split_source, data_source=data_source, materialised=materialised)
+
+
+def check_classes(num_classes: int, space: Any, data: str | None) -> None:
+    """Refuse data whose class count is not the checkpoint's: its head scores `space.num_classes` classes, so the
+    losses of a search on other labels would rank subnets on nonsense (DataUnavailable: one line, exit 2)."""
+    if num_classes != space.num_classes:
+        given = f"--data {data}" if data is not None else "the data recorded with the checkpoint"
+        raise D.DataUnavailable(
+            f"{given} has {num_classes} classes but the checkpoint's search space '{space.name}' has "
+            f"{space.num_classes} (its head scores {space.num_classes} classes); search with data of the same "
+            f"{space.num_classes} classes (or drop --data to use the checkpoint's), or train a checkpoint on this "
+            "data first (taslora supernet train / taslora train with a space whose num_classes matches)")
 
 
 class _Routed:

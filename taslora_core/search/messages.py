@@ -26,7 +26,9 @@ def describe(constraints: "Constraints") -> str:
     if c.params_max is not None:
         parts.append(f"params <= {fa(c.params_max)}")
     if c.latency_max_ms is not None:
-        parts.append(f"latency ({c.latency_target or 'measured'}, batch 1) <= {c.latency_max_ms:g} ms")
+        how = (f", predicted (+{100 * c.latency_slack:.1f}% slack), measured at the end" if c.latency_predicted
+               else "")
+        parts.append(f"latency ({c.latency_target or 'measured'}, batch {c.latency_batch}{how}) <= {c.latency_max_ms:g} ms")
     return ", ".join(parts) if parts else "no constraints"
 
 
@@ -39,7 +41,9 @@ def describe_range(constraints: "Constraints", space: SearchSpace) -> str:
         f"and params {fa(r['params'][0])} .. {fa(r['params'][1])}"
     )
     if "latency_ms" in r:
-        text += f" and latency {r['latency_ms'][0]:.3g} .. {r['latency_ms'][1]:.3g} ms ({constraints.latency_target})"
+        how = "predicted" if constraints.latency_predicted else "measured"
+        text += (f" and latency {r['latency_ms'][0]:.3g} .. {r['latency_ms'][1]:.3g} ms ({how}, "
+                 f"{constraints.latency_target}, batch {constraints.latency_batch})")
     return text
 
 

@@ -15,7 +15,8 @@ __all__ = ["COST_OBJECTIVES", "DEFAULT_LATENCY_TARGET", "DEFAULT_OBJECTIVES", "L
 
 QUALITY_OBJECTIVES = {"loss": "validation cross-entropy", "error": "validation top-1 error (1 - top1)"}
 COST_OBJECTIVES = {"flops": "FLOPs per image (by --counter)", "params": "parameters",
-                   "latency": "measured latency in ms at batch 1 on --target"}
+                   "latency": "latency in ms of one --latency-batch on --target (measured; with --latency-model "
+                              "predicted during the search, the returned front measured)"}
 DEFAULT_OBJECTIVES = ("loss", "flops")
 LATENCY_TARGETS = ("ort-cpu", "torch-cpu", "torch-cuda", "trt")
 """Targets a latency objective can be measured on (`taslora_deploy.latency_lookup` measures them)."""
@@ -45,8 +46,9 @@ def objective_value(record: dict[str, Any], name: str, counter: str = "autoforme
         value = record[f"flops_{counter}"]
     elif name == "params":
         value = record["params"]
-    elif name == "latency":
+    elif name == "latency":  # a measurement wins over a latency model's prediction
         value = record.get("latency_ms")
+        value = record.get("latency_predicted_ms") if value is None else value
     else:
         raise SearchError(f"unknown objective '{name}'")
     if value is None or math.isnan(float(value)):

@@ -8,7 +8,8 @@
      "seed": int, "search_run": "<search run folder>", "evaluations": int,
      "members": [{"subnet": Subnet.to_dict(), "objectives": {"loss": float, "flops": float},
                   "loss": float | null, "top1": float | null, "flops_autoformer": int, "flops_macs": int,
-                  "params": int, "latency_ms": float | null, "latency_source": "measured" | "predicted" | null,
+                  "params": int, "latency_ms": float | null (measured only), "latency_predicted_ms": float | null,
+                  "latency_source": "measured" | "predicted" | null,   # which of the two decided
                   "generation": int}, ...],               # sorted by the cost objective, ascending
      "single_objective_pick": <member> | null}          # what best.json holds: best fitness under the constraints
 
@@ -28,6 +29,7 @@ from taslora_core.artifact_read import read_json_artifact
 from taslora_core.integrity import ArtifactError
 from taslora_core.search.config import SearchError
 from taslora_core.search.constraints import Constraints
+from taslora_core.search.latency_verify import latency_source
 from taslora_core.search.nsga import dominates
 from taslora_core.search.objectives import COST_OBJECTIVES, LATENCY_TARGETS, QUALITY_OBJECTIVES, objective_vector
 from taslora_core.space import SearchSpace, SpaceError
@@ -40,8 +42,8 @@ PARETO_PNG = "pareto.png"
 REQUIRED_KEYS = ("format", "version", "objectives", "target", "counter", "space", "constraints", "ckpt",
                  "ckpt_kind", "use_experts", "metric", "seed", "search_run", "evaluations", "members")
 MEMBER_KEYS = ("subnet", "objectives", "flops_autoformer", "flops_macs", "params")
-MEASURE_KEYS = ("loss", "top1", "flops_autoformer", "flops_macs", "params", "latency_ms", "latency_source",
-                "generation", "routing_entropy")
+MEASURE_KEYS = ("loss", "top1", "flops_autoformer", "flops_macs", "params", "latency_ms", "latency_predicted_ms",
+                "latency_source", "generation", "routing_entropy")
 """Record fields a member keeps (besides its subnet and objective values)."""
 
 
@@ -61,8 +63,11 @@ class ParetoMember:
     flops_macs: float = 0.0
     params: int = 0
     latency_ms: float | None = None
+    """Measured on the target (never a prediction)."""
+    latency_predicted_ms: float | None = None
+    """A latency model's prediction (`search --latency-model`), or None."""
     latency_source: str | None = None
-    """'measured' (timed on the target), 'predicted', or None (no latency known)."""
+    """Which latency decided: 'measured' (timed on the target), 'predicted' (the model's, not verified), or None."""
     generation: int | None = None
     routing_entropy: float | None = None
 
@@ -76,11 +81,10 @@ class ParetoMember:
                 **{k: getattr(self, k) for k in MEASURE_KEYS}}
 
     @staticmethod
-    def from_record(record: dict[str, Any], objectives: tuple[str, ...], counter: str,
-                    latency_source: str | None = None) -> "ParetoMember":
+    def from_record(record: dict[str, Any], objectives: tuple[str, ...], counter: str) -> "ParetoMember":
         """A member from an evaluation record of the search (`EvolutionSearch.history`)."""
         values = objective_vector(record, objectives, counter)
-        source = latency_source if record.get("latency_ms") is not None else None
+        source = latency_source(record)
         return ParetoMember(
             subnet=Subnet.from_dict(record["subnet"]), objectives=dict(zip(objectives, values)),
             **{k: record.get(k) for k in MEASURE_KEYS if k != "latency_source"}, latency_source=source,

@@ -13,10 +13,6 @@ from taslora_core.search.latency_report import latency_report
 from taslora_core.search.pareto_file import PARETO_JSON, PARETO_PNG, ParetoFront, ParetoMember, write_pareto
 from taslora_core.space import SearchSpace
 
-LATENCY_SOURCE = "measured"
-"""Every latency the search records is timed on the target (`taslora_deploy.latency_lookup`); none predicted."""
-
-
 def build_front(result: SearchResult, space: SearchSpace, constraints: Constraints, config: SearchConfig,
                 source: dict[str, Any], run: Path | str) -> ParetoFront:
     """The ParetoFront of a finished Pareto search (`source`: ckpt, ckpt_kind, use_experts of the run)."""
@@ -24,7 +20,7 @@ def build_front(result: SearchResult, space: SearchSpace, constraints: Constrain
     counter = constraints.counter
 
     def member(record: dict[str, Any]) -> ParetoMember:
-        return ParetoMember.from_record(record, objectives, counter, LATENCY_SOURCE)
+        return ParetoMember.from_record(record, objectives, counter)  # latency_source from the record
 
     return ParetoFront(
         objectives=objectives, space=space, constraints=constraints, members=[member(r) for r in result.front],

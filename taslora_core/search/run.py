@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,15 @@ from taslora_core.complexity import format_amount
 from taslora_core.distributed import DistContext
 from taslora_core.search import run_folder as files
 from taslora_core.search.config import SearchConfig, SearchError
-from taslora_core.search.constraints import DEFAULT_LATENCY_TARGET, Constraints
+from taslora_core.search.constraints import Constraints
 from taslora_core.search.evolution import EvolutionSearch, Record, SearchResult
 from taslora_core.search.latency import LatencyLookup
+from taslora_core.search.latency_setup import LatencyFactory, LatencyOptions, setup_latency
 from taslora_core.search.messages import non_binding
 from taslora_core.search.pareto_outputs import write_pareto_outputs
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_core.workspace import DEFAULT_WORKDIR
-
-LatencyFactory = Callable[[Any, str], LatencyLookup]
-"""(supernet, target) -> a measured-latency lookup; `taslora_deploy.latency_lookup` provides one (core cannot)."""
 
 AMOUNT_OPTIONS = ("flops", "params", "min_flops", "min_params")
 
@@ -54,6 +51,8 @@ class SearchRunConfig:
     resume: bool = False
     run_dir: Path | None = None
     """With `resume`: the run folder to continue (default: the newest unfinished search)."""
+    latency: LatencyOptions = field(default_factory=LatencyOptions)
+    """The latency model, batch size and verification of a latency budget or objective."""
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -70,8 +69,11 @@ class SearchRunConfig:
             "crossover_num": s.crossover_num, "m_prob": s.m_prob, "s_prob": s.s_prob, "val_subset": s.val_subset,
             "metric": s.metric, "no_experts": not s.use_experts, "seed": s.seed, "out": _text(self.out),
             "latency_budget": b.latency_max_ms,
-            "target": b.latency_target or s.latency_target or DEFAULT_LATENCY_TARGET,
-            "objectives": s.objectives,
+            "target": b.latency_target or s.latency_target,  # None: the latency model's, or the default
+            "objectives": s.objectives, "latency_model": _text(self.latency.model),
+            "latency_batch": self.latency.batch, "latency_statistic": self.latency.statistic,
+            "latency_slack": self.latency.slack,
+            "verify_latency": self.latency.verify,
         }
 
     @staticmethod
@@ -81,7 +83,7 @@ class SearchRunConfig:
         o = dict(options)
         budget = Constraints.from_amounts(o.get("flops"), o.get("params"), o.get("min_flops"), o.get("min_params"),
                                           o.get("counter", "autoformer"), o.get("latency_budget"),
-                                          o.get("target") or DEFAULT_LATENCY_TARGET)
+                                          o.get("target"), o.get("latency_batch") or 1)
         search = SearchConfig(
             population=o["population"], iterations=o["iterations"], parents=o["parents"],
             mutation_num=o.get("mutation_num"), crossover_num=o.get("crossover_num"), m_prob=o["m_prob"],
@@ -89,8 +91,11 @@ class SearchRunConfig:
             use_experts=not o.get("no_experts", False), batch_size=runtime.pop("batch_size", 256),
             objectives=o.get("objectives"), latency_target=o.get("target"),
         )
+        latency = LatencyOptions(model=_path(o.get("latency_model")), batch=o.get("latency_batch"),
+                                 statistic=o.get("latency_statistic"), slack=o.get("latency_slack"),
+                                 verify=o.get("verify_latency", True))
         return SearchRunConfig(budget=budget, search=search, ckpt=_path(o.get("ckpt")), data=o.get("data"),
-                               out=_path(o.get("out")), **runtime)
+                               out=_path(o.get("out")), latency=latency, **runtime)
 
 
 @dataclass
@@ -142,6 +147,8 @@ class SearchRun:
     config: SearchConfig
     pareto: dict[str, Any] | None = None
     """A Pareto search's outputs on rank 0: pareto_json, pareto_png, front, latency_report (see pareto_outputs)."""
+    latency_check: Any = None
+    """What verifying a latency model's pick on the target did (`search.latency_verify.LatencyCheck`), or None."""
 
     @property
     def best(self) -> Record:
@@ -201,25 +208,15 @@ def run_search(config: SearchRunConfig, ctx: DistContext | None = None, events: 
     loaded = load_checkpoint(config.ckpt, device=str(ctx.device))
     space = loaded.supernet.space
     cfg = config.search
-    constraints, lookup = config.budget, None
-    latency_objective = bool(cfg.objectives) and cfg.objectives[-1] == "latency"
-    if constraints.latency_max_ms is not None or latency_objective:
-        target = _latency_target(constraints, cfg)  # None on both sides: the default target
-        if latency_objective:
-            cfg = dataclasses.replace(cfg, latency_target=target)
-        if latency_factory is None:
-            raise SearchError("a latency budget or objective needs a measured-latency lookup (pass latency_factory)")
-        lookup = latency_factory(loaded.supernet, target)
-        if constraints.latency_max_ms is not None:
-            constraints = dataclasses.replace(constraints, latency_fn=lookup)
+    latency = setup_latency(config.budget, cfg, config.latency, loaded.supernet, latency_factory)
+    constraints, cfg, lookup = latency.constraints, latency.config, latency.lookup
+    for message in latency.notes():
+        events.note(message)
     witness = constraints.check_feasible(space)  # InfeasibleConstraints names the space's range
     use_experts = cfg.use_experts and loaded.mole is not None
     val = load_val_data(loaded, config.data, cfg.val_subset, cfg.batch_size, cfg.seed, device=str(ctx.device),
                         ctx=ctx)
-    fitness_fn: Any = CheckpointFitness(loaded, val.batches, cfg.metric, use_experts, str(ctx.device))
-    if latency_objective:
-        assert lookup is not None
-        fitness_fn = WithLatency(fitness_fn, lookup)
+    fitness_fn = latency.wrap(CheckpointFitness(loaded, val.batches, cfg.metric, use_experts, str(ctx.device)))
 
     if ctx.is_main:
         run = run or workspace.new_run(config.workdir, "searches", "search")
@@ -255,6 +252,9 @@ def run_search(config: SearchRunConfig, ctx: DistContext | None = None, events: 
         dist.barrier()  # every rank holds the saved state before rank 0 writes the next one
     result = search.run(state_path=run / files.STATE_JSON if run is not None else None,
                         on_generation=on_generation, resume=state if state is not None else False, save=ctx.is_main)
+    if run is not None:
+        files.write_history(run, search.history)
+    result, check = latency.verify(result)  # measures what a model-screened search returns
     if lookup is not None:
         lookup.save()
         events.latency(lookup)
@@ -265,30 +265,12 @@ def run_search(config: SearchRunConfig, ctx: DistContext | None = None, events: 
     source = {"ckpt": str(config.ckpt), "ckpt_kind": loaded.kind, "use_experts": use_experts,
               "data": val.data_cfg.data, "split": val.split_source, "val_images": val.total,
               "world_size": ctx.world_size}
+    extra = {"latency_verification": check.to_dict() if check is not None else None,
+             "latency_model": latency.model_record()}
     pareto = write_pareto_outputs(run, result, space, constraints, cfg, source, lookup) if cfg.objectives else None
     best_path = files.write_outputs(run, result, space, constraints, cfg, source, config.out,
-                                    time.perf_counter() - started, extra=pareto)
-    return dataclasses.replace(done, run_dir=run, best_path=best_path, pareto=pareto)
-
-
-class WithLatency:
-    """A fitness that also records the measured latency (`latency_ms`) of each candidate: the latency objective
-    of a Pareto search reads it from the record. The lookup measures each distinct subnet once (cached)."""
-
-    def __init__(self, fitness_fn: Any, lookup: LatencyLookup) -> None:
-        self.fitness_fn, self.lookup = fitness_fn, lookup
-
-    def __call__(self, subnet: Subnet) -> dict[str, Any]:
-        return {**self.fitness_fn(subnet), "latency_ms": float(self.lookup(subnet))}
-
-
-def _latency_target(budget: Constraints, cfg: SearchConfig) -> str:
-    """The one target of a latency budget and a latency objective (they share --target)."""
-    targets = {t for t in (budget.latency_target, cfg.latency_target) if t is not None}
-    if len(targets) > 1:
-        raise SearchError(f"the latency budget and the latency objective name different targets "
-                          f"({', '.join(sorted(targets))}); use one --target")
-    return targets.pop() if targets else DEFAULT_LATENCY_TARGET
+                                    time.perf_counter() - started, extra={**extra, **(pareto or {})})
+    return dataclasses.replace(done, run_dir=run, best_path=best_path, pareto=pareto, latency_check=check)
 
 
 def _text(path: Path | str | None) -> str | None:

@@ -3,7 +3,7 @@
     search.json          the settings ("cli": the options, resolved checkpoint path; space, constraints, config)
     state.json           the evolution's state after each generation (what --resume continues from)
     history.jsonl        one line per evaluated subnet, in order
-    best.json            the best subnet (flat: embed_dim, depth, mlp_ratio, num_heads) plus its measures
+    best.json            the best subnet (flat: embed_dim, depth, mlp_ratios, num_heads) plus its measures
     summary.json         the run in numbers; fitness_vs_flops.png; split.json when the split was carved
     pareto.json          a Pareto search's front (`pareto_file`), with pareto.png (`pareto_outputs`)
 """
@@ -21,6 +21,7 @@ from taslora_core.integrity import RUN_FILES_RECORDED, SHA256_KEY, hashes_of
 from taslora_core.search.config import SearchConfig, SearchError
 from taslora_core.search.constraints import Constraints
 from taslora_core.search.evolution import Record, SearchResult
+from taslora_core.search.latency_verify import latency_source
 from taslora_core.space import SearchSpace
 
 SETTINGS_JSON = "search.json"
@@ -102,11 +103,20 @@ def best_document(result: SearchResult, space: SearchSpace, constraints: Constra
         "ckpt_kind": source["ckpt_kind"],
         "use_experts": source["use_experts"],
         "routing_entropy": best.get("routing_entropy"),
-        "latency_ms": best.get("latency_ms"),
+        **latency_fields(best, constraints, config),
         "constraints": constraints.to_dict(),
         "seed": config.seed,
         "search_run": str(run),
     }
+
+
+def latency_fields(record: Record, constraints: Constraints, config: SearchConfig) -> dict[str, Any]:
+    """The latency of a returned subnet as best.json and summary.json show it: `latency_ms` only ever measured,
+    `latency_predicted_ms` the latency model's prediction, `latency_source` which of them decided."""
+    return {"latency_ms": record.get("latency_ms"), "latency_predicted_ms": record.get("latency_predicted_ms"),
+            "latency_source": latency_source(record),
+            "latency_target": constraints.latency_target or config.latency_target,
+            "latency_batch": constraints.latency_batch if constraints.latency_max_ms is not None else None}
 
 
 def write_outputs(run: Path, result: SearchResult, space: SearchSpace, constraints: Constraints,
@@ -141,8 +151,7 @@ def write_outputs(run: Path, result: SearchResult, space: SearchSpace, constrain
         "flops_autoformer": best["flops_autoformer"],
         "flops_macs": best["flops_macs"],
         "params": best["params"],
-        "latency_ms": best.get("latency_ms"),
-        "latency_target": constraints.latency_target,
+        **latency_fields(best, constraints, config),
         "counter": constraints.counter,
         "constraints": constraints.describe(),
         "space_flops_range": list(span["flops"]),

@@ -29,8 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from taslora_core.artifact_read import read_json_artifact
@@ -39,6 +37,7 @@ from taslora_core.checkpoint import load_torch
 from taslora_core.integrity import check_hashed, write_hashed
 from taslora_core.distributed import DistContext, all_reduce_grads
 from taslora_core.train.optim import OptimizerSet
+from taslora_core.train.progress import EpochProgress
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, sample_subnet
 from taslora_core.train.run_files import TRAIN_CONFIG
@@ -180,33 +179,6 @@ class MetricsLog:
                 fh.write(json.dumps(record) + "\n")
 
 
-class _Progress:
-    """A rich progress bar for one epoch on stderr (rank 0, unless quiet); closed before the epoch's summary line."""
-
-    def __init__(self, enabled: bool, epoch: int, epochs: int, total: int, done: int) -> None:
-        self.progress: Progress | None = None
-        if enabled:
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.task_id = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=total, completed=done, info="")
-
-    def __enter__(self) -> "_Progress":
-        if self.progress is not None:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def update(self, info: str) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task_id, advance=1, info=info)
-
-
 # ---------------------------------------------------------------------- the loop
 @dataclass
 class LoopConfig:
@@ -321,7 +293,7 @@ def run_loop(
         task.module.train()
         epoch_loss, epoch_steps, epoch_imgs = 0.0, 0, 0
         t_start = time.perf_counter()
-        with _Progress(bar_on, epoch, cfg.epochs, steps_per_epoch, step) as bar:
+        with EpochProgress(bar_on, epoch, cfg.epochs, steps_per_epoch, step) as bar:
             for images, labels in train_loader:
                 global_step = epoch * steps_per_epoch + step
                 subnet = subnet_for_step(task.space, cfg.seed, epoch, step)
@@ -361,7 +333,7 @@ def run_loop(
                 if bar_on:
                     lr_text = " ".join(f"{k} {v:.2e}" for k, v in lrs.items())
                     rate = epoch_imgs / max(time.perf_counter() - t_start, 1e-9)
-                    bar.update(f"loss {loss:.4f} lr {lr_text} {rate:.0f} img/s")
+                    bar.update(f"loss {loss:.4f}, lr {lr_text}, {rate:.0f} img/s")
                 if cfg.save_every_steps and result.global_step % cfg.save_every_steps == 0 and ctx.is_main:
                     save_train_state(state_path, task, train_loader, result.global_step, extra_state)
         # ---- epoch end (the loader has moved to the next epoch)
