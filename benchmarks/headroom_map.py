@@ -150,13 +150,15 @@ def run_ablation(regime: Regime) -> None:
 DIAGNOSTICS = ["tas-lora-pos", "tas-lora-r32", "tas-lora-3x"]
 
 
-def run_diagnostics(regime: Regime) -> None:
+def run_diagnostics(regime: Regime, methods: list[str], seeds: list[str]) -> None:
     """Why the experts do or do not capture the headroom: how much of it fine-tuning only the four linear weights per
-    block reaches, then per-position router heads, rank 32 and 3x the budget, 3 seeds each, with the settings the
-    sweep chose; then the report (per-subnet gains, routing separation)."""
+    block reaches, then per-position router heads, rank 32 and 3x the budget (by default 3 seeds each, the first
+    seed of every method before the others), with the settings the sweep chose; then the report (per-subnet gains,
+    routing separation)."""
     run_stage(regime, "headroom-linear")
-    run_stage(regime, "ablation", "--methods", *DIAGNOSTICS, "--seeds", "0")  # one seed of each first
-    run_stage(regime, "ablation", "--methods", *DIAGNOSTICS, "--seeds", "1", "2")
+    run_stage(regime, "ablation", "--methods", *methods, "--seeds", seeds[0])
+    if seeds[1:]:
+        run_stage(regime, "ablation", "--methods", *methods, "--seeds", *seeds[1:])
     run_stage(regime, "report")
 
 
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", nargs="?", default="all", choices=["all", "map", "ablation", "diagnose"])
     parser.add_argument("--regimes", nargs="+", default=ORDER, choices=list(REGIMES))
+    parser.add_argument("--diagnostics", nargs="+", default=DIAGNOSTICS, choices=DIAGNOSTICS,
+                        help="diagnose: which diagnostic methods")
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="diagnose: which seeds")
     args = parser.parse_args(argv)
     chosen = [REGIMES[name] for name in args.regimes]
     if args.step == "all":
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         best = best_regime(rows)
         print(f"[headroom-map] {args.step} in regime {best.name} (largest headroom)", flush=True)
         if args.step == "diagnose":
-            run_diagnostics(best)
+            run_diagnostics(best, args.diagnostics, args.seeds)
         else:
             run_ablation(best)
     return 0
