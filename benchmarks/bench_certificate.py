@@ -1,6 +1,6 @@
 """Does the certificate's latency test have power, and does noise make it cry wolf?
 
-The test under study is the one every export runs (`taslora_deploy.latency_equivalence.equivalence_test` with the
+The test under study is the one every export runs (`taslora_deploy.certificate.latency.equivalence_test` with the
 export's defaults: 0.5 s warm-up, first look after 100 interleaved pairs in random balanced order, pairs doubled
 until the 90% CI of the median per-pair ratio decides or 3 s pass; margin 2%; a verdict must persist for 1 s of
 timed pairs and in both halves of them). One *check* = one such test at one
@@ -46,9 +46,9 @@ from torch import nn  # noqa: E402
 from taslora_core.complexity import flops  # noqa: E402
 from taslora_core.subnet import sample_subnet  # noqa: E402
 from taslora_core.testing import random_mole  # noqa: E402
-from taslora_deploy.equivalence import DIFFERENT, EQUIVALENT, INCONCLUSIVE  # noqa: E402
+from taslora_deploy.certificate.equivalence import DIFFERENT, EQUIVALENT, INCONCLUSIVE  # noqa: E402
+from taslora_deploy.certificate.latency import LatencyTestConfig, equivalence_test  # noqa: E402
 from taslora_deploy.fold import fold_subnet  # noqa: E402
-from taslora_deploy.latency_equivalence import LatencyTestConfig, equivalence_test  # noqa: E402
 from taslora_deploy.machine import environment  # noqa: E402
 from taslora_deploy.onnx_export import export_onnx  # noqa: E402
 from taslora_deploy.runners import runtime_runner  # noqa: E402

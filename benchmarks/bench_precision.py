@@ -1,6 +1,7 @@
 """onnxruntime CPU speed of the int8 (static QDQ) and fp16 twins against the fp32 export, side by side in one run.
 
-Two models, each exported to fp32 ONNX, then converted with taslora_deploy.precision (convert_fp16, quantize_int8):
+Two models, each exported to fp32 ONNX, then converted with taslora_deploy.precision.convert (convert_fp16,
+quantize_int8):
 
 (a) fmnist: the shipped TAS-LoRA run (benchmarks/reproduction/tas-lora-s0 with benchmarks/reproduction/subnet.json),
     exported through the library's `export` verb (what `taslora export --onnx --latency-check report` runs);
@@ -9,7 +10,7 @@ Two models, each exported to fp32 ONNX, then converted with taslora_deploy.preci
     choice of every group); int8 calibrated on --synthetic-calib synthetic (random normal) images. Accuracy is
     not the point there, speed is: the weights are random.
 
-Every timing goes through `taslora_deploy.bench.benchmark` (THE timing loop): per artifact and batch size, a
+Every timing goes through `taslora_deploy.bench.verb.benchmark` (THE timing loop): per artifact and batch size, a
 time-based warm-up, then >= --min-iters calls and >= --min-time-s seconds; then, against fp32, interleaved A/B
 pairs (AB, BA, ...) whose per-pair ratio median is the "paired" ratio. onnxruntime gets --threads intra-op
 threads (default 1: the machine is shared) and the process runs niced when started as below:
@@ -42,12 +43,12 @@ from taslora_core.run_io import load_checkpoint  # noqa: E402
 from taslora_core.space import SearchSpace  # noqa: E402
 from taslora_core.subnet import Subnet  # noqa: E402
 from taslora_core.supernet import Supernet  # noqa: E402
-from taslora_deploy.bench import benchmark  # noqa: E402
+from taslora_deploy.bench.verb import benchmark  # noqa: E402
 from taslora_deploy.onnx_export import export_onnx  # noqa: E402
 from taslora_deploy.pipeline import ExportOptions, export  # noqa: E402
-from taslora_deploy.precision import convert_fp16, quantize_int8  # noqa: E402
-from taslora_deploy.precision_data import calibration_images  # noqa: E402
-from taslora_deploy.standalone import materialize  # noqa: E402
+from taslora_deploy.precision.convert import convert_fp16, quantize_int8  # noqa: E402
+from taslora_deploy.precision.data import calibration_images  # noqa: E402
+from taslora_deploy.standalone.model import materialize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 SHIPPED_RUN = ROOT / "reproduction" / "tas-lora-s0"

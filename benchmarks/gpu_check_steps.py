@@ -58,7 +58,7 @@ def overhead_models(out: Path, dry_run: bool) -> Path:
     from taslora_core.subnet import sample_subnet
     from taslora_core.testing import random_mole
     from taslora_deploy.fold import fold_subnet
-    from taslora_deploy.standalone_io import save_standalone
+    from taslora_deploy.standalone.io import save_standalone
 
     mole = random_mole("fmnist" if dry_run else "autoformer-t", 0, expert_std=0.05)
     subnet = sample_subnet(mole.supernet.space, random.Random(0))

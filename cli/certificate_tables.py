@@ -42,7 +42,7 @@ def latency_text(latency: dict[str, Any]) -> str:
 
 
 def side_by_side_table(rows: list[tuple[str, str, str]], title: str) -> Table:
-    """(batch, at export, here) rows (taslora_deploy.certificate_check.latency_side_by_side) as a table."""
+    """(batch, at export, here) rows (taslora_deploy.certificate.check.latency_side_by_side) as a table."""
     table = Table(title=title)
     for col in ("batch", "at export (certificate)", "here"):
         table.add_column(col, overflow="fold")

@@ -36,8 +36,8 @@ def bench_cmd(
     Artifacts are labelled by their shortest unique path, with kind and precision read from the file. On CUDA,
     host latency and GPU compute time (CUDA events) are both reported, with CUDA graphs off and on.
     """
-    from taslora_deploy.bench import benchmark
-    from taslora_deploy.bench_report import bench_table, ratio_table
+    from taslora_deploy.bench.report import bench_table, ratio_table
+    from taslora_deploy.bench.verb import benchmark
 
     try:
         sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())

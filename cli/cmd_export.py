@@ -54,8 +54,8 @@ def export_cmd(
     """
     from taslora_cli.certificate_tables import parse_batches
     from taslora_deploy.pipeline import ExportOptions, export
-    from taslora_deploy.precision_gate import parse_drop_limits
-    from taslora_deploy.precision_steps import parse_precisions
+    from taslora_deploy.precision.gate import parse_drop_limits
+    from taslora_deploy.precision.steps import parse_precisions
 
     opts = ExportOptions(onnx=onnx, trt=trt, fp16=fp16, no_lora=no_lora, opset=opset, latency_mode=latency_check,
                          latency_iters=latency_iters, latency_margin=latency_margin, latency_time_s=latency_time_s,
@@ -130,7 +130,7 @@ def report_table(result: ExportResult) -> Table:
 
 def _precision_text(entry: dict) -> str:
     """A precision step's gate numbers and file size (or its error, with the numbers when the gate measured them)."""
-    from taslora_deploy.precision_gate import gate_summary
+    from taslora_deploy.precision.gate import gate_summary
 
     gate = entry.get("gate")
     size = f"; {entry['size_bytes'] / 1e6:.2f} MB" if entry.get("size_bytes") else ""
@@ -156,8 +156,8 @@ def check_overhead_cmd(
 ) -> None:
     """Re-check an export's zero overhead on this machine: structure (also against its certificate) and the latency
     equivalence test, printed next to the verdict the certificate recorded at export."""
-    from taslora_deploy.certificate_check import latency_side_by_side
-    from taslora_deploy.latency_equivalence import LatencyTestConfig
+    from taslora_deploy.certificate.check import latency_side_by_side
+    from taslora_deploy.certificate.latency import LatencyTestConfig
     from taslora_deploy.overhead import check_overhead
 
     config = LatencyTestConfig(batch_sizes=tuple(batch or (1, 8)), margin=margin, first_pairs=iters,

@@ -27,7 +27,7 @@ def verify_cmd(
 ) -> None:
     """Re-check an export folder before deploying it (hashes, parity, structure, its certificates); exit 0 only
     when every check passes."""
-    from taslora_deploy.latency_equivalence import LatencyTestConfig
+    from taslora_deploy.certificate.latency import LatencyTestConfig
     from taslora_deploy.verify import verify
 
     config = LatencyTestConfig(time_limit_s=time_s, max_pairs=20000) if latency else None
@@ -41,7 +41,7 @@ def verify_cmd(
     console.print(table)
     if result.latency is not None:
         from taslora_cli.certificate_tables import side_by_side_table
-        from taslora_deploy.certificate_check import latency_side_by_side
+        from taslora_deploy.certificate.check import latency_side_by_side
 
         console.print(side_by_side_table(latency_side_by_side(result.certified_latency, result.latency),
                                          "latency, A = no-LoRA baseline, B = folded (onnxruntime CPU)"))

@@ -5,6 +5,10 @@ Library verbs (imported on first use, so `import taslora_deploy` stays light):
 (-> OverheadCheck), `benchmark` (-> BenchResult); precision twins: `convert_fp16`, `quantize_int8`. Two verbs share
 their module's name and are imported from it: `taslora_deploy.verify.verify` (an export as shipped ->
 VerifyResult) and `taslora_deploy.quickstart.quickstart` (every stage on Fashion-MNIST -> its summary).
+
+Subpackages: `standalone` (the standalone ViT and its files), `precision` (fp16/int8 twins and their gate),
+`certificate` (the zero-overhead certificate: structure, latency equivalence, document, steps, re-checks) and
+`bench` (the latency benchmark); the other modules are flat.
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from taslora_deploy.standalone import StandaloneViT, materialize
-from taslora_deploy.standalone_io import load_standalone, save_standalone
+from taslora_deploy.standalone import StandaloneViT, load_standalone, materialize, save_standalone
 
 _VERBS = {
     "export": "taslora_deploy.pipeline",
@@ -21,12 +24,12 @@ _VERBS = {
     "ExportResult": "taslora_deploy.pipeline",
     "check_overhead": "taslora_deploy.overhead",
     "OverheadCheck": "taslora_deploy.overhead",
-    "benchmark": "taslora_deploy.bench",
-    "BenchResult": "taslora_deploy.bench",
+    "benchmark": "taslora_deploy.bench.verb",
+    "BenchResult": "taslora_deploy.bench.verb",
     "export_family": "taslora_deploy.family",
     "FamilyResult": "taslora_deploy.family",
-    "convert_fp16": "taslora_deploy.precision",
-    "quantize_int8": "taslora_deploy.precision",
+    "convert_fp16": "taslora_deploy.precision.convert",
+    "quantize_int8": "taslora_deploy.precision.convert",
 }
 
 __all__ = ["StandaloneViT", "load_standalone", "materialize", "save_standalone", *_VERBS]

@@ -5,7 +5,7 @@ against the checkpoint's search space, picks the members (all, or N spread evenl
 included) and runs the one export verb (:func:`taslora_deploy.pipeline.export`) for each into its own folder
 ``member-<i>-<flops>/`` (usual artifacts + report.json: fold parity, ONNX parity, zero-overhead checks, and the
 member's zero-overhead certificate.json, whose verdict is a column of the table). It then
-times each member on the chosen runtime (:func:`taslora_deploy.bench.bench`, THE timing loop underneath),
+times each member on the chosen runtime (:func:`taslora_deploy.bench.verb.bench`, THE timing loop underneath),
 optionally measures test top-1 (:func:`taslora_core.evaluate.evaluate`), and writes ``family.json`` (rewritten
 after every member), ``family.md`` and ``family.png``. A member that fails a step is marked failed with that
 step and its one-line message; the others still go on.
@@ -286,7 +286,7 @@ def _copy_checks(record: FamilyMember, exported: ExportResult) -> None:
 
 def _latency(folder: Path, timing: FamilyTiming) -> tuple[float, float]:
     """p50/p99 latency (ms) of the member's artifact on the timing's runtime (bench's trtexec-like loop)."""
-    from taslora_deploy.bench import bench
+    from taslora_deploy.bench.verb import bench
 
     name, device = RUNTIMES[timing.runtime]
     artifact = folder / name if name is not None else folder

@@ -18,7 +18,7 @@ from taslora_core.slicing import LINEAR_LAYERS, LINEAR_PATHS, block_dims
 from taslora_core.subnet import Subnet
 from taslora_core.supernet import Supernet
 from taslora_deploy.errors import ParityError
-from taslora_deploy.standalone import StandaloneViT, materialize
+from taslora_deploy.standalone.model import StandaloneViT, materialize
 
 __all__ = ["FoldResult", "ParityError", "UnmergedMoLEViT", "check_parity", "fold_subnet"]
 

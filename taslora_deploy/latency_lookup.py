@@ -1,7 +1,7 @@
 """Measured latency of subnets on a deployment target, with a lookup cache keyed by subnet (for `search --latency-budget`).
 
 A subnet's latency depends only on its shapes, never on its weight values, so each subnet is materialised from
-the bare supernet (`taslora_deploy.standalone.materialize`; the folded experts would change values, not shapes:
+the bare supernet (`taslora_deploy.standalone.model.materialize`; the folded experts would change values, not shapes:
 that is the zero-overhead claim) and timed at one batch size (`batch`, default 1; part of the cache key):
 
 - ``torch-cpu``: the standalone ViT in torch (inference mode) on the CPU;
@@ -251,7 +251,7 @@ class LatencyTable:
         busy; `measure_many` later reuses them). Returns how many were exported (kept ones are skipped)."""
         if self.export_dir is None or self.target not in ("ort-cpu", "trt"):
             raise LatencyUnavailable("export_ahead needs an export_dir and an ONNX target (ort-cpu, trt)")
-        from taslora_deploy.standalone import materialize
+        from taslora_deploy.standalone.model import materialize
 
         shape = (self.space.in_chans, self.space.img_size, self.space.img_size)
         exported = 0
@@ -289,7 +289,7 @@ class LatencyTable:
 
     def _runner(self, subnet: Subnet) -> tuple[Any, Cleanup]:
         """(zero-arg runner of one `batch` through the materialised subnet on the target, cleanup or None)."""
-        from taslora_deploy.standalone import materialize
+        from taslora_deploy.standalone.model import materialize
 
         model = materialize(self.supernet, subnet).float().cpu().eval()
         shape = (self.space.in_chans, self.space.img_size, self.space.img_size)

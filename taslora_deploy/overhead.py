@@ -4,9 +4,9 @@ against the export's certificate).
 Typical use: A = plain ViT of an architecture, B = the same architecture after folding the TAS-LoRA experts into
 its weights. Structurally they must be identical (same ops, parameter shapes/counts, I/O, MACs counted on the
 graph, FLOPs) and their latencies equivalent: the 90% CI of the folded/baseline ratio inside the margin
-(:mod:`taslora_deploy.equivalence`). The structure facts are :mod:`taslora_deploy.structure`'s; the timing is
-:mod:`taslora_deploy.timing` on the runners of :mod:`taslora_deploy.runners` (re-exported here for existing
-callers).
+(:mod:`taslora_deploy.certificate.equivalence`). The structure facts are
+:mod:`taslora_deploy.certificate.structure`'s; the timing is :mod:`taslora_deploy.timing` on the runners of
+:mod:`taslora_deploy.runners` (re-exported here for existing callers).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from taslora_core.atomic import atomic_write_json
 from taslora_core.workspace import DEFAULT_WORKDIR, latest
 from taslora_deploy.artifacts import (MODEL_CONFIG, OVERHEAD_REPORT, PRECISION_CERTIFICATE, PRECISION_ONNX,
                                       PRECISION_PLAN, baseline_twin)
-from taslora_deploy.equivalence import DIFFERENT
+from taslora_deploy.certificate.equivalence import DIFFERENT
 from taslora_deploy.runners import ort_runner, torch_runner
 from taslora_deploy.timing import interleaved_latency
 
@@ -53,7 +53,8 @@ def _resolve_flops(flops: FlopsArg, path: Path) -> float | None:
 
 def structural_compare(onnx_a: str | os.PathLike, onnx_b: str | os.PathLike, flops_a: FlopsArg = None,
                        flops_b: FlopsArg = None) -> dict:
-    """Compare two ONNX files structurally (:func:`taslora_deploy.structure.compare_structures` of their facts).
+    """Compare two ONNX files structurally (:func:`taslora_deploy.certificate.structure.compare_structures` of
+    their facts).
 
     Compared: op-type histograms, graph I/O signatures, floating-point parameter shapes per use and their element
     count (insensitive to the exporter merging initializers that hold identical values), MatMul/Gemm/Conv MACs
@@ -64,7 +65,7 @@ def structural_compare(onnx_a: str | os.PathLike, onnx_b: str | os.PathLike, flo
     "stored_params_b", "flops_a", "flops_b", "graph_macs_a", "graph_macs_b", "digest_a", "digest_b", "equal",
     "differences", "notes"}``.
     """
-    from taslora_deploy.structure import compare_structures, onnx_structure
+    from taslora_deploy.certificate.structure import compare_structures, onnx_structure
 
     pa, pb = Path(onnx_a), Path(onnx_b)
     fa, fb = _resolve_flops(flops_a, pa), _resolve_flops(flops_b, pb)
@@ -126,7 +127,7 @@ class OverheadCheck:
 def _structure_here(directory: Path, doc: dict[str, Any] | None, artifact: Path, baseline: Path) -> dict[str, Any]:
     """The structure comparison of the two files, plus the re-check against the certificate when there is one."""
     from taslora_core.artifact_read import read_json_artifact
-    from taslora_deploy.certificate_check import recheck_structure
+    from taslora_deploy.certificate.check import recheck_structure
 
     config = read_json_artifact(directory / MODEL_CONFIG, "model config", "re-export it with `taslora export`") \
         if (directory / MODEL_CONFIG).exists() else {}
@@ -169,13 +170,13 @@ def check_overhead(
 
     A = the no-LoRA twin (``baseline/model.onnx``, or ``baseline/model_<p>.onnx`` for ``precision``), B = the
     exported artifact: structural comparison (also against the facts its certificate recorded) and the latency
-    equivalence test (``config``: a :class:`~taslora_deploy.latency_equivalence.LatencyTestConfig`) on ``runtime``
+    equivalence test (``config``: a :class:`~taslora_deploy.certificate.latency.LatencyTestConfig`) on ``runtime``
     (``trt``/``trt-graph``: the shipped engine against a no-LoRA engine built now). Writes ``overhead.json`` there.
     Raises FileNotFoundError when a file is missing.
     """
-    from taslora_deploy.certificate import read_certificate
-    from taslora_deploy.certificate_check import rerun_latency
-    from taslora_deploy.latency_equivalence import LatencyTestConfig
+    from taslora_deploy.certificate.check import rerun_latency
+    from taslora_deploy.certificate.document import read_certificate
+    from taslora_deploy.certificate.latency import LatencyTestConfig
 
     directory = Path(export_dir) if export_dir is not None else latest(
         workdir, "exports", "run `taslora export --onnx` first")

@@ -37,12 +37,12 @@ from taslora_deploy.artifacts import (
     TIMING_CACHE,
     baseline_onnx,
 )
-from taslora_deploy.certificate_steps import CertificateInputs, certificate_steps
-from taslora_deploy.precision_gate import DEFAULT_MAX_TOP1_DROP
-from taslora_deploy.precision_steps import GateData, parse_precisions, precision_steps, trt_precision_steps
+from taslora_deploy.certificate.steps import CertificateInputs, certificate_steps
 from taslora_deploy.fold import FoldResult, UnmergedMoLEViT, check_parity, fold_subnet
-from taslora_deploy.standalone import StandaloneViT
-from taslora_deploy.standalone_io import save_standalone
+from taslora_deploy.precision.gate import DEFAULT_MAX_TOP1_DROP
+from taslora_deploy.precision.steps import GateData, parse_precisions, precision_steps, trt_precision_steps
+from taslora_deploy.standalone.io import save_standalone
+from taslora_deploy.standalone.model import StandaloneViT
 
 __all__ = ["ExportOptions", "ExportResult", "export", "run_export", "source_hashes", "REPORT"]
 
@@ -99,8 +99,8 @@ class ExportOptions:
 
 
     def latency_config(self):
-        """The equivalence test's settings (:class:`~taslora_deploy.latency_equivalence.LatencyTestConfig`)."""
-        from taslora_deploy.latency_equivalence import LatencyTestConfig
+        """The equivalence test's settings (:class:`~taslora_deploy.certificate.latency.LatencyTestConfig`)."""
+        from taslora_deploy.certificate.latency import LatencyTestConfig
 
         return LatencyTestConfig(batch_sizes=tuple(self.latency_batches), margin=self.latency_margin,
                                  warmup_s=self.latency_warmup_s, first_pairs=self.latency_iters,

@@ -23,7 +23,7 @@ from taslora_core.subnet import Subnet
 from taslora_core.train import MoLETrainConfig, SupernetTrainConfig, train_mole, train_supernet
 from taslora_core.train.run_files import recorded_epochs
 from taslora_deploy.artifacts import MODEL_CONFIG, MODEL_ONNX
-from taslora_deploy.bench import bench
+from taslora_deploy.bench.verb import bench
 from taslora_deploy.pipeline import ExportOptions, export
 from taslora_deploy.trt_engine import tensorrt_status
 

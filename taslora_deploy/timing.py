@@ -15,7 +15,7 @@ Every timed loop here follows the same rules:
   the machine (clock, load, caches) hits both sides alike; the ratio is taken per pair. The order can also be
   drawn at random in balanced blocks (:func:`balanced_order`), so no periodic disturbance can line up with it;
 - :func:`sequential_pairs` adds pairs in growing rounds until a decision rule is satisfied, a pair budget is
-  spent or a time limit passes (the equivalence test of :mod:`taslora_deploy.latency_equivalence`).
+  spent or a time limit passes (the equivalence test of :mod:`taslora_deploy.certificate.latency`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ reason.  Written against the TensorRT 10.12+ / 11.x Python API:
 
 * strongly typed networks only (precision comes from the ONNX graph: the fp16 engine is built from
   ``model_fp16.onnx`` and the int8 engine from the QDQ ``model_int8.onnx`` that
-  :mod:`taslora_deploy.precision` writes; there is no FP16/INT8 builder flag in 11.x),
+  :mod:`taslora_deploy.precision.convert` writes; there is no FP16/INT8 builder flag in 11.x),
 * name-based I/O tensor API, ``set_tensor_address`` + ``execute_async_v3``,
 * torch CUDA tensors and streams for memory (no PyCUDA / cuda-python).
 """

@@ -12,7 +12,7 @@ Checks, each pass / fail / skipped with a one-line detail (`VerifyResult.checks`
   torch twin is not shipped);
 - every TensorRT engine (`*.plan`): against model.onnx when TensorRT is present, else skipped;
 - `zero-overhead structure`: model.onnx vs baseline/model.onnx (`overhead.structural_compare`);
-- per certificate (`certificate.json`, `certificate_fp16.json`, ...; `taslora_deploy.certificate_check`):
+- per certificate (`certificate.json`, `certificate_fp16.json`, ...; `taslora_deploy.certificate.check`):
   `certificate <file>` (it reads back, its digest matches its content and the ONNX file's metadata_props),
   `certificate structure <file>` (facts recomputed from the shipped files have the certified digests) and
   `certificate parity <file>` (the artifact on the certificate's probe batch against the run-time MoLE logits
@@ -35,7 +35,7 @@ from taslora_core.artifact_read import read_json_artifact
 from taslora_core.integrity import EXPORT_HASHES_KEY, file_sha256
 from taslora_deploy.artifacts import (BASELINE_DIR, BASELINE_ONNX, MODEL_CONFIG, MODEL_FP16_PLAN, MODEL_INT8_ONNX,
                                       MODEL_INT8_PLAN, MODEL_ONNX, MODEL_WEIGHTS, REPORT)
-from taslora_deploy.certificate import FP16_MAX_ABS
+from taslora_deploy.certificate.document import FP16_MAX_ABS
 
 __all__ = ["VerifyCheck", "VerifyResult", "verify", "PASS", "FAIL", "SKIPPED", "TWIN_TOLERANCE"]
 
@@ -137,7 +137,7 @@ def verify(export_dir: str | os.PathLike, seed: int | None = None, onnx_toleranc
     ``seed``: of the random inputs (default: fresh from the OS, recorded in the result). ``onnx_tolerance``:
     of model.onnx against the safetensors model (default: the tolerance the export used). ``latency``: also re-run
     the latency equivalence test of certificate.json's artifact here (``latency_config``: a
-    :class:`~taslora_deploy.latency_equivalence.LatencyTestConfig`; onnxruntime CPU, ``threads``)."""
+    :class:`~taslora_deploy.certificate.latency.LatencyTestConfig`; onnxruntime CPU, ``threads``)."""
     directory = Path(export_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"export folder {directory} does not exist; pass a folder written by `taslora export`")
@@ -157,7 +157,7 @@ def verify(export_dir: str | os.PathLike, seed: int | None = None, onnx_toleranc
     state: dict[str, Any] = {}
 
     def config_vs_weights() -> str:
-        from taslora_deploy.standalone_io import load_standalone
+        from taslora_deploy.standalone.io import load_standalone
 
         state["model"] = model = load_standalone(directory)
         return f"{sum(p.numel() for p in model.parameters())} parameters, input {tuple(model.input_shape)}"
@@ -186,7 +186,7 @@ def verify(export_dir: str | os.PathLike, seed: int | None = None, onnx_toleranc
 def _check_certificates(directory: Path, checks: _Checks, result: VerifyResult, latency: bool, config: Any,
                         threads: int | None, log: Callable[[str], None]) -> None:
     """The certificate rows of the module docstring."""
-    from taslora_deploy.certificate_check import (certificate_files, open_certificate, recheck_parity,
+    from taslora_deploy.certificate.check import (certificate_files, open_certificate, recheck_parity,
                                                   recheck_structure, rerun_latency)
 
     names = certificate_files(directory)
@@ -214,8 +214,8 @@ def _check_certificates(directory: Path, checks: _Checks, result: VerifyResult, 
 
 def _latency_here(directory: Path, doc: dict[str, Any] | None, result: VerifyResult, config: Any,
                   threads: int | None, log: Callable[[str], None], rerun: Callable[..., dict[str, Any]]) -> str:
-    from taslora_deploy.equivalence import DIFFERENT, INCONCLUSIVE
-    from taslora_deploy.latency_equivalence import LatencyTestConfig
+    from taslora_deploy.certificate.equivalence import DIFFERENT, INCONCLUSIVE
+    from taslora_deploy.certificate.latency import LatencyTestConfig
 
     if doc is None or not str(doc["baseline"]).startswith(BASELINE_DIR):
         raise _Skip("needs certificate.json of an ONNX export (its artifact and baseline/ twin) to re-time")

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from conftest import without_cuda, without_trt
 from tiny_vit import TinyViT
 from taslora_cli.main import app
-from taslora_deploy import bench_prepare
-from taslora_deploy.bench import bench, bench_table, benchmark, environment, latency_stats, write_json
-from taslora_deploy.bench_artifacts import artifact_labels, describe_artifacts, onnx_precision
-from taslora_deploy.bench_report import compare_ratios
+from taslora_deploy.bench import prepare
+from taslora_deploy.bench.describe import artifact_labels, describe_artifacts, onnx_precision
+from taslora_deploy.bench.report import compare_ratios
+from taslora_deploy.bench.verb import bench, bench_table, benchmark, environment, latency_stats, write_json
 from taslora_deploy.onnx_export import export_onnx
 from taslora_deploy.trt_engine import TensorRTUnavailable, build_engine
 
@@ -159,14 +159,13 @@ def test_latency_stats_and_environment():
 
 def test_bench_standalone_directory(tmp_path, monkeypatch):
     """Directory artefacts go through load_standalone (faked here); input shape comes from config.json."""
-    from taslora_deploy import standalone_io
     seen = []
 
     def fake_load_standalone(directory, *args, **kwargs):
         seen.append(directory)
         return _model()
 
-    monkeypatch.setattr(standalone_io, "load_standalone", fake_load_standalone)
+    monkeypatch.setattr("taslora_deploy.standalone.io.load_standalone", fake_load_standalone)
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "config.json").write_text(json.dumps({"input_shape": list(SHAPE)}))
     (r,) = bench(tmp_path, batch_sizes=(2,), **FAST)
@@ -223,7 +222,7 @@ def controlled(monkeypatch):
         run.input_shape, run.provider, run.dtype = (3, 4, 4), "CPUExecutionProvider", "float32"
         return run
 
-    monkeypatch.setattr(bench_prepare, "ort_runner", fake_ort_runner)
+    monkeypatch.setattr(prepare, "ort_runner", fake_ort_runner)
     return costs
 
 

@@ -14,12 +14,13 @@ import torch
 
 from tiny_vit import TinyViT
 from taslora_core.artifact_read import ArtifactError
-from taslora_deploy.certificate import (CERTIFIED, FAILED, LATENCY_INCONCLUSIVE, LATENCY_NOT_MEASURED, Tolerance,
-                                        build_certificate, metadata_props, overall_verdict, parity_record,
-                                        probe_inputs, read_certificate, write_certificate)
-from taslora_deploy.equivalence import (DIFFERENT, EQUIVALENT, INCONCLUSIVE, EquivalenceRule, bootstrap_ratio_ci,
-                                        combine_verdicts, median_ratio_ci, paired_equivalence)
-from taslora_deploy.latency_equivalence import LatencyTestConfig, equivalence_test, latency_certificate
+from taslora_deploy.certificate.document import (CERTIFIED, FAILED, LATENCY_INCONCLUSIVE, LATENCY_NOT_MEASURED,
+                                                 Tolerance, build_certificate, metadata_props, overall_verdict,
+                                                 parity_record, probe_inputs, read_certificate, write_certificate)
+from taslora_deploy.certificate.equivalence import (DIFFERENT, EQUIVALENT, INCONCLUSIVE, EquivalenceRule,
+                                                    bootstrap_ratio_ci, combine_verdicts, median_ratio_ci,
+                                                    paired_equivalence)
+from taslora_deploy.certificate.latency import LatencyTestConfig, equivalence_test, latency_certificate
 
 SHAPE = (3, 16, 16)
 

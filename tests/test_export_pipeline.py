@@ -146,7 +146,7 @@ def test_zero_overhead_structure_and_latency_report(exported):
 
 
 def test_certificate_travels_with_the_onnx_file(exported, workspace):
-    from taslora_deploy.certificate import read_certificate
+    from taslora_deploy.certificate.document import read_certificate
     from taslora_deploy.onnx_graph import onnx_metadata
 
     out, report = exported["out"], exported["report"]
@@ -238,8 +238,9 @@ def test_every_library_verb_resolves():
 
     import taslora_deploy
 
-    for module in pkgutil.iter_modules(taslora_deploy.__path__):  # a submodule of the same name would shadow a verb
-        importlib.import_module(f"taslora_deploy.{module.name}")
+    # every module, subpackages' too (a submodule of the same name would shadow a verb)
+    for module in pkgutil.walk_packages(taslora_deploy.__path__, prefix="taslora_deploy."):
+        importlib.import_module(module.name)
     for name in taslora_deploy.__all__:
         assert callable(getattr(taslora_deploy, name)), name
 
@@ -249,7 +250,7 @@ def _synthetic_latency(ratio: float, sd: float):
     log-normal noise `sd`) on a fake clock, so each verdict comes out the same on every run."""
     from unittest import mock
 
-    from taslora_deploy.latency_equivalence import latency_certificate
+    from taslora_deploy.certificate.latency import latency_certificate
     from test_certificate import _noisy
 
     def fake(inp, runtime, pair, options, log):
@@ -269,9 +270,9 @@ def _synthetic_latency(ratio: float, sd: float):
     (1.05, 0.01, "off", 0, "structure-certified, latency not measured"),
 ])
 def test_only_evidence_fails_an_export(workspace, tmp_path, monkeypatch, ratio, sd, mode, code, verdict):
-    from taslora_deploy import certificate_steps
+    from taslora_deploy.certificate import steps
 
-    monkeypatch.setattr(certificate_steps, "_latency", _synthetic_latency(ratio, sd))
+    monkeypatch.setattr(steps, "_latency", _synthetic_latency(ratio, sd))
     out = tmp_path / "exp"
     res = runner.invoke(app, ["export", "--subnet", str(workspace["subnet"]), "--workdir", str(workspace["root"]),
                               "--out", str(out), "--latency-check", mode, "--latency-time-s", "0.5"])

@@ -18,10 +18,10 @@ from taslora_cli.main import app
 from taslora_deploy.onnx_export import export_onnx
 from taslora_deploy.onnx_graph import op_histogram
 from taslora_deploy.pipeline import ExportOptions, export
-from taslora_deploy.precision import fp16_kept_nodes
-from taslora_deploy.precision_gate import parse_drop_limits
-from taslora_deploy.precision_steps import parse_precisions
-from taslora_deploy.standalone_io import load_standalone
+from taslora_deploy.precision.convert import fp16_kept_nodes
+from taslora_deploy.precision.gate import parse_drop_limits
+from taslora_deploy.precision.steps import parse_precisions
+from taslora_deploy.standalone.io import load_standalone
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "reproduction" / "tas-lora-s0"
@@ -124,7 +124,7 @@ def test_constant_folding_leaves_no_constant_subgraph(exported, tmp_path):
 
 def test_broken_calibration_fails_only_its_gate(tmp_path, monkeypatch):
     """One constant-zero calibration image gives useless activation ranges: the int8 gate must catch it."""
-    monkeypatch.setattr("taslora_deploy.precision_data.calibration_images",
+    monkeypatch.setattr("taslora_deploy.precision.data.calibration_images",
                         lambda ckpt, n: torch.zeros(1, 1, 28, 28))
     result = export(SUBNET, RUN, workdir=tmp_path, out=tmp_path / "exp", log=_quiet,
                     options=ExportOptions(precisions=("int8",), **FAST))
@@ -201,7 +201,7 @@ def test_constant_folding_never_grows_the_file(tmp_path):
     from taslora_core.space import SearchSpace
     from taslora_core.subnet import Subnet
     from taslora_core.supernet import Supernet
-    from taslora_deploy.standalone import materialize
+    from taslora_deploy.standalone.model import materialize
 
     space = replace(SearchSpace.preset("fmnist"), img_size=84)  # 12x12 patches: 145 tokens
     torch.manual_seed(0)
@@ -216,7 +216,7 @@ def test_constant_folding_never_grows_the_file(tmp_path):
 
 def test_engine_gate_feeds_batches_within_the_profile():
     """A TensorRT engine refuses batches beyond its optimisation profile: the gate's 500-image batches are chunked."""
-    from taslora_deploy.precision_steps import _within_profile
+    from taslora_deploy.precision.steps import _within_profile
 
     class FakeEngine:
         batch_range = (1, 8, 8)

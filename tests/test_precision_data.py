@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taslora_core import data as D
-from taslora_deploy import precision_data
+from taslora_deploy.precision import data as gate_data
 
 
 def _tree(root: Path, per_class: int = 12) -> Path:
@@ -57,10 +57,10 @@ def test_first_n_test_images_read_only_n(tmp_path, counted):
 
 def test_gate_batches_reads_only_the_gate_images(tmp_path, counted, monkeypatch):
     cfg = D.DataConfig.for_data(str(_tree(tmp_path)), img_size=16)
-    monkeypatch.setattr(precision_data, "_run_config", lambda ckpt: (cfg, None))
-    batches = precision_data.gate_batches(object(), n=3)
+    monkeypatch.setattr(gate_data, "_run_config", lambda ckpt: (cfg, None))
+    batches = gate_data.gate_batches(object(), n=3)
     assert sum(len(y) for _, y in batches) == 3 and len(counted) == 3
     counted.clear()
-    assert sum(len(y) for _, y in precision_data.gate_batches(object())) == 24 and len(counted) == 24
+    assert sum(len(y) for _, y in gate_data.gate_batches(object())) == 24 and len(counted) == 24
     with pytest.raises(ValueError, match="--gate-images must be >= 1"):
-        precision_data.gate_batches(object(), n=0)
+        gate_data.gate_batches(object(), n=0)

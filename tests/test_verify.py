@@ -160,7 +160,7 @@ def test_certificate_of_another_export_fails(exported: Path, tmp_path: Path) -> 
 def test_parity_catches_what_structure_cannot(exported: Path, tmp_path: Path) -> None:
     """model.onnx replaced by the no-LoRA graph, stamped with the right certificate: same structure (the
     certificate's structure check passes), but the probe no longer matches the run-time MoLE logits."""
-    from taslora_deploy.certificate import metadata_props
+    from taslora_deploy.certificate.document import metadata_props
     from taslora_deploy.onnx_export import stamp_metadata
 
     copy = tmp_path / "swapped"
@@ -187,7 +187,7 @@ def test_check_overhead_on_tensorrt_with_fakes(exported: Path, tmp_path: Path, m
     no-LoRA engine built from baseline/model.onnx into a temporary folder, timed with CUDA events on the engines'
     streams (fake events: equal GPU time, so equivalent)."""
     from taslora_deploy import timing, trt_engine
-    from taslora_deploy.latency_equivalence import LatencyTestConfig
+    from taslora_deploy.certificate.latency import LatencyTestConfig
     from taslora_deploy.overhead import check_overhead
     from test_timing import _FakeEvent
 

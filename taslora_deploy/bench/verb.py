@@ -8,9 +8,9 @@ ms of the host wall clock, coefficient of variation and throughput in images/s a
 queries/s, with the environment. On CUDA, runners that run on a known stream (torch,
 TensorRT) also get the GPU compute time from CUDA events, and a second row per batch
 replays the inference as a CUDA graph (``cuda_graph: true``; trtexec's default).
-Each artifact is checked and turned into runners by :mod:`taslora_deploy.bench_prepare`; the output side
-(bench.json rows, tables, ratios) is :mod:`taslora_deploy.bench_report`; labels, kinds and precisions of the
-artifacts are :mod:`taslora_deploy.bench_artifacts`; the environment record is :mod:`taslora_deploy.machine`.
+Each artifact is checked and turned into runners by :mod:`taslora_deploy.bench.prepare`; the output side
+(bench.json rows, tables, ratios) is :mod:`taslora_deploy.bench.report`; labels, kinds and precisions of the
+artifacts are :mod:`taslora_deploy.bench.describe`; the environment record is :mod:`taslora_deploy.machine`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch
 
 from taslora_core.workspace import DEFAULT_WORKDIR, latest
 from taslora_deploy.artifacts import BENCH_RESULTS, MODEL_ONNX, REPORT
-from taslora_deploy.bench_artifacts import ArtifactInfo, describe_artifacts
-from taslora_deploy.bench_prepare import Prepared, check_artifact, dynamo_reset, prepare
-from taslora_deploy.bench_report import attach_ratios, bench_table, compare_ratios, find_baseline, write_json
+from taslora_deploy.bench.describe import ArtifactInfo, describe_artifacts
+from taslora_deploy.bench.prepare import Prepared, check_artifact, dynamo_reset, prepare
+from taslora_deploy.bench.report import attach_ratios, bench_table, compare_ratios, find_baseline, write_json
 from taslora_deploy.machine import environment
 from taslora_deploy.timing import (Runner, interleaved_latency, latency_stats, time_calls, time_calls_events,
                                    torch_threads, warm_up)

@@ -4,13 +4,13 @@ A certificate (``certificate.json`` beside ``model.onnx``, ``certificate_fp16.js
 holds:
 
 - ``structure``: the facts of the artifact and of the same subnet without LoRA at the same precision
-  (:mod:`taslora_deploy.structure`: operator multiset, initializers, I/O, parameters, graph MACs, FLOPs; each side
-  with its digest), ``identical`` and the list of differences;
+  (:mod:`taslora_deploy.certificate.structure`: operator multiset, initializers, I/O, parameters, graph MACs,
+  FLOPs; each side with its digest), ``identical`` and the list of differences;
 - ``parity``: max abs / relative error of the artifact against the run-time MoLE model (supernet + routed experts)
   on real test images and on a deterministic probe batch, against the tolerance stated for its precision; the
   probe's inputs are a formula of (seed, shape) and its reference logits are stored, so ``taslora verify`` can
   re-check parity without the training checkpoint;
-- ``latency``: the equivalence test (:mod:`taslora_deploy.latency_equivalence`) or ``null`` when not measured;
+- ``latency``: the equivalence test (:mod:`taslora_deploy.certificate.latency`) or ``null`` when not measured;
 - ``verdict``: ``certified`` (structure identical, parity within tolerance, latency equivalent),
   ``structure-certified, latency inconclusive``, ``structure-certified, latency not measured`` or ``failed``
   (structure differs, parity breaks or latency is different), with the ``reasons``;
@@ -31,8 +31,8 @@ import numpy as np
 
 from taslora_core.artifact_read import damaged, read_json_artifact
 from taslora_core.atomic import atomic_write_json
-from taslora_deploy.equivalence import DIFFERENT, EQUIVALENT
-from taslora_deploy.structure import json_digest
+from taslora_deploy.certificate.equivalence import DIFFERENT, EQUIVALENT
+from taslora_deploy.certificate.structure import json_digest
 
 __all__ = ["CERTIFICATE_FORMAT", "CERTIFIED", "LATENCY_INCONCLUSIVE", "LATENCY_NOT_MEASURED", "FAILED", "VERDICTS",
            "METADATA_PREFIX", "Tolerance", "precision_tolerance", "probe_inputs", "parity_record", "overall_verdict", "build_certificate",

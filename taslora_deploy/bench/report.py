@@ -42,7 +42,7 @@ def _series_name(row: Mapping[str, Any]) -> str:
 
 
 def find_baseline(compare: str | os.PathLike, artifacts: Sequence[Any]) -> Any:
-    """The artifact (an :class:`~taslora_deploy.bench_artifacts.ArtifactInfo`) that ``compare`` names by its
+    """The artifact (an :class:`~taslora_deploy.bench.describe.ArtifactInfo`) that ``compare`` names by its
     label or its path; ValueError listing the labels when none does."""
     text = str(compare)
     wanted = os.path.abspath(text)

@@ -63,7 +63,7 @@ class GateData:
         from taslora_core.run_data import RunDataMissing
 
         if self._batches is None and not self.missing:
-            from taslora_deploy.precision_data import gate_batches
+            from taslora_deploy.precision.data import gate_batches
 
             try:
                 self._batches = gate_batches(self.ckpt, self.n)
@@ -74,7 +74,7 @@ class GateData:
     def reference(self, onnx_path: Path, threads: int | None) -> list[np.ndarray]:
         """The fp32 export's logits on `batches()` (onnxruntime CPU), computed on first use."""
         if self._reference is None:
-            from taslora_deploy.precision_gate import predictor
+            from taslora_deploy.precision.gate import predictor
 
             run = predictor(onnx_path, threads)
             self._reference = [run(images.float().cpu().numpy()).astype(np.float32) for images, _ in self.batches() or ()]
@@ -101,9 +101,9 @@ def precision_steps(steps: Steps, ckpt: LoadedCheckpoint, onnx_path: Path, preci
                     calib_size: int, max_top1_drop: dict[str, float], data: GateData,
                     threads: int | None, log: Callable[[str], None]) -> None:
     """Write and gate every reduced precision in `precisions` next to the fp32 `onnx_path`."""
-    from taslora_deploy.precision import FP32_OPS, convert_fp16, ort_cpu_fp32_fallbacks, quantize_int8
-    from taslora_deploy.precision_data import calibration_images
-    from taslora_deploy.precision_gate import accuracy_gate, gate_summary
+    from taslora_deploy.precision.convert import FP32_OPS, convert_fp16, ort_cpu_fp32_fallbacks, quantize_int8
+    from taslora_deploy.precision.data import calibration_images
+    from taslora_deploy.precision.gate import accuracy_gate, gate_summary
 
     steps.data["gate_data"] = {"split": "test", "images": data.n or "all"}
     for precision in (p for p in REDUCED_PRECISIONS if p in precisions):
@@ -153,7 +153,7 @@ def trt_precision_steps(steps: Steps, onnx_path: Path, precisions: tuple[str, ..
     """TensorRT engines from the reduced-precision ONNX files that passed their step, gated like them.
 
     `build(onnx, plan, precision)` builds (and, for fp16, compares) one engine and returns its record."""
-    from taslora_deploy.precision_gate import accuracy_gate
+    from taslora_deploy.precision.gate import accuracy_gate
 
     for precision in (p for p in REDUCED_PRECISIONS if p in precisions):
         src, plan = onnx_path.with_name(PRECISION_ONNX[precision]), onnx_path.with_name(PRECISION_PLAN[precision])

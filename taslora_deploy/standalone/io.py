@@ -13,7 +13,7 @@ from taslora_core.space import SearchSpace
 from taslora_core.state_check import CheckpointError, load_state_strict
 from taslora_core.subnet import Subnet
 from taslora_deploy.artifacts import MODEL_CONFIG, MODEL_WEIGHTS
-from taslora_deploy.standalone import StandaloneViT
+from taslora_deploy.standalone.model import StandaloneViT
 
 __all__ = ["MODEL_CONFIG", "MODEL_WEIGHTS", "load_standalone", "save_standalone"]
 

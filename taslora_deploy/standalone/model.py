@@ -3,7 +3,7 @@
 No slicing happens at run time: every layer is an ordinary `nn.Conv2d` / `nn.Linear` / `nn.LayerNorm` of
 the subnet's size and the relative-position index tables are precomputed buffers, so the model exports to
 ONNX/TensorRT as a static graph with a dynamic batch axis. Its layers and forward are the supernet's
-(`taslora_core.vit`), run on its own weights. Saving and loading: `taslora_deploy.standalone_io`.
+(`taslora_core.vit`), run on its own weights. Saving and loading: `taslora_deploy.standalone.io`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from taslora_deploy.artifacts import MODEL_CONFIG, MODEL_WEIGHTS, PRECISION_CERTIFICATE
-from taslora_deploy.certificate import METADATA_PREFIX, Tolerance, probe_inputs, read_certificate
+from taslora_deploy.certificate.document import METADATA_PREFIX, Tolerance, probe_inputs, read_certificate
 
 __all__ = ["certificate_files", "open_certificate", "recheck_structure", "recheck_parity", "rerun_latency",
            "latency_side_by_side"]
@@ -52,7 +52,7 @@ def open_certificate(directory: Path, name: str) -> tuple[dict[str, Any], str]:
 
 def recheck_structure(directory: Path, doc: dict[str, Any]) -> str:
     """Recompute the structure facts and compare them with the certificate's; ValueError listing every mismatch."""
-    from taslora_deploy.structure import compare_structures, onnx_structure, torch_structure
+    from taslora_deploy.certificate.structure import compare_structures, onnx_structure, torch_structure
 
     recorded = doc.get("structure") or {}
     art_rec, base_rec = recorded.get("artifact"), recorded.get("baseline")
@@ -66,7 +66,7 @@ def recheck_structure(directory: Path, doc: dict[str, Any]) -> str:
                      for rel, now, rec in ((doc["artifact"], art, art_rec), (doc["baseline"], base, base_rec))
                      if now["digest"] != rec["digest"]]
     else:
-        from taslora_deploy.standalone_io import load_standalone
+        from taslora_deploy.standalone.io import load_standalone
 
         model = load_standalone(directory)
         art = torch_structure(model, model.input_shape, art_rec.get("flops_macs"), path=MODEL_WEIGHTS)
@@ -94,7 +94,7 @@ def _artifact_outputs(directory: Path, doc: dict[str, Any], x: np.ndarray, threa
         return ort_session(path, device="cpu", threads=threads).run(None, {name: x.astype(np_dtype)})[0]
     import torch
 
-    from taslora_deploy.standalone_io import load_standalone
+    from taslora_deploy.standalone.io import load_standalone
 
     with torch.no_grad():
         return load_standalone(directory)(torch.from_numpy(x)).numpy()
@@ -131,7 +131,7 @@ def rerun_latency(directory: Path, doc: dict[str, Any] | None, artifact: str, ba
     """The equivalence test of (baseline, artifact) on this machine (TensorRT: ``plans`` = (baseline, folded)
     engines or plan paths). ``doc`` (the certificate, or None) is unused but for the input shape fallback."""
     from taslora_core.artifact_read import read_json_artifact
-    from taslora_deploy.latency_equivalence import latency_certificate
+    from taslora_deploy.certificate.latency import latency_certificate
     from taslora_deploy.runners import runtime_device, runtime_runner
 
     shape = None

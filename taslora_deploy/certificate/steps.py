@@ -3,8 +3,8 @@
 Run by :func:`taslora_deploy.pipeline.run_export` after the ONNX and precision steps:
 
 - ``zero_overhead_structure``: the main artifact (``model.onnx``; ``model.safetensors`` without --onnx) against the
-  same subnet without LoRA (:mod:`taslora_deploy.structure`); fails when they differ;
-- ``zero_overhead_latency``: the equivalence test (:mod:`taslora_deploy.latency_equivalence`); fails only when the
+  same subnet without LoRA (:mod:`taslora_deploy.certificate.structure`); fails when they differ;
+- ``zero_overhead_latency``: the equivalence test (:mod:`taslora_deploy.certificate.latency`); fails only when the
   verdict is *different* and ``--latency-check strict``; *inconclusive* is a warning with the command to re-run;
 - ``unmerged_vs_folded``: the folded model against the MoLE model with router and LoRA branches at run time;
 - ``certificate``: ``certificate.json`` for the main artifact and ``certificate_<p>.json`` for every precision twin
@@ -28,9 +28,9 @@ from taslora_core.atomic import atomic_write_json
 from taslora_core.complexity import flops
 from taslora_deploy.artifacts import (MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS, PRECISION_CERTIFICATE, PRECISION_ONNX,
                                       baseline_twin)
-from taslora_deploy.certificate import (FAILED, PROBE_BATCH, build_certificate, metadata_props,
-                                        parity_record, precision_tolerance, probe_inputs, write_certificate)
-from taslora_deploy.equivalence import DIFFERENT, EQUIVALENT, INCONCLUSIVE
+from taslora_deploy.certificate.document import (FAILED, PROBE_BATCH, build_certificate, metadata_props,
+                                                 parity_record, precision_tolerance, probe_inputs, write_certificate)
+from taslora_deploy.certificate.equivalence import DIFFERENT, EQUIVALENT, INCONCLUSIVE
 
 __all__ = ["CertificateInputs", "certificate_steps", "latency_legacy_keys"]
 
@@ -73,7 +73,7 @@ def _main_artifact(steps: Any, out: Path, options: Any) -> tuple[str, str, str |
 
 
 def _structure(inp: CertificateInputs, kind: str, artifact: str, baseline: str | None) -> dict[str, Any]:
-    from taslora_deploy.structure import compare_structures, onnx_structure, torch_structure
+    from taslora_deploy.certificate.structure import compare_structures, onnx_structure, torch_structure
 
     f = flops(inp.space, inp.subnet, "macs")
     if kind == "onnx":
@@ -87,7 +87,7 @@ def _structure(inp: CertificateInputs, kind: str, artifact: str, baseline: str |
 def _latency(inp: CertificateInputs, runtime: str, pair: tuple[Any, Any], options: Any,
              log: Callable[[str], None]) -> dict[str, Any]:
     """The equivalence test of (baseline, folded) artifacts on ``runtime``."""
-    from taslora_deploy.latency_equivalence import latency_certificate
+    from taslora_deploy.certificate.latency import latency_certificate
     from taslora_deploy.runners import runtime_device, runtime_runner
 
     shape = inp.model.input_shape
@@ -138,7 +138,7 @@ def certificate_steps(steps: Any, inp: CertificateInputs, options: Any, log: Cal
 
 
 def _judge_latency(steps: Any, latency: dict[str, Any], options: Any, out: Path, log: Callable[[str], None]) -> None:
-    from taslora_deploy.latency_equivalence import verdict_line
+    from taslora_deploy.certificate.latency import verdict_line
 
     record = {**latency, **latency_legacy_keys(latency), "mode": options.latency_mode, "ok": True}
     lines = "; ".join(f"batch {b}: {verdict_line(r)}" for b, r in latency["batches"].items())

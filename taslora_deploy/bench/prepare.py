@@ -13,10 +13,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from taslora_deploy import standalone_io
 from taslora_deploy.artifacts import MODEL_CONFIG, MODEL_WEIGHTS
-from taslora_deploy.bench_artifacts import ONNX_SUFFIXES, TRT_SUFFIXES
+from taslora_deploy.bench.describe import ONNX_SUFFIXES, TRT_SUFFIXES
 from taslora_deploy.runners import ort_runner, torch_runner, trt_graph_runner, trt_runner
+from taslora_deploy.standalone import io as model_io
 from taslora_deploy.timing import Runner
 
 __all__ = ["Prepared", "check_artifact", "prepare", "dynamo_reset"]
@@ -134,7 +134,7 @@ def prepare(artifact: str | os.PathLike | torch.nn.Module, batch_sizes: Sequence
 
     check_artifact(path)
     if path.is_dir():
-        module = standalone_io.load_standalone(path)  # looked up at call time, so tests can substitute it
+        module = model_io.load_standalone(path)  # looked up at call time, so tests can substitute it
         shape = tuple(input_shape) if input_shape is not None else _module_input_shape(module, path)
         if shape is None:
             raise ValueError(f"cannot tell the input shape of {path}; pass input_shape=(C, H, W)")

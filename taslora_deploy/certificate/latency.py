@@ -3,13 +3,12 @@
 For each batch size, :func:`equivalence_test` warms both runners up, then times interleaved A/B pairs (A = no-LoRA
 baseline, B = folded; which goes first is drawn at random in balanced blocks) in growing rounds
 (:func:`taslora_deploy.timing.sequential_pairs`) and consults the TOST rule of
-:mod:`taslora_deploy.equivalence` after each round: it stops as soon as the 90% CI of the median per-pair ratio
-B/A is
-inside the margin (equivalent) or entirely outside it (different), the verdict persisting (at least 1 s of timed
-pairs, both halves agreeing), or when the per-batch time limit passes
-(then the verdict may be inconclusive: the machine was too noisy to say). :func:`latency_certificate` runs it
-for every batch size and records the environment (runtime versions, threads, CPU model, load average before
-and after). On CUDA the verdict is taken on CUDA-event times (GPU compute), the host wall clock is recorded too.
+:mod:`taslora_deploy.certificate.equivalence` after each round: it stops as soon as the 90% CI of the median
+per-pair ratio B/A is inside the margin (equivalent) or entirely outside it (different), the verdict persisting
+(at least 1 s of timed pairs, both halves agreeing), or when the per-batch time limit passes (then the verdict
+may be inconclusive: the machine was too noisy to say). :func:`latency_certificate` runs it for every batch size
+and records the environment (runtime versions, threads, CPU model, load average before and after). On CUDA the
+verdict is taken on CUDA-event times (GPU compute), the host wall clock is recorded too.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from taslora_deploy.equivalence import (DEFAULT_CONFIDENCE, DEFAULT_MARGIN, INCONCLUSIVE, EquivalenceRule,
-                                        combine_verdicts, paired_equivalence)
+from taslora_deploy.certificate.equivalence import (DEFAULT_CONFIDENCE, DEFAULT_MARGIN, INCONCLUSIVE,
+                                                    EquivalenceRule, combine_verdicts, paired_equivalence)
 from taslora_deploy.timing import (Runner, balanced_order, pair_ratio_stats, sequential_pairs, time_pairs,
                                    time_pairs_events, torch_threads, warm_up)
 
@@ -43,7 +42,7 @@ class LatencyTestConfig:
     first_pairs: int = 100  # pairs before the first look
     max_pairs: int = 4000
     time_limit_s: float = 3.0  # per batch size, warm-up excluded
-    min_evidence_s: float = 1.0  # timed seconds a verdict must persist before it counts (equivalence.py)
+    min_evidence_s: float = 1.0  # timed seconds a verdict must persist before it counts (certificate/equivalence.py)
     resamples: int = 1000  # bootstrap resamples per look
     seed: int = 0
 
@@ -68,8 +67,8 @@ def equivalence_test(run_a: Runner, run_b: Runner, config: LatencyTestConfig = L
     """The sequential equivalence test of one runner pair (see the module docstring).
 
     ``events``: time with CUDA events on the runners' ``.stream`` (GPU compute time decides; host time recorded);
-    ``make_event`` replaces ``torch.cuda.Event`` (tests). Returns :func:`~taslora_deploy.equivalence.paired_equivalence`'s
-    keys plus ``looks`` (pairs, CI and verdict at each look), ``stopped``, ``seconds``, ``clock``, ``warmup_pairs`` and
+    ``make_event`` replaces ``torch.cuda.Event`` (tests). Returns
+    :func:`~taslora_deploy.certificate.equivalence.paired_equivalence`'s keys plus ``looks`` (pairs, CI and verdict at each look), ``stopped``, ``seconds``, ``clock``, ``warmup_pairs`` and
     the per-pair spread of :func:`~taslora_deploy.timing.pair_ratio_stats` (``median_a_ms``, ``ratio_median``, ...).
     """
     rule, rng = config.rule, np.random.default_rng(config.seed)
