@@ -11,7 +11,7 @@ Stages (each writes JSON under --out, default benchmarks/results/latency-model/;
     search    at 5 latency budgets (quantiles of the pool's latencies): the model-driven search (screen by the
               64-sample model, verify on the target) vs measuring every candidate, same search settings; fitness
               from the shipped MoLE run (benchmarks/reproduction/tas-lora-s0) on a validation subset
-    report    the Markdown tables (docs/drafts/issue-19.md quotes them)
+    report    the Markdown tables (docs/results.md quotes them)
 
     python benchmarks/bench_latency_model.py export --target ort-cpu
     /work/tools/quiet.sh .venv/bin/python benchmarks/bench_latency_model.py pool --target ort-cpu --batches 1,32

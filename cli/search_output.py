@@ -83,18 +83,23 @@ def top_table(run: SearchRun) -> None:
     for col in cols + ["depth", "embed", "heads", "MLP ratios", "gen"]:
         table.add_column(col, justify="right" if col not in ("heads", "MLP ratios") else "left")
     for i, r in enumerate(run.result.top(10), 1):
-        s = r["subnet"]
         table.add_row(
             str(i), f"{r['fitness']:.4f}",
             f"{r['loss']:.4f}" if r.get("loss") is not None else "-",
             f"{r['top1']:.4f}" if r.get("top1") is not None else "-",
-            format_amount(r[f"flops_{cons.counter}"]), format_amount(r["params"]),
-            *([latency_cell(r)] if lat else []),
-            str(s["depth"]), str(s["embed_dim"]), " ".join(map(str, s["num_heads"])),
-            " ".join(f"{x:g}" for x in Subnet.from_dict(s).mlp_ratios), str(r["generation"]),
+            *_cost_and_shape_cells(r, cons.counter, lat),
         )
     console.print(table)
     verification_lines(run)
+
+
+def _cost_and_shape_cells(record: dict[str, Any], counter: str, latency: bool) -> list[str]:
+    """The cells both tables end with: FLOPs, params, (ms), depth, embed, heads, MLP ratios, generation."""
+    s = record["subnet"]
+    return [format_amount(record[f"flops_{counter}"]), format_amount(record["params"]),
+            *([latency_cell(record)] if latency else []),
+            str(s["depth"]), str(s["embed_dim"]), " ".join(map(str, s["num_heads"])),
+            " ".join(f"{x:g}" for x in Subnet.from_dict(s).mlp_ratios), str(record["generation"])]
 
 
 def front_table(run: SearchRun) -> None:
@@ -110,15 +115,11 @@ def front_table(run: SearchRun) -> None:
     for col in cols + ["depth", "embed", "heads", "MLP ratios", "gen"]:
         table.add_column(col, justify="right" if col not in ("heads", "MLP ratios") else "left")
     for i, r in enumerate(res.front, 1):
-        s = r["subnet"]
         q = objective_value(r, quality, cons.counter)
         table.add_row(
             f"{i}{'*' if r['key'] == pick_key else ''}", f"{q:.4f}" if math.isfinite(q) else "-",
             f"{r['top1']:.4f}" if r.get("top1") is not None else "-",
-            format_amount(r[f"flops_{cons.counter}"]), format_amount(r["params"]),
-            *([latency_cell(r)] if lat else []),
-            str(s["depth"]), str(s["embed_dim"]), " ".join(map(str, s["num_heads"])),
-            " ".join(f"{x:g}" for x in Subnet.from_dict(s).mlp_ratios), str(r["generation"]),
+            *_cost_and_shape_cells(r, cons.counter, lat),
         )
     console.print(table)
     verification_lines(run)

@@ -290,3 +290,18 @@ def test_linear_scope_fine_tunes_only_the_weights_the_experts_change(tmp_path: P
     rep.finetune_standalone(model, args, scope="linear")
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {f"blocks.{b}.{p}.weight" for b in range(2) for p in ("attn.qkv", "attn.proj", "fc1", "fc2")}
+
+
+def test_diagnose_runs_headroom_linear_then_one_seed_of_every_method_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    hm = _load("headroom_map")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(hm, "run_stage", lambda regime, stage, *extra: calls.append((stage, *extra)))
+    regime = hm.Regime("wide-10k", "fmnist-wide", 10000, 120, "test")
+    hm.run_diagnostics(regime, ["tas-lora-pos", "tas-lora-3x"], ["0", "1", "2"])
+    assert calls == [("headroom-linear",),
+                     ("ablation", "--methods", "tas-lora-pos", "tas-lora-3x", "--seeds", "0"),
+                     ("ablation", "--methods", "tas-lora-pos", "tas-lora-3x", "--seeds", "1", "2"),
+                     ("report",)]
+    calls.clear()
+    hm.run_diagnostics(regime, ["tas-lora-r32"], ["0"])
+    assert [c[0] for c in calls] == ["headroom-linear", "ablation", "report"]

@@ -17,7 +17,8 @@ contention (load, clock changes) hit both alike and cancel in the pair's ratio; 
 close to independent and, for identical models, symmetric around 0. Its CI is the distribution-free one of a
 median: the order statistics ``k`` and ``n + 1 - k`` of the sorted log-ratios, with ``k`` from the Binomial(n, 1/2)
 distribution (exact for independent pairs; deterministic, no resampling). On a loaded 2-core machine this CI
-was 5x narrower than a bootstrap CI of the ratio of medians on the same pairs (docs/drafts/issue-20.md).
+was up to 5x narrower than a bootstrap CI of the ratio of medians on the same pairs (docs/results.md,
+"Zero-overhead certificate").
 
 **A decision must persist.** On a shared machine the pairs are not always independent: another process can slow
 one side of many consecutive pairs for a while (a "regime" lasting a fraction of a second), and a CI computed as if
