@@ -19,7 +19,7 @@ For onnxruntime CPU and torch CPU, 1 intra-op thread, batch 1 and 8. Writes resu
 results.md (the table) into --out, and prints the table.
 
     python benchmarks/bench_certificate.py --reps 2 --time-s 1 --out /tmp/cert   # smoke run, ~1 min
-    /work/tools/quiet.sh .venv/bin/python benchmarks/bench_certificate.py       # the documented run (~15 min)
+    python benchmarks/bench_certificate.py       # the documented run (~15 min)
 """
 
 from __future__ import annotations

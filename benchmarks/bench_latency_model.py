@@ -13,10 +13,13 @@ Stages (each writes JSON under --out, default benchmarks/results/latency-model/;
               from the shipped MoLE run (benchmarks/reproduction/tas-lora-s0) on a validation subset
     report    the Markdown tables (docs/results.md quotes them)
 
+`pool` and `search` time things: run them alone on the machine (pause other jobs), the others need no quiet.
+
     python benchmarks/bench_latency_model.py export --target ort-cpu
-    /work/tools/quiet.sh .venv/bin/python benchmarks/bench_latency_model.py pool --target ort-cpu --batches 1,32
+    python benchmarks/bench_latency_model.py pool --target ort-cpu --batches 1,32 --statistic min
     python benchmarks/bench_latency_model.py curve
-    /work/tools/quiet.sh .venv/bin/python benchmarks/bench_latency_model.py search --target ort-cpu --batch 1
+    python benchmarks/bench_latency_model.py search --target ort-cpu --batch 1 \
+        --onnx-dir /tmp/taslora-bench-latency/onnx-search   # an empty folder: the searches pay their own exports
     python benchmarks/bench_latency_model.py report
 """
 

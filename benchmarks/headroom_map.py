@@ -17,6 +17,7 @@ the MoLE settings, (a)-(f) x 3 seeds, capture ratios) in the regime with the lar
 
     python benchmarks/headroom_map.py                 # every regime, the map, then the ablation where it is largest
     python benchmarks/headroom_map.py map --regimes wide-10k narrow-10k
+    python benchmarks/headroom_map.py regimes --regimes wide   # add one regime to the map, no ablation
     python benchmarks/headroom_map.py ablation        # only the ablation (the regime with the largest headroom)
     python benchmarks/headroom_map.py diagnose        # per-position heads, rank 32, 3x budget in that regime
 """
@@ -109,8 +110,12 @@ def regime_row(regime: Regime) -> dict[str, Any] | None:
 
 
 def write_map(regimes: list[Regime]) -> list[dict[str, Any]]:
-    """benchmarks/results/headroom/map.json and map.md from the regimes that have finished."""
-    rows = [row for row in (regime_row(r) for r in regimes) if row is not None]
+    """benchmarks/results/headroom/map.json and map.md from the regimes that have finished. A regime whose runs
+    are not on this machine (benchmarks/reproduction-runs/ is not in the repository) keeps its stored row, so a
+    new machine adds regimes to the map instead of erasing the ones measured elsewhere."""
+    stored_path = RESULTS / "map.json"
+    stored = {r["regime"]: r for r in json.loads(stored_path.read_text())} if stored_path.exists() else {}
+    rows = [row for row in (regime_row(r) or stored.get(r.name) for r in regimes) if row is not None]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "map.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| regime | space, training images, supernet epochs | headroom: top-1 gain of 4 subnets fine-tuned alone "
@@ -164,14 +169,15 @@ def run_diagnostics(regime: Regime, methods: list[str], seeds: list[str]) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", nargs="?", default="all", choices=["all", "map", "ablation", "diagnose"])
+    parser.add_argument("step", nargs="?", default="all", choices=["all", "regimes", "map", "ablation", "diagnose"],
+                        help="regimes: only the --regimes' supernets, headroom and gates, then the map (no ablation)")
     parser.add_argument("--regimes", nargs="+", default=ORDER, choices=list(REGIMES))
     parser.add_argument("--diagnostics", nargs="+", default=DIAGNOSTICS, choices=DIAGNOSTICS,
                         help="diagnose: which diagnostic methods")
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="diagnose: which seeds")
     args = parser.parse_args(argv)
     chosen = [REGIMES[name] for name in args.regimes]
-    if args.step == "all":
+    if args.step in ("all", "regimes"):
         for regime in chosen:
             run_regime(regime)
             write_map([REGIMES[name] for name in ORDER])

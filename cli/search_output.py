@@ -163,3 +163,6 @@ def verification_lines(run: SearchRun) -> None:
          + (f", {check.left_front} left the front once measured" if run.pareto is not None else ""))
     for r in check.rejected[:5]:
         _say(f"  rejected: predicted {r['latency_predicted_ms']:.3f} ms, measured {r['latency_ms']:.3f} ms")
+    if check.drifted():
+        _say(f"  drift:    the target measured {100 * (check.measured_over_predicted - 1):.0f}% slower than the latency "
+             "model predicts (median over the measured subnets): refit it on a quiet machine (`taslora latency fit`)")

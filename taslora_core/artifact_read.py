@@ -61,6 +61,18 @@ def read_json_artifact(path: str | Path, what: str, fix: str, expect: type | Non
     return doc
 
 
+def format_problem(doc: Any, what: str, fmt: str, version: int, required: Sequence[str]) -> str | None:
+    """Why a JSON artifact's header is not one this taslora reads (wrong "format" tag, a newer or missing
+    "version", missing keys), or None when it is."""
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        tag = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        return f"is not a taslora {what} (format {tag!r}, expected '{fmt}')"
+    if not isinstance(doc.get("version"), int) or doc["version"] > version:
+        return f"has version {doc.get('version')!r}; this taslora reads <= {version}"
+    missing = [k for k in required if k not in doc]
+    return f"lacks {', '.join(missing)}" if missing else None
+
+
 def load_safetensors_checked(path: str | Path, what: str, fix: str, sha256: str | None = None,
                              recorded_in: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """The tensors of a safetensors file, after its sha256 check (`sha256` recorded in `recorded_in`, else the

@@ -296,8 +296,38 @@ def test_model_search_measures_its_pick_and_never_returns_a_budget_breaker(ws, t
     summary = json.loads((run.run_dir / "summary.json").read_text())
     check = summary["latency_verification"]
     assert check["verified"] and check["rejected"] == 1 and check["measured"] == 2 == len(lookup.asked)
+    predicted_first = rejected["latency_predicted_ms"]
+    assert check["measured_over_predicted"] == pytest.approx(((BUDGET + 1.0) / predicted_first + 1.0) / 2)
     assert summary["latency_model"]["sha256"] == read_latency_model(ws["model"]).sha256
     assert summary["latency_source"] == "measured" and summary["latency_batch"] == 1
+
+
+def test_verification_screens_by_the_measured_over_predicted_ratio_after_two_rejections() -> None:
+    from taslora_core.search.latency_verify import LatencyCheck, verify_best
+
+    # fitness order 0..5; the model predicts 3.5 ms for the four best and 3.0 ms for the rest; the target runs 10%
+    # slower than predicted, so every 3.5 ms candidate breaks the 3.6 ms budget and every 3.0 ms one meets it
+    subnets = [Subnet(80, 4, [3.0] * 4, [2, 2, 2, 2]), Subnet(80, 4, [2.0] * 4, [2, 2, 2, 2]),
+               Subnet(80, 4, [3.0] * 4, [3, 3, 3, 3]), Subnet(80, 4, [2.0] * 4, [3, 3, 3, 3]),
+               Subnet(64, 4, [3.0] * 4, [2, 2, 2, 2]), Subnet(64, 4, [2.0] * 4, [2, 2, 2, 2])]
+    predicted = [3.5, 3.5, 3.5, 3.5, 3.0, 3.0]
+    history = [{"subnet": s.to_dict(), "key": [i], "fitness": float(i), "latency_predicted_ms": p}
+               for i, (s, p) in enumerate(zip(subnets, predicted))]
+    asked: list[Subnet] = []
+
+    def measure(subnet: Subnet) -> float:
+        asked.append(subnet)
+        return 1.1 * predicted[subnets.index(subnet)]
+
+    check = LatencyCheck()
+    best = verify_best(history, measure, 3.6, check, tries=10)
+    assert best["key"] == [4] and best["latency_ms"] == pytest.approx(3.3)
+    assert asked == [subnets[0], subnets[1], subnets[4]]  # two rejections, then 3.5 x 1.1 > 3.6 is skipped unmeasured
+    assert check.measured == 3 and len(check.rejected) == 2
+    assert check.measured_over_predicted == pytest.approx(1.1) and check.drifted() and not check.drifted(0.2)
+    assert check.to_dict()["measured_over_predicted"] == pytest.approx(1.1)
+    with pytest.raises(LatencyVerificationError, match="2 best candidates by fitness"):  # nothing left under the ratio
+        verify_best([dict(r) for r in history[:4]], measure, 3.6, LatencyCheck(), tries=10)
 
 
 @requires_fmnist
@@ -374,3 +404,23 @@ def test_cli_search_refuses_data_with_another_class_count(tmp_path: Path) -> Non
     assert res.exit_code == 2 and len(out.splitlines()) == 1, out
     assert "has 3 classes" in out and "'rgb-small' has 10" in out and "drop --data" in out
     assert not list((tmp_path / "ws" / "searches").glob("*/best.json"))
+
+
+def test_search_output_advises_a_refit_when_the_target_drifted_from_the_model(capsys: pytest.CaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from cli import search_output
+    from taslora_core.search.latency_verify import LatencyCheck
+
+    def lines(ratio: float) -> str:
+        check = LatencyCheck(measured=3, rejected=[{"latency_predicted_ms": 0.24, "latency_ms": 0.26}],
+                             measured_over_predicted=ratio)
+        run = SimpleNamespace(latency_check=check, best={"latency_ms": 0.21, "latency_predicted_ms": 0.2},
+                              constraints=SimpleNamespace(latency_max_ms=0.24, latency_target="ort-cpu"),
+                              config=SimpleNamespace(latency_target=None), pareto=None)
+        search_output.verification_lines(run)
+        return capsys.readouterr().out
+
+    out = lines(1.08)
+    assert "1 rejected over the budget" in out and "8% slower than the latency model predicts" in out
+    assert "refit" in out and "drift" not in lines(1.01)

@@ -130,7 +130,7 @@ def _damage(doc: dict, how: str) -> dict:
 
 
 @pytest.mark.parametrize("how, says", [
-    ("truncated", "damaged or truncated (invalid JSON"), ("tag", "not a taslora pareto file"), ("missing", "missing keys members"),
+    ("truncated", "damaged or truncated (invalid JSON"), ("tag", "not a taslora pareto file"), ("missing", "lacks members"),
     ("empty", "front is empty"), ("outside", "not a subnet of the recorded space"),
     ("dominated", "dominates member"), ("objective", "lacks a value for objective loss"),
 ])

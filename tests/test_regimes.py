@@ -212,6 +212,15 @@ def test_headroom_map_rows_come_from_each_regimes_report(tmp_path: Path, monkeyp
     text = (tmp_path / "results" / "map.md").read_text()
     assert "**+1.50** [+1.00, +2.00]" in text and "+4.00" in text and "NOT met" in text
     assert json.loads((tmp_path / "results" / "map.json").read_text())[0]["regime"] == "wide-10k"
+    # on a new machine (no runs), a regime measured elsewhere keeps its stored row and a new one is added
+    (regime.out / "report.json").unlink()
+    other = hm.Regime("wide", "fmnist-wide", None, 60, "test")
+    other.out.mkdir(parents=True)
+    (other.out / "report.json").write_text(json.dumps({**report, "headroom_summary": {**report["headroom_summary"],
+                                                                                      "gain_points": 0.9}}))
+    rows = hm.write_map([regime, other, hm.Regime("narrow", "fmnist", None, 60, "test")])
+    assert [r["regime"] for r in rows] == ["wide-10k", "wide"] and rows[0]["headroom"]["gain_points"] == 1.5
+    assert "**+0.90**" in (tmp_path / "results" / "map.md").read_text()
 
 
 def test_per_subnet_gains_count_helped_and_hurt_subnets(tmp_path: Path) -> None:

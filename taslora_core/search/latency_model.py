@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taslora_core.artifact_read import ArtifactError, read_json_artifact
+from taslora_core.artifact_read import ArtifactError, format_problem, read_json_artifact
 from taslora_core.atomic import atomic_write_json
 from taslora_core.search.config import SearchError
 from taslora_core.search.latency_fit import FittedTerms
@@ -134,13 +134,9 @@ def read_latency_model(path: str | Path) -> LatencyModel:
         doc = read_json_artifact(path, "latency model", REFIT)
     except ArtifactError as err:
         raise LatencyModelError(str(err)) from None
-    if doc.get("format") != MODEL_FORMAT:
-        raise bad(f"is not a taslora latency model (format {doc.get('format')!r}, expected '{MODEL_FORMAT}')")
-    if not isinstance(doc.get("version"), int) or doc["version"] > MODEL_VERSION:
-        raise bad(f"has version {doc.get('version')!r}; this taslora reads <= {MODEL_VERSION}")
-    missing = [k for k in REQUIRED if k not in doc]
-    if missing:
-        raise bad(f"lacks {', '.join(missing)}")
+    problem = format_problem(doc, "latency model", MODEL_FORMAT, MODEL_VERSION, REQUIRED)
+    if problem:
+        raise bad(problem)
     if doc["sha256"] != _sha256(doc):
         raise bad("was modified since it was written (its sha256 does not match)")
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from taslora_core.atomic import atomic_write_json
-from taslora_core.artifact_read import read_json_artifact
+from taslora_core.artifact_read import format_problem, read_json_artifact
 from taslora_core.integrity import ArtifactError
 from taslora_core.search.config import SearchError
 from taslora_core.search.constraints import Constraints
@@ -176,14 +176,9 @@ def read_pareto(path: str | Path) -> ParetoFront:
         doc = read_json_artifact(path, "Pareto front", "re-run `taslora search --pareto` to write a new one", expect=None)
     except ArtifactError as err:
         raise ParetoFileError(str(err)) from None
-    if not isinstance(doc, dict) or doc.get("format") != PARETO_FORMAT:
-        tag = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise bad(f"not a taslora pareto file (format {tag!r}, expected '{PARETO_FORMAT}')")
-    if not isinstance(doc.get("version"), int) or doc["version"] > PARETO_VERSION:
-        raise bad(f"pareto file version {doc.get('version')!r} is not supported (this taslora reads <= {PARETO_VERSION})")
-    missing = [k for k in REQUIRED_KEYS if k not in doc]
-    if missing:
-        raise bad(f"missing keys {', '.join(missing)}")
+    problem = format_problem(doc, "pareto file", PARETO_FORMAT, PARETO_VERSION, REQUIRED_KEYS)
+    if problem:
+        raise bad(problem)
     objectives = _objectives(doc["objectives"], bad)
     if doc["target"] is not None and doc["target"] not in LATENCY_TARGETS:
         raise bad(f"unknown target {doc['target']!r}")
