@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 from typer.testing import CliRunner
 

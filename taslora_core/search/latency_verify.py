@@ -18,6 +18,7 @@ which number decided ("measured", or "predicted" when verification was turned of
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,12 +94,9 @@ def _fitness_order(record: Record) -> tuple:
 
 
 def _median_ratio(history: Sequence[Record]) -> float | None:
-    ratios = sorted(r["latency_ms"] / r["latency_predicted_ms"] for r in history
-                    if r.get("latency_ms") is not None and r.get("latency_predicted_ms"))
-    if not ratios:
-        return None
-    mid = len(ratios) // 2
-    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    ratios = [r["latency_ms"] / r["latency_predicted_ms"] for r in history
+              if r.get("latency_ms") is not None and r.get("latency_predicted_ms")]
+    return statistics.median(ratios) if ratios else None
 
 
 def measured_over_predicted(history: Sequence[Record]) -> float:
