@@ -108,3 +108,18 @@ def trained_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     finally:
         torch.set_num_threads(threads)
     return {"workdir": workdir, "supernet_dir": supernet_dir, "mole_dir": mole_dir}
+
+
+def fake_time_pairs(ratio: float):
+    """A stand-in for `taslora_deploy.timing.time_pairs` in the certificate's latency test: the real runners run
+    once per look, and the timings say B/A = `ratio` (0.1% noise), so a verdict test does not depend on how
+    this machine's clock behaves over a fraction of a second."""
+    import numpy as np
+
+    def time_pairs(run_a, run_b, iters, a_first=None, collect=True):
+        rng = np.random.default_rng(iters)
+        run_a(), run_b()
+        ta = 1e-3 * (1 + 0.001 * rng.standard_normal(iters))
+        return ta, ta * ratio * (1 + 0.001 * rng.standard_normal(iters))
+
+    return time_pairs

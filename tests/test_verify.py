@@ -7,7 +7,6 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -181,24 +180,17 @@ def test_verify_reruns_latency_side_by_side(exported: Path, monkeypatch) -> None
     faked (real timings at a 0.3 s limit are what the certificate benchmark measures, not a test's business: on
     one machine a short test called identical graphs 4% apart in the first 200 pairs): the runners really run,
     and B/A is 1.0 or 1.1 as the fake says; the verdict, the exit code and the table must follow."""
+    from conftest import fake_time_pairs
     from taslora_deploy.certificate import latency as cert_latency
 
-    def fake_pairs(ratio: float):
-        def time_pairs(run_a, run_b, iters, a_first=None, collect=True):
-            rng = np.random.default_rng(iters)
-            run_a(), run_b()  # the real sessions run once per look
-            ta = 1e-3 * (1 + 0.001 * rng.standard_normal(iters))
-            return ta, ta * ratio * (1 + 0.001 * rng.standard_normal(iters))
-        return time_pairs
-
-    monkeypatch.setattr(cert_latency, "time_pairs", fake_pairs(1.0))
+    monkeypatch.setattr(cert_latency, "time_pairs", fake_time_pairs(1.0))
     res = CliRunner().invoke(app, ["verify", str(exported), "--latency", "--time-s", "0.3"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "at export (certificate)" in text and "not measured" in text and "latency here" in text
     assert "batch 1): equivalent (B/A 1.000" in text or "batch 1): equivalent (B/A 0.999" in text
     assert "batch 8): equivalent" in text
-    monkeypatch.setattr(cert_latency, "time_pairs", fake_pairs(1.1))
+    monkeypatch.setattr(cert_latency, "time_pairs", fake_time_pairs(1.1))
     res = CliRunner().invoke(app, ["verify", str(exported), "--latency", "--time-s", "0.3"])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "verify failed: latency here" in text
