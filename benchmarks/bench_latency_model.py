@@ -99,14 +99,14 @@ def stage_export(args: argparse.Namespace) -> None:
 
 
 def stage_pool(args: argparse.Namespace) -> None:
-    from taslora_deploy.latency_model import FitConfig, fit_latency_model
+    from taslora_deploy.fit_latency import FitConfig, fit_latency_model
 
     supernet = _supernet(args.space)
     out = args.out / args.target / args.statistic
     cond = conditions()
     config = FitConfig(target=args.target, batches=[int(b) for b in args.batches.split(",")], samples=args.design,
                        holdout=args.heldout, seed=args.seed, rounds=args.rounds, statistic=args.statistic,
-                       workdir=SCRATCH / "workdir", out=out if "," in args.batches else out / f"b{args.batches}",
+                       max_time_s=args.max_time, workdir=SCRATCH / "workdir", out=out if "," in args.batches else out / f"b{args.batches}",
                        export_dir=args.onnx_dir)
     result = fit_latency_model(supernet, config, _say)
     cond.update(load_after=load(), wall_s=result.wall_s, export_s=result.export_s, measured=result.measured,
@@ -138,7 +138,7 @@ def _measured(model) -> tuple[list, list, dict[str, float], dict[str, list[float
 def stage_curve(args: argparse.Namespace) -> None:
     """Held-out accuracy vs samples for every pool model found; writes curve.json and the 64-sample models."""
     from taslora_core.search.latency_model import write_latency_model
-    from taslora_deploy.latency_model import FitConfig, build_model
+    from taslora_deploy.fit_latency import FitConfig, build_model
 
     rows = []
     for path in sorted(args.out.glob("*/*/b*/latency-model.json")):
@@ -172,14 +172,15 @@ def stage_curve(args: argparse.Namespace) -> None:
 def _factory(onnx_dir: Path, made: list):
     """Latency lookups as `taslora search` makes them, but with an in-memory cache (each search measures from
     scratch: the count is what the search needs) and the pool's ONNX exports reused (recorded)."""
-    from taslora_deploy.latency_lookup import LatencyTable
+    from taslora_deploy.latency_lookup import latency_factory
 
-    def make(supernet, spec):
-        made.append(LatencyTable(supernet, spec.target, None, threads=spec.threads, batch=spec.batch,
-                                 export_dir=onnx_dir, statistic=spec.statistic))
+    make = latency_factory(None, export_dir=onnx_dir)
+
+    def tracked(supernet, spec):
+        made.append(make(supernet, spec))
         return made[-1]
 
-    return make
+    return tracked
 
 
 def _search_config(args, budget: float, model: Path | None):
@@ -369,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "pool":
             p.add_argument("--batches", default="1,32")
             p.add_argument("--rounds", type=int, default=3)
-            p.add_argument("--statistic", default="median")
+            p.add_argument("--statistic", default="median")  # the product's default (`taslora latency fit`)
+            p.add_argument("--max-time", type=float, default=0.25, help="most seconds per timing (FitConfig)")
     p = sub.add_parser("curve")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--search-samples", type=int, default=64)
@@ -384,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--val-subset", type=int, default=500)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--search-samples", type=int, default=64)
-        p.add_argument("--statistic", default="min")
+        p.add_argument("--statistic", default="median")
         p.add_argument("--onnx-dir", type=Path, default=SCRATCH / "onnx")
         p.add_argument("--out", type=Path, default=OUT)
     p = sub.add_parser("report")

@@ -82,7 +82,7 @@ step() {  # NAME: run the function NAME under its time limit (cut to what is lef
 
 # ---- the steps: each a function, run by `step` in its own bash under `timeout`
 taslora() { "$PY" -m taslora_cli.main "$@"; }
-doctor() { taslora doctor --workdir "$R/ws"; }
+doctor() { taslora doctor --workdir "$R/ws" --json | tee "$R/doctor.json"; }
 gpu_tests() { cd "$ROOT" && "$PY" -m pytest -m "gpu or trt" -q -p no:cacheprovider -o addopts=-ra $TESTS; }
 train_step() { "$PY" "$ROOT/benchmarks/gpu_check_steps.py" train-step --device "$DEV" --out "$R/train_step.json" $DRYFLAG; }
 overhead() {
@@ -90,14 +90,13 @@ overhead() {
   # folded vs no-LoRA on torch ($DEV): host wall clock, GPU time from CUDA events, CUDA graphs on and off, paired A/B
   taslora bench "$R/overhead/folded" "$R/overhead/baseline" --device "$DEV" --compare "$R/overhead/baseline" \
     --out "$R/overhead" --no-plot $BENCH_ARGS
-  # CERTIFICATE (issue 20): once `taslora certificate` is merged, certify the same pair on torch-cuda here too,
-  # e.g. `taslora certificate "$R/overhead/..." --runtime torch-cuda-graph`, and read its verdict in
-  # gpu_check_steps._key_overhead.
+  # the zero-overhead certificate's latency test on the same pair: torch-cuda, timed with CUDA events
+  "$PY" "$ROOT/benchmarks/gpu_check_steps.py" certificate --models "$R/overhead" --device "$DEV" \
+    --out "$R/overhead/certificate.json" $DRYFLAG
 }
 quickstart() { taslora quickstart --fast --workdir "$R/ws"; }
 latency_search() {
-  # LATENCY MODEL (issue 19): once `taslora latency fit` and `search --latency-model` are merged, fit the model on
-  # $TARGET here and search with it; until then the search measures every candidate on $TARGET.
+  # every candidate that passes the FLOPs bound is measured on $TARGET
   taslora search --workdir "$R/ws" --device "$DEV" --flops 10M --latency-budget 50 --target "$TARGET" $SEARCH_ARGS \
     --out "$R/latency_best.json"
 }
@@ -130,6 +129,7 @@ echo "gpu_check summary ($(( $(date +%s) - START )) s in all; report $R)"
 rc=$?
 # one small file to carry back from a lent machine: the table, every log and the step results
 (cd "$R" && tar czf report.tar.gz --ignore-failed-read summary.md summary.json steps.jsonl launcher.txt ./*.log \
-  train_step.json latency_best.json overhead/bench.json trt/bench.json ws/quickstart-summary.json 2>/dev/null)
+  doctor.json train_step.json latency_best.json overhead/bench.json overhead/certificate.json trt/bench.json \
+  ws/quickstart-summary.json 2>/dev/null)
 echo "report archive: $R/report.tar.gz"
 exit $rc

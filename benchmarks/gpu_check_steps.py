@@ -3,13 +3,17 @@ step, and the summary table.
 
     python benchmarks/gpu_check_steps.py train-step --device cuda --out R/train_step.json [--dry-run]
     python benchmarks/gpu_check_steps.py overhead-models --out R/overhead [--dry-run]
+    python benchmarks/gpu_check_steps.py certificate --models R/overhead --device cuda --out R/overhead/certificate.json
     python benchmarks/gpu_check_steps.py summary R          # summary.md + summary.json from R/steps.jsonl
 
 `train-step` times the MoLE step against the plain step (benchmarks/bench_train_step.py's `bench`) at
 AutoFormer-T scale in bf16 (fmnist, tiny, on the CPU in a dry run). `overhead-models` writes two standalone
 models of one subnet of a random-weight AutoFormer-T MoLE (fmnist in a dry run): `folded/` with its routed
-experts folded in and `baseline/` without LoRA, for `taslora bench --compare` on torch-cuda. Every step appends
-one JSON line to steps.jsonl (written by the shell script); `summary` reads each step's outputs for its key number.
+experts folded in and `baseline/` without LoRA, for `taslora bench --compare` on torch-cuda. `certificate` runs the
+zero-overhead certificate's latency test (`taslora_deploy.certificate.latency`, the export's settings) on that pair:
+torch-cuda timed with CUDA events on each runner's stream (torch-cpu and a 1 s limit in a dry run). Every step
+appends one JSON line to steps.jsonl (written by the shell script); `summary` reads each step's outputs for its key
+number (the doctor's from `taslora doctor --json`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,26 @@ def overhead_models(out: Path, dry_run: bool) -> Path:
     return out
 
 
+def certificate(models: Path, device: str, out: Path, dry_run: bool) -> dict[str, Any]:
+    """The certificate's latency test of `models/folded` against `models/baseline` on torch-`device` (CUDA events
+    on CUDA), written to `out` as JSON."""
+    from taslora_deploy.certificate.latency import EXPORT_TEST, latency_certificate
+    from taslora_deploy.runners import runtime_device, runtime_runner
+    from taslora_deploy.standalone.io import load_standalone
+
+    runtime = "torch-cuda" if device.startswith("cuda") else "torch-cpu"
+    pair = load_standalone(models / "baseline"), load_standalone(models / "folded")
+    config = EXPORT_TEST.with_options(time_limit_s=1.0, warmup_s=0.1, resamples=100) if dry_run else EXPORT_TEST
+
+    def make_pair(batch: int):
+        return tuple(runtime_runner(runtime, m, batch, m.input_shape, seed=0) for m in pair)
+
+    on = runtime_device(runtime)
+    doc = latency_certificate(make_pair, config, runtime, device=on, events=on == "cuda")
+    out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    return doc
+
+
 # ----------------------------------------------------------------------------- key numbers
 
 
@@ -76,9 +100,9 @@ def _json(path: Path) -> Any:
 
 
 def _key_doctor(report: Path) -> str:
-    log = (report / "doctor.log").read_text(encoding="utf-8", errors="replace")
-    m = re.search(r"CUDA devices\s*│\s*(\w+)\s*│\s*([^│]*)", log)
-    return f"CUDA: {m.group(2).strip()}" if m and m.group(1) == "ok" else "no CUDA device"
+    checks = {c["name"]: c for c in _json(report / "doctor.json")["checks"]}
+    cuda = checks.get("CUDA devices") or {}
+    return f"CUDA: {cuda['detail']}" if cuda.get("status") == "ok" else "no CUDA device"
 
 
 def _key_gpu_tests(report: Path) -> str:
@@ -103,7 +127,14 @@ def _key_overhead(report: Path) -> str:
         paired = (vs.get("paired") or {}).get("ratio_median")
         ratio = paired if paired is not None else vs["ratio_of_medians"]
         parts.append(f"b{r['batch']}{' graph' if r.get('cuda_graph') else ''} {ratio:.3f}")
-    return "folded/no-LoRA " + ", ".join(parts) if parts else "no ratio rows"
+    key = "folded/no-LoRA " + ", ".join(parts) if parts else "no ratio rows"
+    cert = report / "overhead" / "certificate.json"
+    if cert.is_file():
+        lat = _json(cert)
+        per = ", ".join(f"b{b} {r['ratio']:.3f} ({r['pairs']} pairs of {r['inner']})" for b, r in lat["batches"].items())
+        key += f"; certificate {lat['runtime']} ({lat['batches'][next(iter(lat['batches']))]['clock']}): " \
+               f"{lat['verdict']}, {per}"
+    return key
 
 
 def _key_quickstart(report: Path) -> str:
@@ -170,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     o = sub.add_parser("overhead-models")
     o.add_argument("--out", type=Path, required=True)
     o.add_argument("--dry-run", action="store_true")
+    c = sub.add_parser("certificate")
+    c.add_argument("--models", type=Path, required=True)
+    c.add_argument("--device", default="cuda")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--dry-run", action="store_true")
     s = sub.add_parser("summary")
     s.add_argument("report", type=Path)
     args = ap.parse_args(argv)
@@ -177,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(train_step(args.device, args.out, args.dry_run), indent=2))
     elif args.cmd == "overhead-models":
         print(overhead_models(args.out, args.dry_run))
+    elif args.cmd == "certificate":
+        print(certificate(args.models, args.device, args.out, args.dry_run)["verdict"])
     else:
         steps = summary(args.report)
         return 1 if any(s["status"] in ("failed", "timeout") for s in steps) else 0

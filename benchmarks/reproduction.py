@@ -184,7 +184,7 @@ def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str,
         return done
     lr = args.finetune_lr if method == "finetune" else hp.get("expert_lr", args.expert_lr)
     epochs = args.epochs * EPOCH_FACTOR.get(method, 1)
-    argv = ["train", "--supernet", str(args.supernet), *extra, "--epochs", str(epochs), "--expert-lr", str(lr),
+    argv = ["train", "--supernet", str(args.supernet), "--epochs", str(epochs), "--expert-lr", str(lr),
             "--batch-size", str(args.batch_size), "--warmup-epochs", str(hp.get("warmup", args.warmup_epochs)),
             "--name", name, "--seed", str(seed), "--quiet", "--workdir", str(workdir), "--summary-subnets", "0",
             "--val-subset", "2000", "--save-every-steps", "200",
@@ -192,6 +192,7 @@ def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str,
             *(["--data", args.data] if args.data else [])]
     if method != "finetune":
         argv += ["--lora-alpha", str(hp.get("alpha", args.alpha)), "--router-lr", str(hp.get("router_lr", args.router_lr))]
+    argv += extra  # last: a method's own options win over the shared ones (the last of a repeated option counts)
     run_command(f"train {name}", argv)
     run = _run_named(workdir, kind, name)
     if run is None:
@@ -260,6 +261,8 @@ def what_moved(loaded, seed: int, subnets: list[Subnet]) -> dict[str, Any]:
     torch.manual_seed(seed)
     init = MoLEModel(loaded.supernet, mole.config)
     groups = mole.space.groups(include_depth=mole.router.config.include_depth)
+    # expert g belongs to group g only in a mixture of one expert per group (not in factorised experts' parts)
+    group_experts = mole.config.structure == "mixture" and mole.num_experts == len(groups)
     dist: dict[int, list[float]] = {}
     own: dict[int, list[float]] = {}
     mean_routing: dict[int, list[torch.Tensor]] = {}
@@ -272,7 +275,7 @@ def what_moved(loaded, seed: int, subnets: list[Subnet]) -> dict[str, Any]:
             # total-variation distance between the routing distributions, mean over the 4 layers
             dist.setdefault(g, []).append(float(0.5 * (p[b] - p0[b]).abs().sum(-1).mean()))
             mean_routing.setdefault(g, []).append(p[b].mean(0))  # (K,), mean over the 4 layers
-            if mole.num_experts == len(groups):
+            if group_experts:
                 own.setdefault(g, []).append(float(p[b, :, g].mean()))
             dims = block_dims(mole.space, sn, b)
             for layer in LINEAR_LAYERS:
@@ -283,8 +286,32 @@ def what_moved(loaded, seed: int, subnets: list[Subnet]) -> dict[str, Any]:
         "routing_tv_from_init_mean": statistics.fmean(x for v in dist.values() for x in v),
         "own_expert_share": {str(g): statistics.fmean(v) for g, v in sorted(own.items())} if own else None,
         "dw_over_w": {layer: statistics.fmean(v) for layer, v in ratio.items()},
-        "routing_mean": {str(g): torch.stack(v).mean(0).tolist() for g, v in sorted(mean_routing.items())},
+        "routing_mean": ({str(g): torch.stack(v).mean(0).tolist() for g, v in sorted(mean_routing.items())}
+                         if group_experts else None),
+        "expert_cosine": expert_cosine(mole),
     }
+
+
+@torch.no_grad()
+def expert_cosine(mole) -> dict[str, float] | None:
+    """Per layer type, the mean pairwise cosine similarity between the full-size updates U_k D_k of the K experts
+    (or parts) of a layer, averaged over the blocks: near 1 when the experts learned one shared direction. Experts
+    that never trained (U = 0) are left out; None with fewer than two trained experts anywhere."""
+    experts, r = mole.experts, mole.experts.rank
+    out: dict[str, float] = {}
+    for layer in LINEAR_LAYERS:
+        values = []
+        for b in range(len(experts.blocks)):
+            u = experts.blocks[b][f"{layer}_U"]
+            d = experts.down(b, layer)
+            full = torch.stack([(u[:, k * r:(k + 1) * r] @ d[k * r:(k + 1) * r]).flatten()
+                                for k in range(experts.num_experts)])
+            full = full[full.norm(dim=1) > 0]
+            if len(full) > 1:
+                values.append(mean_off_diagonal(F.normalize(full, dim=1) @ F.normalize(full, dim=1).T))
+        if values:
+            out[layer] = statistics.fmean(values)
+    return out or None
 
 
 # ---------------------------------------------------------------------- stage: sweep (validation only)
@@ -393,7 +420,7 @@ def stage_ablation(args, store: Store) -> None:
             rec["seconds"] = round(time.perf_counter() - t0, 1)
             store.add(rec, {"searched_correct": s_correct, "searched_loss": s_loss.astype(np.float16),
                             "random_correct": np.stack([c for c, _ in r]),
-                            "random_loss": np.stack([lo for _, lo in r]).astype(np.float16),
+                            "random_loss": np.mean([lo for _, lo in r], axis=0).astype(np.float16),  # mean over subnets
                             "headroom_correct": h_correct})
             print(f"[ablation] {key}: searched {rec['searched_top1']:.4f}, random mean {rec['random_top1_mean']:.4f}, "
                   f"collapse {rec['collapse_mean_cos']:.4f} ({rec['seconds']:.0f} s)", flush=True)
@@ -444,9 +471,10 @@ def headroom_targets(args, base) -> list[tuple[str, Subnet]]:
     return list(zip(HEADROOM_TARGETS, [searched, smallest_subnet(base.supernet.space), fixed[0], fixed[1]]))
 
 
-def stage_headroom(args, store: Store, scope: str = "all") -> None:
+def stage_headroom(args, store: Store, scope: str = "all", val: Batches | None = None) -> None:
     """Each target materialised and fine-tuned alone for the MoLE budget (all weights, or with `scope` "linear"
-    only the four weights per block the experts change: stage "headroom_linear"); per-image test results."""
+    only the four weights per block the experts change: stage "headroom_linear"); per-image test results, and
+    with `val` also on those validation images (arrays val_correct_before/after: the screen's capture ratios)."""
     stage = "headroom" if scope == "all" else "headroom_linear"
     base = load_checkpoint(args.supernet)
     test = test_batches(args)
@@ -457,10 +485,13 @@ def stage_headroom(args, store: Store, scope: str = "all") -> None:
         before = per_image(base, sn, test)
         model = finetune_standalone(materialize(base.supernet, sn), args, scope=scope)
         after = model_per_image(model, test)
+        arrays = {"correct_before": before[0], "correct_after": after[0]}
+        if val is not None:
+            arrays.update({"val_correct_before": per_image(base, sn, val)[0], "val_correct_after": model_per_image(model, val)[0]})
         rec = store.add({"stage": stage, "key": name, "subnet": sn.to_dict(), "top1_before": float(before[0].mean()),
                          "top1_after": float(after[0].mean()), "loss_before": float(before[1].mean()),
-                         "loss_after": float(after[1].mean()), "seconds": round(time.perf_counter() - t0, 1)},
-                        {"correct_before": before[0], "correct_after": after[0]})
+                         "loss_after": float(after[1].mean()), "seconds": round(time.perf_counter() - t0, 1),
+                         **({"val_images": val.count} if val is not None else {})}, arrays)
         print(f"[{stage}] {name}: top-1 {rec['top1_before']:.4f} -> {rec['top1_after']:.4f}", flush=True)
 
 
@@ -512,9 +543,14 @@ def paired(store: Store, method: str, seeds: list[int]) -> dict[str, np.ndarray]
     return {
         "searched": np.mean([m["searched_correct"].astype(float) - a["searched_correct"] for m, a in pairs], axis=0),
         "random": np.mean([m["random_correct"].mean(0) - a["random_correct"].mean(0) for m, a in pairs], axis=0),
-        "random_loss": np.mean([a["random_loss"].astype(float).mean(0) - m["random_loss"].astype(float).mean(0)
-                                for m, a in pairs], axis=0),
+        "random_loss": np.mean([_mean_loss(a) - _mean_loss(m) for m, a in pairs], axis=0),
     }
+
+
+def _mean_loss(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-image loss averaged over the fixed random subnets (stored per subnet by older cells, as the mean now)."""
+    loss = arrays["random_loss"].astype(float)
+    return loss.mean(0) if loss.ndim == 2 else loss
 
 
 def ratio_ci(num: np.ndarray, den: np.ndarray, resamples: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
@@ -723,8 +759,9 @@ def stage_report(args, store: Store) -> str:
     moved = [r for r in rows if "moved" in r]
     if moved:
         text += "\n\n| method | routing moved from init (TV, mean) | own-expert share (mean over groups) | " + \
-                " | ".join(f"‖ΔW‖/‖W‖ {layer}" for layer in LINEAR_LAYERS) + " | searched top-1 without its experts (%) |\n"
-        text += "|---|---|---|" + "---|" * len(LINEAR_LAYERS) + "---|\n"
+                " | ".join(f"‖ΔW‖/‖W‖ {layer}" for layer in LINEAR_LAYERS) + " | searched top-1 without its experts (%) | " \
+                "expert cosine (mean over layers) |\n"
+        text += "|---|---|---|" + "---|" * len(LINEAR_LAYERS) + "---|---|\n"
         for method in METHODS:
             rs = [r for r in moved if r["method"] == method]
             if not rs:
@@ -732,8 +769,9 @@ def stage_report(args, store: Store) -> str:
             tv = [r["moved"]["routing_tv_from_init_mean"] for r in rs]
             own = [statistics.fmean(r["moved"]["own_expert_share"].values()) for r in rs if r["moved"]["own_expert_share"]]
             dw = [" " + _fmt([r["moved"]["dw_over_w"][layer] for r in rs], 100.0, 2) + "%" for layer in LINEAR_LAYERS]
+            cos = [statistics.fmean(r["moved"]["expert_cosine"].values()) for r in rs if r["moved"].get("expert_cosine")]
             text += (f"| {LABELS[method]} | {_fmt(tv, 1.0, 4)} | {_fmt(own, 1.0, 3) if own else '–'} |" + " |".join(dw)
-                     + f" | {_fmt([r['searched_top1_without_experts'] for r in rs])} |\n")
+                     + f" | {_fmt([r['searched_top1_without_experts'] for r in rs])} | {_fmt(cos, 1.0, 3) if cos else '–'} |\n")
     ft = paired(store, "finetune", seeds)
     if ft is not None:
         m, lo, hi = bootstrap_ci(ft["random"])

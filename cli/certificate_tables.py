@@ -30,10 +30,16 @@ def parse_batches(text: str, option: str) -> tuple[int, ...]:
 
 
 def latency_cell(res: dict[str, Any]) -> str:
-    """One batch size's result: verdict, B/A with its CI, pairs."""
+    """One batch size's result: verdict, B/A with its two-sided interval, the one-sided bound that decided, pairs,
+    the medians (and "faster, not overhead" when B was faster beyond the margin)."""
     lo, hi = res["ratio_ci"]
-    return (f"{styled(res['verdict'])}: B/A {res['ratio']:.4f} (90% CI {lo:.4f}..{hi:.4f}; {res['pairs']} pairs; "
-            f"{res['median_a_ms']:.3f} vs {res['median_b_ms']:.3f} ms)")
+    d = res.get("decision") or {}
+    bound = (f"{d['bound']} bound {d['value']:.4f} {'<' if d['bound'] == 'upper' else '>'} {d['limit']:g}; "
+             if d.get("bound") else "")
+    faster = "; faster, not overhead" if res.get("direction") == "faster" else ""
+    return (f"{styled(res['verdict'])}: B/A {res['ratio']:.4f} ({100 * res.get('confidence', 0.9):.0f}% CI "
+            f"{lo:.4f}..{hi:.4f}; {bound}{res['pairs']} pairs; {res['median_a_ms']:.3f} vs {res['median_b_ms']:.3f} ms"
+            f"{faster})")
 
 
 def latency_text(latency: dict[str, Any]) -> str:

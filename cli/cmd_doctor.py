@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -15,6 +18,8 @@ _STYLE = {"ok": "green", "missing": "yellow", "fail": "bold red", "info": "cyan"
 @handle_errors
 def doctor_cmd(
     workdir: WorkdirOpt = DEFAULT_WORKDIR_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as one JSON object ({ok, checks: [{name, "
+                                          "status, detail, fix}]}) instead of the table; same exit code.")] = False,
 ) -> None:
     """What this machine can run and what is missing, with the fix for each: Python and packages, torch and CUDA
     devices, onnxruntime (providers; both wheels installed?), TensorRT and Polygraphy, the Fashion-MNIST data, the
@@ -26,6 +31,11 @@ def doctor_cmd(
     from taslora_deploy.doctor import diagnose
 
     result = diagnose(workdir)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=1))
+        if not result.ok:
+            raise typer.Exit(1)
+        return
     table = Table(title="taslora doctor")
     for col in ("check", "status", "what this machine has", "fix"):
         table.add_column(col, overflow="fold")

@@ -9,9 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, err_console, handle_errors
+from taslora_cli.app import DEFAULT_WORKDIR_PATH, WorkdirOpt, app, console, err_console, fail, handle_errors
 from taslora_cli.certificate_tables import latency_text, side_by_side_table, styled
 from taslora_deploy.artifacts import BASELINE_ONNX, MODEL_ONNX
+from taslora_deploy.certificate.latency import EXPORT_TEST, RECHECK_TEST
 
 if TYPE_CHECKING:
     from taslora_deploy.pipeline import ExportResult
@@ -32,11 +33,11 @@ def export_cmd(
     gate_images: Annotated[int | None, typer.Option("--gate-images", help="Gate on the first N test images (default: the whole test split).")] = None,
     no_lora: Annotated[bool, typer.Option("--no-lora", help="Export the subnet of the frozen supernet without experts (the baseline).")] = False,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
-    latency_check: Annotated[str, typer.Option("--latency-check", help="strict: a latency verdict 'different' (90% CI of folded/baseline entirely outside 1 +- margin) fails the export; 'inconclusive' (too noisy to decide) only warns; report: record it, never fail; off: do not measure.")] = "strict",
-    latency_margin: Annotated[float, typer.Option("--latency-margin", help="Equivalence margin of the folded/baseline latency ratio: equivalent when its 90% CI is inside [1/(1+m), 1+m].")] = 0.02,
-    latency_time_s: Annotated[float, typer.Option("--latency-time-s", help="Seconds of timed A/B pairs per batch size at most; pairs are added until the verdict is decided or this passes.")] = 3.0,
+    latency_check: Annotated[str, typer.Option("--latency-check", help="strict: a latency verdict 'different' (folded/baseline slower than 1 + margin: the one-sided lower bound above it) fails the export; 'inconclusive' (too noisy to decide) only warns; a faster folded model passes with a note; report: record it, never fail; off: do not measure.")] = "strict",
+    latency_margin: Annotated[float, typer.Option("--latency-margin", help="Latency margin m: the folded model passes when its one-sided upper bound of folded/baseline is below 1 + m, fails when the lower bound is above it (5% error each, over all looks).")] = EXPORT_TEST.margin,
+    latency_time_s: Annotated[float, typer.Option("--latency-time-s", help="Seconds of timed A/B pairs per batch size at most; the looks are planned to fill it, and the test stops at the first verdict.")] = EXPORT_TEST.time_limit_s,
     latency_batches: Annotated[str, typer.Option("--latency-batches", help="Comma-separated batch sizes of the latency test.")] = "1,8",
-    latency_iters: Annotated[int, typer.Option("--latency-iters", help="Interleaved A/B pairs before the first look at the verdict (after a 0.5 s warm-up).")] = 100,
+    latency_iters: Annotated[int, typer.Option("--latency-iters", help="Interleaved A/B pairs at the first look at the verdict (after a 0.5 s warm-up).")] = EXPORT_TEST.first_pairs,
     latency_runtime: Annotated[str | None, typer.Option("--latency-runtime", help="ort-cpu, ort-cuda, torch-cpu, torch-cuda or torch-cuda-graph (default: ort-cpu with --onnx, else torch-cpu).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Intra-op threads for the latency test (default: runtime's choice).")] = None,
     workdir: WorkdirOpt = DEFAULT_WORKDIR_PATH,
@@ -44,6 +45,9 @@ def export_cmd(
     family: Annotated[Path | None, typer.Option("--family", help="Export every member of this pareto.json (`taslora search --pareto`) into its own folder, plus family.json/.md/.png.")] = None,
     members: Annotated[int | None, typer.Option("--members", help="With --family: export N members spread evenly along the front (both ends included; default all).")] = None,
     eval_test: Annotated[bool, typer.Option("--eval-test", help="With --family: also measure each member's test top-1.")] = False,
+    specialized: Annotated[Path | None, typer.Option("--specialized", help="Fold this specialize run (`taslora specialize`; default: the newest one of the exported subnet and checkpoint in the workspace, if any; without --subnet its subnet and checkpoint are exported).")] = None,
+    no_specialize: Annotated[bool, typer.Option("--no-specialize", help="Fold the routed experts even if a specialize run of this subnet exists.")] = False,
+    specialize_epochs: Annotated[int | None, typer.Option("--specialize-epochs", help="Run `taslora specialize` for N epochs first (with --family: for every member), then fold its result.")] = None,
 ) -> None:
     """Fold the routed experts into the chosen subnet, check parity, write safetensors (+ ONNX, TensorRT).
 
@@ -62,12 +66,15 @@ def export_cmd(
                          latency_batches=parse_batches(latency_batches, "--latency-batches"),
                          latency_runtime=latency_runtime, threads=threads, seed=seed,
                          precisions=parse_precisions(precision), calib_size=calib_size,
-                         max_top1_drop=parse_drop_limits(max_top1_drop), gate_images=gate_images)
+                         max_top1_drop=parse_drop_limits(max_top1_drop), gate_images=gate_images,
+                         specialize=not no_specialize, specialize_epochs=specialize_epochs)
     if family is not None or members is not None or eval_test:
         from taslora_cli.cmd_family import run_family_export
 
+        if specialized is not None:
+            raise fail(f"--specialized {specialized} names one subnet's run; with --family use --specialize-epochs N")
         return run_family_export(family, ckpt, out, members, opts, eval_test, workdir, subnet=subnet)
-    result = export(subnet, ckpt, workdir=workdir, out=out, options=opts, log=console.print)
+    result = export(subnet, ckpt, workdir=workdir, out=out, options=opts, log=console.print, specialized=specialized)
     console.print(report_table(result))
     console.print(f"report: {result.report_path}")
     if result.failures:
@@ -91,9 +98,14 @@ def report_table(result: ExportResult) -> Table:
     def diff_text(value: float | None, suffix: str = "") -> str:
         return f"max |diff| {value:.2e}{suffix}" if value is not None else "checked"
 
+    spec = (data.get("source") or {}).get("specialized")
+    if spec:
+        table.add_row("specialized (folded)", escape(
+            f"{spec['weights']}, {spec['steps_run']} steps, {spec['wall_seconds']:.0f} s: validation top-1 "
+            f"{100 * spec['val_top1_before']:.2f}% -> {100 * spec['val_top1_after']:.2f}% ({spec['run']})"), "[green]yes[/]")
     if "parity" in data:
-        table.add_row("fold parity vs run-time MoLE", data["parity"].get("error") or diff_text(result.fold_parity_max_diff),
-                      mark("parity"))
+        table.add_row("fold parity vs " + ("supernet + specialized deltas" if spec else "run-time MoLE"),
+                      data["parity"].get("error") or diff_text(result.fold_parity_max_diff), mark("parity"))
     if "onnx" in data:
         table.add_row("onnxruntime vs torch", data["onnx"].get("error") or
                       diff_text(result.onnx_parity_max_diff, " (batches 1, 7)"), mark("onnx"))
@@ -109,7 +121,8 @@ def report_table(result: ExportResult) -> Table:
                       styled(lat["verdict"]) if "verdict" in lat else mark("zero_overhead_latency"))
     if "unmerged_vs_folded" in data:
         u = data["unmerged_vs_folded"]
-        text = u.get("error") or f"unmerged MoLE is {u['ratio_median']:.2f}x the folded latency (torch eager)"
+        text = u.get("error") or (f"not applicable: {u['skipped']}" if "skipped" in u else
+                                  f"unmerged MoLE is {u['ratio_median']:.2f}x the folded latency (torch eager)")
         table.add_row("what folding saves", text, mark("unmerged_vs_folded"))
     for precision in ("fp16", "int8"):
         step = f"onnx_{precision}"
@@ -146,9 +159,9 @@ def _precision_text(entry: dict) -> str:
 def check_overhead_cmd(
     export_dir: Annotated[Path | None, typer.Argument(help=f"An export folder with {MODEL_ONNX} and {BASELINE_ONNX} (default: latest export).")] = None,
     batch: Annotated[list[int] | None, typer.Option("--batch", help="Batch size of the latency test (repeatable; default 1 and 8).")] = None,
-    iters: Annotated[int, typer.Option("--iters", help="Interleaved A/B pairs before the first look at the verdict.")] = 100,
-    margin: Annotated[float, typer.Option("--margin", help="Equivalence margin: equivalent when the 90% CI of folded/baseline is inside [1/(1+m), 1+m].")] = 0.02,
-    time_s: Annotated[float, typer.Option("--time-s", help="Seconds of timed pairs per batch size at most.")] = 10.0,
+    iters: Annotated[int, typer.Option("--iters", help="Interleaved A/B pairs at the first look at the verdict.")] = RECHECK_TEST.first_pairs,
+    margin: Annotated[float, typer.Option("--margin", help="Latency margin m: passes when the one-sided upper bound of folded/baseline is below 1 + m, fails when the lower bound is above it.")] = RECHECK_TEST.margin,
+    time_s: Annotated[float, typer.Option("--time-s", help="Seconds of timed pairs per batch size at most.")] = RECHECK_TEST.time_limit_s,
     runtime: Annotated[str, typer.Option("--runtime", help="ort-cpu, ort-cuda, trt or trt-graph (TensorRT: the shipped engine against a no-LoRA engine built now).")] = "ort-cpu",
     precision: Annotated[str, typer.Option("--precision", help="Which artifact: fp32 (model.onnx), fp16 or int8 (the twins).")] = "fp32",
     threads: Annotated[int | None, typer.Option("--threads", help="Intra-op threads.")] = None,
@@ -157,11 +170,10 @@ def check_overhead_cmd(
     """Re-check an export's zero overhead on this machine: structure (also against its certificate) and the latency
     equivalence test, printed next to the verdict the certificate recorded at export."""
     from taslora_deploy.certificate.check import latency_side_by_side
-    from taslora_deploy.certificate.latency import LatencyTestConfig
     from taslora_deploy.overhead import check_overhead
 
-    config = LatencyTestConfig(batch_sizes=tuple(batch or (1, 8)), margin=margin, first_pairs=iters,
-                               max_pairs=max(iters, 20000), time_limit_s=time_s)
+    config = RECHECK_TEST.with_options(batch_sizes=tuple(batch) if batch else None, margin=margin, first_pairs=iters,
+                                       max_pairs=max(iters, RECHECK_TEST.max_pairs), time_limit_s=time_s)
     check = check_overhead(export_dir, workdir=workdir, config=config, runtime=runtime, precision=precision,
                            threads=threads, log=console.print)
     console.print(f"export: {check.export_dir}")

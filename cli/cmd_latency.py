@@ -1,6 +1,6 @@
 """`taslora latency fit`: measure subnets on a target, fit a latency model per batch size, write latency-model.json.
 
-Options are parsed here and handed to `taslora_deploy.latency_model.fit_latency_model`, which measures, fits and
+Options are parsed here and handed to `taslora_deploy.fit_latency.fit_latency_model`, which measures, fits and
 writes; this module only prints what it reports.
 """
 
@@ -28,6 +28,23 @@ def _batches(text: str) -> list[int]:
         raise typer.BadParameter(f"--batch takes batch sizes separated by commas (e.g. 1,32), got {text!r}") from None
 
 
+def _quality_line(batch: int, model) -> str:
+    """'batch 1: 97% of held-out subnets within +-10%; round-to-round noise p50 1.2% / p90 3.4%; 144 timings, ...'."""
+    quality, timings = model.quality(), model.info["fit"].get("timings") or {}
+    share = quality["heldout_within_10pct"]
+    text = f"batch {batch}: " + ("nothing held out" if share is None else
+                                 f"{100 * share:.0f}% of held-out subnets within +-10%")
+    if quality["noise_p50"] is not None:
+        text += f"; round-to-round noise p50 {100 * quality['noise_p50']:.1f}% / p90 {100 * quality['noise_p90']:.1f}%"
+    if timings.get("timings"):
+        text += (f"; {timings['timings']} timings of {timings['samples_median']:.0f} samples (median), "
+                 f"{100 * timings['known_share']:.0f}% known within +-2% before the {model.info['fit']['max_time_s']:g} s cap")
+    load = model.info["fit"].get("load_average") or {}
+    if load.get("before") is not None:
+        text += f"; load average {load['before']:.1f} -> {load['after']:.1f}"
+    return text
+
+
 @latency_app.command("fit")
 @handle_errors
 def fit_cmd(
@@ -51,13 +68,17 @@ def fit_cmd(
         "--threads", help="CPU threads of ort-cpu/torch-cpu timing (1: stable on a shared machine; a search "
         "verifies with the model's).")] = 1,
     statistic: Annotated[str, typer.Option(
-        "--statistic", help="What each timing keeps of its runs: median (the deployment latency on an otherwise idle "
-        "machine), or min (the fastest run: robust where other jobs share the CPU). Searches verify the same "
-        "way.")] = "median",
+        "--statistic", help="What each timing keeps of its runs: median (the default; the more repeatable of the "
+        "two in the measurements of docs/results.md) or min (the fastest run). Searches verify the same way.")] = "median",
     rounds: Annotated[int, typer.Option(
         "--rounds", help="Timing passes over all subnets in a shuffled order; the median of the passes is "
         "kept and their spread reported as the noise.")] = 3,
-    iters: Annotated[int, typer.Option("--iters", help="Timed calls per subnet and pass (the median is taken).")] = 30,
+    iters: Annotated[int, typer.Option(
+        "--iters", help="Least timed samples per subnet and pass; each timing then runs until its statistic is "
+        "known within +-2% (95%) or --max-time passed.")] = 5,
+    max_time: Annotated[float, typer.Option(
+        "--max-time", help="Most seconds of timing per subnet and pass (longer: steadier numbers on a noisy "
+        "machine).")] = 0.25,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before each timing.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the mixed and held-out subnets.")] = 0,
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
@@ -65,17 +86,19 @@ def fit_cmd(
         "--out", help="Model file, or a folder (b<batch>/latency-model.json per batch size). Default: "
         "<workdir>/latency-models/<target>-b<batch>-<host>-<space hash>/latency-model.json.")] = None,
     onnx_dir: Annotated[Optional[Path], typer.Option(
-        "--onnx-dir", help="Keep each subnet's ONNX export here and reuse it in later fits (ort-cpu, trt).")] = None,
+        "--onnx-dir", help="Keep each subnet's ONNX export here and reuse it in later fits (ort-cpu, trt). "
+        "Default: <workdir>/latency-exports.")] = None,
 ) -> None:
     """Fit a latency model of one target: measure designed subnets, fit per-block terms, score it on held-out subnets.
 
     Prints the held-out accuracy of the model next to FLOPs as a proxy, and the path of each latency-model.json
     (the last line of stdout, one per batch size). Measurements also fill the search's latency cache.
     """
-    from taslora_deploy.latency_model import FitConfig, fit_latency_model, measured_supernet
+    from taslora_deploy.fit_latency import FitConfig, fit_latency_model, measured_supernet
 
     config = FitConfig(target=target, batches=_batches(batch), samples=samples, holdout=holdout, seed=seed,
                        threads=threads, statistic=statistic, rounds=rounds, warmup=warmup, iters=iters,
+                       max_time_s=max_time,
                        workdir=workdir, out=out, export_dir=onnx_dir)
     supernet, source = measured_supernet(space, ckpt, workdir, seed)
     console.print(f"space:      {escape(supernet.space.name)} ({escape(source)})", highlight=False)
@@ -97,5 +120,9 @@ def fit_cmd(
                           f"{100 * acc['within_10pct']:.0f}%", rho, f"{100 * acc['max_error']:.0f}%",
                           spread if name == "model" else "")
     console.print(table)
+    for b, model in result.models.items():
+        console.print(escape(_quality_line(b, model)), highlight=False, soft_wrap=True)
+        if model.quality_warning():
+            console.print(f"warning: {escape(model.quality_warning())}", highlight=False, soft_wrap=True)
     for path in result.paths.values():
         typer.echo(str(path))

@@ -7,23 +7,29 @@ only prints what the verb reports.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from taslora_cli.app import WorkdirOpt, app, handle_errors
+from taslora_cli.config_options import config_option
 from taslora_cli.search_output import SearchPrinter, front_table, top_table
-from taslora_core.distributed import DistContext
 from taslora_core.search import (
-    DEFAULT_OBJECTIVES, Constraints, LatencyLookup, SearchConfig, SearchError, SearchRunConfig, parse_objectives,
+    DEFAULT_OBJECTIVES, Constraints, SearchConfig, SearchError, SearchRunConfig, parse_objectives,
     run_search,
 )
-from taslora_core.search.latency import MeasureSpec
 from taslora_core.search.latency_setup import LatencyOptions
 from taslora_core.workspace import DEFAULT_WORKDIR
 
 _CONFIG = SearchConfig()  # the defaults of the options below
 _BUDGET = Constraints()
+_LATENCY = LatencyOptions()
+# the latency options' types, flags and help are the library's (taslora_core.search.latency_setup.LatencyOptions)
+LatencyModelOpt = config_option(LatencyOptions, "model")
+LatencyBatchOpt = config_option(LatencyOptions, "batch")
+LatencyStatisticOpt = config_option(LatencyOptions, "statistic")
+LatencySlackOpt = config_option(LatencyOptions, "slack")
+VerifyLatencyOpt = config_option(LatencyOptions, "verify")
 
 
 @app.command("search")
@@ -76,23 +82,11 @@ def search_cmd(
         "--target", help="Latency target of --latency-budget and of the latency objective: torch-cpu, ort-cpu "
         "(onnxruntime on the CPU), torch-cuda or trt (TensorRT engine on the GPU). Default: the --latency-model's, "
         "else torch-cpu.")] = None,
-    latency_model: Annotated[Optional[Path], typer.Option(
-        "--latency-model", help="latency-model.json (or its folder) written by `taslora latency fit` for this space, "
-        "target and batch size: search on its predictions, then measure what is returned (best.json and every "
-        "pareto.json member carry latency_ms measured and latency_predicted_ms).")] = None,
-    latency_batch: Annotated[Optional[int], typer.Option(
-        "--latency-batch", help="Images per timed call of the latency budget/objective (latency is per batch size; a "
-        "GPU service runs 32-256). Default: the --latency-model's, else 1.")] = None,
-    latency_statistic: Annotated[Optional[str], typer.Option(
-        "--latency-statistic", help="What a latency measurement keeps of its timed runs: median, or min (the fastest "
-        "run: robust on a machine shared with other jobs). Default: the --latency-model's, else median.")] = None,
-    latency_slack: Annotated[Optional[float], typer.Option(
-        "--latency-slack", help="With --latency-model: also search candidates predicted up to this fraction over "
-        "--latency-budget (the measurement decides). Default: the model's held-out MAPE.")] = None,
-    verify_latency: Annotated[bool, typer.Option(
-        "--verify-latency/--no-verify-latency", help="With --latency-model: measure the returned subnet(s) on the "
-        "target (default). --no-verify-latency returns predictions only (latency_source 'predicted'), e.g. where "
-        "the target cannot run.")] = True,
+    latency_model: LatencyModelOpt = _LATENCY.model,
+    latency_batch: LatencyBatchOpt = _LATENCY.batch,
+    latency_statistic: LatencyStatisticOpt = _LATENCY.statistic,
+    latency_slack: LatencySlackOpt = _LATENCY.slack,
+    verify_latency: VerifyLatencyOpt = _LATENCY.verify,
     pareto: Annotated[bool, typer.Option(
         "--pareto", help="Multi-objective search (NSGA-II: non-dominated sorting + crowding distance) over "
         "--objectives; writes the whole front to pareto.json and pareto.png beside best.json (which keeps the "
@@ -129,7 +123,9 @@ def search_cmd(
     )
     ctx = init_distributed(device)
     try:
-        run = run_search(config, ctx, SearchPrinter(), _latency_factory(workdir, ctx))
+        from taslora_deploy.latency_lookup import latency_factory
+
+        run = run_search(config, ctx, SearchPrinter(), latency_factory(workdir, ctx))
     except BaseException:
         if ctx.distributed:
             import torch.distributed as dist
@@ -148,19 +144,6 @@ def _objectives(pareto: bool, objectives: str | None) -> list[str] | None:
     if objectives is None:
         return list(DEFAULT_OBJECTIVES) if pareto else None
     return list(parse_objectives(objectives))
-
-
-def _latency_factory(workdir: Path, ctx: DistContext):
-    """(supernet, how to measure) -> the cached latency lookup under <workdir>/latency-cache."""
-
-    def make(supernet: Any, spec: MeasureSpec) -> LatencyLookup:
-        from taslora_deploy.latency_lookup import LatencyTable, default_cache_path
-
-        path = default_cache_path(workdir, spec.target, supernet.space, spec.batch, spec.statistic)
-        return LatencyTable(supernet, spec.target, path, threads=spec.threads, ctx=ctx, batch=spec.batch,
-                            statistic=spec.statistic)
-
-    return make
 
 
 __all__ = ["search_cmd", "SearchError", "SearchPrinter"]

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from taslora_cli.app import app, console, fail, handle_errors
+from taslora_deploy.certificate.latency import RECHECK_TEST
 
 _STYLE = {"pass": "green", "fail": "bold red", "skipped": "yellow"}
 
@@ -21,16 +22,15 @@ def verify_cmd(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random inputs (default: fresh).")] = None,
     tolerance: Annotated[Optional[float], typer.Option(
         "--tolerance", help="Max abs diff of model.onnx vs the safetensors model (default: the export's).")] = None,
-    latency: Annotated[bool, typer.Option("--latency", help="Also re-run the latency equivalence test of certificate.json here and print it next to the certified verdict (different fails; inconclusive is skipped).")] = False,
-    time_s: Annotated[float, typer.Option("--time-s", help="With --latency: seconds of timed pairs per batch size at most.")] = 10.0,
+    latency: Annotated[bool, typer.Option("--latency", help="Also re-run the latency test of certificate.json here and print it next to the certified verdict (different, i.e. slower beyond the margin, fails; inconclusive is skipped).")] = False,
+    time_s: Annotated[float, typer.Option("--time-s", help="With --latency: seconds of timed pairs per batch size at most.")] = RECHECK_TEST.time_limit_s,
     threads: Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads.")] = None,
 ) -> None:
     """Re-check an export folder before deploying it (hashes, parity, structure, its certificates); exit 0 only
     when every check passes."""
-    from taslora_deploy.certificate.latency import LatencyTestConfig
     from taslora_deploy.verify import verify
 
-    config = LatencyTestConfig(time_limit_s=time_s, max_pairs=20000) if latency else None
+    config = RECHECK_TEST.with_options(time_limit_s=time_s) if latency else None
     result = verify(export_dir, seed=seed, onnx_tolerance=tolerance, latency=latency, latency_config=config,
                     threads=threads, log=console.print)
     table = Table(title=f"verify {export_dir} (random inputs: seed {result.seed})")

@@ -12,6 +12,7 @@ from rich.table import Table
 from taslora_cli.app import console, err_console
 from taslora_core.complexity import format_amount
 from taslora_core.search import Constraints, LatencyLookup, SearchEvents, SearchRun, SearchStart
+from taslora_core.search.messages import describe, describe_range
 from taslora_core.search.objectives import objective_value
 from taslora_core.subnet import Subnet
 from taslora_core.train.progress import format_duration
@@ -42,9 +43,9 @@ class SearchPrinter(SearchEvents):
              + (f" (first {cfg.val_subset})" if cfg.val_subset else "")
              + (f", {s.world_size} ranks x ~{val.local}" if s.world_size > 1 else "")
              + ("" if val.materialised else ", streamed per candidate"))
-        _say(f"space:      {s.space.name}; {cons.describe_range(s.space)}")
+        _say(f"space:      {s.space.name}; {describe_range(cons, s.space)}")
         _say(f"fitness:    validation {'loss' if cfg.metric == 'loss' else 'top-1 error (1 - top1)'}, "
-             f"{'with' if s.use_experts else 'without'} experts; constraints: {cons.describe()}"
+             f"{'with' if s.use_experts else 'without'} experts; constraints: {describe(cons)}"
              + (f" (e.g. {format_amount(cons.flops_of(s.space, s.witness))} FLOPs satisfies them)"
                 if cons.bounded else ""))
         _say(f"search:     population {cfg.population}, {cfg.iterations} iterations, top-{cfg.parents}, "
@@ -77,7 +78,7 @@ def _say(text: str) -> None:
 def top_table(run: SearchRun) -> None:
     """The 10 best evaluated subnets (ms: measured, or ~predicted by the latency model; x: rejected when measured)."""
     cons = run.constraints
-    table = Table(title=f"top 10 of {len(run.result.history)} evaluated subnets ({cons.describe()})")
+    table = Table(title=f"top 10 of {len(run.result.history)} evaluated subnets ({describe(cons)})")
     lat = cons.latency_max_ms is not None
     cols = ["#", "fitness", "loss", "top1", f"FLOPs ({cons.counter})", "params"] + (["ms"] if lat else [])
     for col in cols + ["depth", "embed", "heads", "MLP ratios", "gen"]:
@@ -109,7 +110,7 @@ def front_table(run: SearchRun) -> None:
     quality, cost = res.objectives or ("loss", "flops")
     pick_key = res.best["key"]
     table = Table(title=f"Pareto front: {len(res.front)} of {len(res.history)} evaluated subnets, {quality} vs "
-                        f"{cost} ({cons.describe()}); * = single-objective pick (best.json)")
+                        f"{cost} ({describe(cons)}); * = single-objective pick (best.json)")
     lat = any(r.get("latency_ms") is not None or r.get("latency_predicted_ms") is not None for r in res.front)
     cols = ["#", quality, "top1", f"FLOPs ({cons.counter})", "params"] + (["ms"] if lat else [])
     for col in cols + ["depth", "embed", "heads", "MLP ratios", "gen"]:

@@ -43,9 +43,9 @@ setup_data
 export PYTHONUNBUFFERED=1
 case "$cmd" in
   quickstart)
-    # Start from the converged supernet shipped with the repository (benchmarks/reproduction/), unless the
-    # caller chose a supernet or the smoke version: the MoLE step then shows what MoLE does on a converged model.
-    shipped="$ROOT/benchmarks/reproduction/supernet"
+    # Start from the converged wide-space supernet shipped with the repository (benchmarks/reproduction-wide/: the
+    # regime where a subnet has headroom, docs/results.md), unless the caller chose a supernet or the smoke version.
+    shipped="$ROOT/benchmarks/reproduction-wide/supernet"
     if [ -f "$shipped/supernet.safetensors" ] && [[ " $* " != *" --supernet "* ]] && [[ " $* " != *" --fast "* ]]; then
       set -- --supernet "$shipped" "$@"
     fi

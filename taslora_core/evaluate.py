@@ -13,6 +13,11 @@ from taslora_core.mole import MoLEModel
 from taslora_core.subnet import Subnet
 from taslora_core.supernet import Supernet
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+"""(images, labels) batches of one split."""
+Device = str | torch.device | None
+"""Where to run (None: the supernet's device)."""
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -36,8 +41,8 @@ def folded_tensors(
     return {k: v.detach() for k, v in supernet.subnet_tensors(subnet, deltas).items()}
 
 
-def _logits(supernet: Supernet, subnet: Subnet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-            mole: MoLEModel | None, use_experts: bool, device: str | torch.device | None):
+def _logits(supernet: Supernet, subnet: Subnet, batches: Batches, mole: MoLEModel | None, use_experts: bool,
+            device: Device):
     """(logits float32, labels) per batch, the experts folded once; the supernet in eval mode meanwhile."""
     was_training = supernet.training
     supernet.eval()
@@ -52,14 +57,8 @@ def _logits(supernet: Supernet, subnet: Subnet, batches: Iterable[tuple[torch.Te
 
 
 @torch.no_grad()
-def per_image(
-    supernet: Supernet,
-    subnet: Subnet,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    mole: MoLEModel | None = None,
-    use_experts: bool = True,
-    device: str | torch.device | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def per_image(supernet: Supernet, subnet: Subnet, batches: Batches, mole: MoLEModel | None = None,
+              use_experts: bool = True, device: Device = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (correct: bool, cross-entropy: float32) on the CPU, in batch order: the raw material of
     paired comparisons (the same images with and without experts, or of two methods)."""
     correct, losses = [], []
@@ -70,14 +69,8 @@ def per_image(
 
 
 @torch.no_grad()
-def evaluate(
-    supernet: Supernet,
-    subnet: Subnet,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    mole: MoLEModel | None = None,
-    use_experts: bool = True,
-    device: str | torch.device | None = None,
-) -> EvalResult:
+def evaluate(supernet: Supernet, subnet: Subnet, batches: Batches, mole: MoLEModel | None = None,
+             use_experts: bool = True, device: Device = None) -> EvalResult:
     """Loss/top-1 of `subnet` over `batches`. Under torch.distributed the sums are all-reduced across ranks."""
     device = device or next(supernet.parameters()).device
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count

@@ -1,6 +1,9 @@
 """MoLE checkpoint files: `mole.safetensors` (experts + router tensors) and `mole.json` (config, space, extras).
 
-The model (`taslora_core.mole`) does no file I/O; this module writes and reads it.
+The model (`taslora_core.mole`) does no file I/O; this module writes and reads it. `config` holds the model's
+structure (expert structure, router and routing variant), so every training recipe loads from it alone; `recipe`
+(written by `taslora train`) names the recipe and its settings. A mole.json written before recipes existed has
+neither a structure nor a recipe: it loads as the paper's mixture, and `mole_recipe` reports the `paper` recipe.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from taslora_core.supernet import Supernet
 MOLE_WEIGHTS = "mole.safetensors"
 MOLE_CONFIG = "mole.json"
 MOLE_FIX = "restore the run folder from its source or retrain the experts with `taslora train`"
+RECIPE_KEY = "recipe"
 
 
 def save_mole(directory: str | Path, model: MoLEModel, extra: dict[str, Any] | None = None) -> Path:
@@ -42,6 +46,17 @@ def read_mole_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(doc.get("config"), dict):
         raise CheckpointError(f"MoLE record {path} lacks its expert settings ('config'); {MOLE_FIX}")
     return doc
+
+
+def mole_recipe(meta: dict[str, Any]) -> dict[str, Any]:
+    """{"name", "settings"} of the recipe a MoLE record was trained with; `paper` (and its settings) for a record
+    written before recipes existed."""
+    recorded = meta.get(RECIPE_KEY)
+    if isinstance(recorded, dict) and isinstance(recorded.get("name"), str):
+        return recorded
+    from taslora_core.train.recipes import recipe_settings  # imported here: the training package imports this module
+
+    return {"name": "paper", "settings": recipe_settings("paper")}
 
 
 def load_mole(directory: str | Path, supernet: Supernet) -> MoLEModel:

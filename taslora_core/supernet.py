@@ -19,7 +19,7 @@ from taslora_core.slicing import Deltas, block_dims, sliced_state
 from taslora_core.space import SearchSpace
 from taslora_core.state_check import load_state_strict
 from taslora_core.subnet import Subnet
-from taslora_core.vit import Block, PatchEmbed, RelPosTables, SlicedLayers, register_rel_index, vit_features
+from taslora_core.vit import Block, PatchEmbed, RelPosTables, SlicedLayers, register_rel_pos, rel_pos_of, vit_features
 
 __all__ = ["RelPosTables", "Supernet", "drop_path_rates"]
 
@@ -48,7 +48,7 @@ class Supernet(nn.Module):
         self.norm = nn.LayerNorm(e)
         self.head = nn.Linear(e, space.num_classes)
         self.set_drop_path(drop_path_rate)
-        register_rel_index(self, space)
+        register_rel_pos(self, space)
         self.reset_parameters()
 
     def set_drop_path(self, max_rate: float) -> None:
@@ -99,7 +99,7 @@ class Supernet(nn.Module):
             )
         dims = [block_dims(space, subnet, b) for b in range(subnet.depth)]
         return vit_features(
-            x, self._layers(subnet, tensors), space, dims, (self.rel_idx_v, self.rel_idx_h),
+            x, self._layers(subnet, tensors), space, dims, rel_pos_of(self),
             self.drop_path_rates, self.training,
         )
 

@@ -21,12 +21,10 @@ import torch.nn.functional as F
 from timm.layers import drop_path
 from torch import nn
 
-from taslora_core import vit_ops
+from taslora_core import rel_pos_attention, vit_ops
+from taslora_core.rel_pos_attention import RelPosBuffers, RelTables
 from taslora_core.slicing import BlockDims
 from taslora_core.space import SearchSpace
-
-RelIndex = tuple[torch.Tensor, torch.Tensor]
-"""(rows, columns) index tables of the relative positions, from `vit_ops.rel_pos_index`."""
 
 
 # ---------------------------------------------------------------------- layers (parameters only)
@@ -71,11 +69,19 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(hidden, embed)
 
 
-def register_rel_index(module: nn.Module, space: SearchSpace) -> None:
-    """Register the relative-position index tables as non-persistent buffers `rel_idx_v` / `rel_idx_h`."""
-    idx_v, idx_h = vit_ops.rel_pos_index(space.img_size // space.patch_size, space.max_relative_position)
-    module.register_buffer("rel_idx_v", idx_v, persistent=False)
-    module.register_buffer("rel_idx_h", idx_h, persistent=False)
+def register_rel_pos(module: nn.Module, space: SearchSpace) -> None:
+    """Register the relative-position constants of the space's grid (`rel_pos_attention.rel_pos_buffers`) as
+    non-persistent buffers `rel_table_index` / `rel_one_hot` (they follow the module's device and dtype)."""
+    buffers = rel_pos_attention.rel_pos_buffers(
+        space.img_size // space.patch_size, space.max_relative_position, space.head_dim
+    )
+    module.register_buffer("rel_table_index", buffers.table_index, persistent=False)
+    module.register_buffer("rel_one_hot", buffers.one_hot, persistent=False)
+
+
+def rel_pos_of(module: nn.Module) -> RelPosBuffers:
+    """The buffers `register_rel_pos` registered on `module`."""
+    return RelPosBuffers(module.rel_table_index, module.rel_one_hot)
 
 
 # ---------------------------------------------------------------------- where the forward reads its layers
@@ -145,30 +151,26 @@ def block_forward(
     x: torch.Tensor,
     layers: Layers,
     dims: BlockDims,
-    rel_index: RelIndex | None,
+    rel: RelPosBuffers | None,
     drop_rate: float = 0.0,
     training: bool = False,
 ) -> torch.Tensor:
     """One pre-norm block on tokens (B, N, E): x + attn(LN(x)), then + fc2(GELU(fc1(LN(x)))), each drop-pathed.
 
-    `rel_index` is None without relative positions. Drop-path acts only when `training` and `drop_rate` > 0.
+    `rel` (the grid's relative-position buffers) is None without relative positions. Drop-path acts only when
+    `training` and `drop_rate` > 0.
     """
-    y = layers.layer_norm("attn_layer_norm", x)
-    # This order (norm, rel-pos tables, qkv) is the exported ONNX graph's node order: keep it.
-    rel_k = rel_v = None
-    if rel_index is not None:
-        rel_k = _rel_embedding(layers, "attn.rel_pos_embed_k.", rel_index)
-        rel_v = _rel_embedding(layers, "attn.rel_pos_embed_v.", rel_index)
-    y = layers.linear("attn.qkv", y)
-    y = layers.linear("attn.proj", vit_ops.attention_core(y, dims.heads, dims.head_dim, rel_k, rel_v))
+    y = layers.linear("attn.qkv", layers.layer_norm("attn_layer_norm", x))
+    tables = _rel_tables(layers) if rel is not None else None
+    y = layers.linear("attn.proj", rel_pos_attention.attention(y, dims.heads, dims.head_dim, tables, rel))
     x = x + drop_path(y, drop_rate, training)
     y = vit_ops.gelu(layers.linear("fc1", layers.layer_norm("ffn_layer_norm", x)))
     return x + drop_path(layers.linear("fc2", y), drop_rate, training)
 
 
-def _rel_embedding(layers: Layers, prefix: str, rel_index: RelIndex) -> torch.Tensor:
-    table_v, table_h = layers.tensor(prefix + "embeddings_table_v"), layers.tensor(prefix + "embeddings_table_h")
-    return vit_ops.rel_pos_embedding(table_v, table_h, *rel_index)
+def _rel_tables(layers: Layers) -> RelTables:
+    names = (f"attn.rel_pos_embed_{side}.embeddings_table_{axis}" for side in "kv" for axis in "vh")
+    return RelTables(*(layers.tensor(name) for name in names))
 
 
 def vit_features(
@@ -176,18 +178,19 @@ def vit_features(
     layers: Layers,
     space: SearchSpace,
     dims: Sequence[BlockDims],
-    rel_index: RelIndex,
+    rel: RelPosBuffers,
     drop_rates: Sequence[float] | None = None,
     training: bool = False,
 ) -> torch.Tensor:
     """Pooled penultimate features (B, E) of images (B, C, H, W): patch embedding, the blocks, final norm, pool.
 
-    `dims[b]` are block b's dims (one per block run); `drop_rates[b]` its drop-path rate (None: no drop-path).
+    `dims[b]` are block b's dims (one per block run); `drop_rates[b]` its drop-path rate (None: no drop-path);
+    `rel` the grid's relative-position buffers (`rel_pos_of`), used when the space has relative positions.
     """
     pos_embed = layers.tensor("pos_embed") if space.abs_pos else None
     h = vit_ops.embed_tokens(layers.conv("patch_embed.proj", x), layers.tensor("cls_token"), pos_embed)
-    rel = rel_index if space.relative_position else None
+    block_rel = rel if space.relative_position else None
     for b, d in enumerate(dims):
         rate = drop_rates[b] if drop_rates is not None else 0.0
-        h = block_forward(h, layers.block(b), d, rel, rate, training)
+        h = block_forward(h, layers.block(b), d, block_rel, rate, training)
     return vit_ops.pool(layers.layer_norm("norm", h), space.global_pool)

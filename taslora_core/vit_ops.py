@@ -1,4 +1,7 @@
-"""ViT math shared by the supernet and the standalone model (AutoFormer's forward, `autoformer.md` 2.2-2.4)."""
+"""ViT math shared by the supernet and the standalone model (AutoFormer's forward, `autoformer.md` 2.2-2.4).
+
+The attention itself is `taslora_core.rel_pos_attention`.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +11,24 @@ import torch.nn.functional as F
 LN_EPS = 1e-5
 
 
+def axis_rel_index(grid: int, max_rel: int) -> torch.Tensor:
+    """(grid, grid) long table row of a (query, key) pair of positions along one grid axis: the distance
+    key - query clamped to [-max_rel, max_rel] and shifted by max_rel + 1 (row 0 is the cls token's)."""
+    pos = torch.arange(grid)
+    return (pos[None, :] - pos[:, None]).clamp(-max_rel, max_rel) + max_rel + 1
+
+
 def rel_pos_index(grid: int, max_rel: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, N) long index tables (rows, columns) for N = grid*grid + 1 tokens, cls at index 0.
 
-    Patch q and patch k get distance k//s - q//s (rows) and k%s - q%s (columns), clamped to
-    [-max_rel, max_rel] and shifted by max_rel + 1; every pair involving the cls token uses index 0.
+    Patch q and patch k get `axis_rel_index` of their grid rows (k//s vs q//s) and of their grid columns
+    (k%s vs q%s); every pair involving the cls token uses index 0. The attention
+    (`taslora_core.rel_pos_attention`) uses the per-axis tables directly; this is the rule spelled out per pair.
     """
+    axis = axis_rel_index(grid, max_rel)
     pos = torch.arange(grid * grid)
     r, c = pos // grid, pos % grid
-    dv = (r[None, :] - r[:, None]).clamp(-max_rel, max_rel) + max_rel + 1
-    dh = (c[None, :] - c[:, None]).clamp(-max_rel, max_rel) + max_rel + 1
-    return F.pad(dv, (1, 0, 1, 0)), F.pad(dh, (1, 0, 1, 0))
-
-
-def rel_pos_embedding(
-    table_v: torch.Tensor, table_h: torch.Tensor, idx_v: torch.Tensor, idx_h: torch.Tensor
-) -> torch.Tensor:
-    """(N, N, head_dim) relative-position embedding: table_v[idx_v] + table_h[idx_h]."""
-    return table_v[idx_v] + table_h[idx_h]
-
-
-def attention_core(
-    qkv: torch.Tensor,
-    heads: int,
-    head_dim: int,
-    rel_k: torch.Tensor | None,
-    rel_v: torch.Tensor | None,
-) -> torch.Tensor:
-    """Multi-head attention from the qkv projection (B, N, 3*heads*head_dim) to (B, N, heads*head_dim).
-
-    Channels are [all q | all k | all v], head-major. With relative positions the key term q.r_k is added to
-    the logits (scaled like q.k) and the value term sum_j attn_ij r_v[i,j] to the output, shared by all heads.
-    """
-    b, n, _ = qkv.shape
-    q, k, v = qkv.reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, N, d)
-    scale = head_dim**-0.5
-    logits = q @ k.transpose(-2, -1)
-    if rel_k is not None:
-        # (N, B*h, d) @ (N, d, N) -> (N, B*h, N): each query position i uses its own table slice r_k[i].
-        qr = q.permute(2, 0, 1, 3).reshape(n, -1, head_dim) @ rel_k.transpose(1, 2)
-        logits = logits + qr.reshape(n, b, heads, n).permute(1, 2, 0, 3)
-    attn = (logits * scale).softmax(dim=-1)
-    out = attn @ v
-    if rel_v is not None:
-        av = attn.permute(2, 0, 1, 3).reshape(n, -1, n) @ rel_v  # (N, B*h, d)
-        out = out + av.reshape(n, b, heads, head_dim).permute(1, 2, 0, 3)
-    return out.transpose(1, 2).reshape(b, n, heads * head_dim)
+    return F.pad(axis[r[:, None], r[None, :]], (1, 0, 1, 0)), F.pad(axis[c[:, None], c[None, :]], (1, 0, 1, 0))
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:

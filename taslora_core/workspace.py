@@ -5,6 +5,8 @@ Layout, one folder per run, named `<UTC timestamp>-<name>` so that names sort by
     supernets/<run>/   supernet.safetensors, space.json, train state, metrics.jsonl, split.json
     mole/<run>/        mole.safetensors, mole.json (names its supernet), train state, metrics.jsonl, split.json
     searches/<run>/    best.json, history.jsonl, fitness_vs_flops.png, state.json
+    specialized/<run>/ specialized.safetensors (one subnet's final weight deltas), specialize.json, log.txt,
+                       train state (`taslora specialize`; taslora_core.specialize.run_files)
     exports/<run>/     model.safetensors, config.json, model.onnx, model.plan, report.json
     exports/<family>/  member-<i>-<flops>/ (each an export folder), family.json, family.md, family.png
 
@@ -33,6 +35,7 @@ KINDS: dict[str, str] = {
     "supernets": "supernet.safetensors",
     "mole": "mole.safetensors",
     "searches": BEST_JSON,
+    "specialized": "specialized.safetensors",
     "exports": "config.json",
 }
 """Run kind -> the file whose presence marks a usable run (kept for callers; see FINISHED_FILES)."""
@@ -41,6 +44,7 @@ FINISHED_FILES: dict[str, tuple[str, ...]] = {
     "supernets": ("supernet.safetensors", "space.json"),  # space.json is written after the weights
     "mole": ("mole.safetensors", "mole.json"),  # mole.json is written after the weights
     "searches": (BEST_JSON,),
+    "specialized": ("specialized.safetensors", "specialize.json"),  # specialize.json is written last
     "exports": ("config.json", "report.json"),
 }
 EXPORT_IN_PROGRESS = "in_progress"  # report.json / family.json key while the export is still writing the folder

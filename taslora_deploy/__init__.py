@@ -2,9 +2,10 @@
 
 Library verbs (imported on first use, so `import taslora_deploy` stays light):
 `export` (-> ExportResult), `export_family` (every member of a pareto.json -> FamilyResult), `check_overhead`
-(-> OverheadCheck), `benchmark` (-> BenchResult); precision twins: `convert_fp16`, `quantize_int8`. Two verbs share
+(-> OverheadCheck), `benchmark` (-> BenchResult); precision twins: `convert_fp16`, `quantize_int8`. Three verbs share
 their module's name and are imported from it: `taslora_deploy.verify.verify` (an export as shipped ->
-VerifyResult) and `taslora_deploy.quickstart.quickstart` (every stage on Fashion-MNIST -> its summary).
+VerifyResult), `taslora_deploy.quickstart.quickstart` (every stage on Fashion-MNIST -> its summary) and
+`taslora_deploy.predict.predict` (image files through an export with its recorded preprocessing -> PredictResult).
 
 Subpackages: `standalone` (the standalone ViT and its files), `precision` (fp16/int8 twins and their gate),
 `certificate` (the zero-overhead certificate: structure, latency equivalence, document, steps, re-checks) and

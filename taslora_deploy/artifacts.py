@@ -2,8 +2,10 @@
 
 An export folder (`exports/<run>/` in the workspace, or `--out`) holds::
 
-    model.safetensors + config.json   standalone PyTorch model (load_standalone)
-    model.onnx                        folded model, single file, dynamic batch
+    model.safetensors + config.json   standalone PyTorch model (load_standalone); config.json's "pretrained_cfg"
+                                      says how to feed it (taslora_deploy.preprocessing)
+    model.onnx                        folded model, single file, dynamic batch; the same record in its
+                                      metadata_props (pretrained_cfg.*), beside the certificate's (taslora.*)
     model_fp16.onnx                   mixed fp16 twin (--precision fp16 or --fp16)
     model_int8.onnx                   static int8 QDQ twin (--precision int8)
     baseline/model.onnx               the no-LoRA subnet, for the zero-overhead checks

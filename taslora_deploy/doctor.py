@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import util
 from pathlib import Path
 
@@ -65,6 +65,10 @@ class Diagnosis:
     def by_name(self, name: str) -> Check:
         """The check called `name` (tests and callers)."""
         return next(c for c in self.checks if c.name == name)
+
+    def to_dict(self) -> dict:
+        """What `taslora doctor --json` prints: ``{"ok": bool, "checks": [{name, status, detail, fix}, ...]}``."""
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
 
 
 def _python() -> list[Check]:

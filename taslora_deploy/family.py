@@ -8,14 +8,18 @@ member's zero-overhead certificate.json, whose verdict is a column of the table)
 times each member on the chosen runtime (:func:`taslora_deploy.bench.verb.bench`, THE timing loop underneath),
 optionally measures test top-1 (:func:`taslora_core.evaluate.evaluate`), and writes ``family.json`` (rewritten
 after every member), ``family.md`` and ``family.png``. A member that fails a step is marked failed with that
-step and its one-line message; the others still go on.
+step and its one-line message; the others still go on. With ``options.specialize_epochs`` (``--specialize-epochs
+N``) every member is first fine-tuned alone (:func:`taslora_core.specialize.specialize`, a run in the workspace's
+``specialized/``) and its export folds that run; without it, export folds the newest specialize run of the member's
+subnet if the workspace holds one (``--no-specialize``: never). The table says what each member's was.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from taslora_deploy.pipeline import ExportOptions, ExportResult, export
 
 __all__ = ["FAMILY_JSON", "FAMILY_MD", "FAMILY_PNG", "RUNTIMES", "FamilyError", "FamilyMember", "FamilyResult",
            "FamilyTiming", "default_timing",
-           "TABLE_COLUMNS", "export_family", "family_markdown", "member_row", "spread_indices"]
+           "TABLE_COLUMNS", "export_family", "family_markdown", "member_row", "specialized_lines", "spread_indices"]
 
 FAMILY_JSON = workspace.FAMILY_JSON  # marked in progress until the last member; finished once family.md exists
 FAMILY_MD = workspace.FAMILY_MD
@@ -74,6 +78,7 @@ class FamilyMember:
     fold_parity_max_diff: float | None = None
     onnx_parity_max_diff: float | None = None
     same_structure: bool | None = None
+    specialized: dict[str, Any] | None = None  # the specialize run folded (run, weights, steps, seconds, val gain)
     status: str = "ok"  # ok | failed
     failed_step: str | None = None
     error: str | None = None
@@ -235,7 +240,7 @@ def export_family(
         member = front.members[index]
         record = _member_record(index, member, front.counter)
         log(f"member {n}/{len(chosen)}: {record.folder}")
-        _export_member(record, out_dir, ckpt_path, workdir, options, timing, log)
+        _export_member(record, out_dir, ckpt_path, workdir, options, timing, log, experts=loaded.mole is not None)
         if test_batches is not None:
             _evaluate_member(record, member, loaded, test_batches, options)
         result.members.append(record)
@@ -256,13 +261,23 @@ def _member_record(index: int, member: ParetoMember, counter: str) -> FamilyMemb
 
 
 def _export_member(record: FamilyMember, out_dir: Path, ckpt_path: Path, workdir: str | os.PathLike,
-                   options: ExportOptions, timing: FamilyTiming, log: Callable[[str], None]) -> None:
-    """The usual export into the member's folder, then its latency; failures go into `record`."""
+                   options: ExportOptions, timing: FamilyTiming, log: Callable[[str], None],
+                   experts: bool = True) -> None:
+    """The usual export into the member's folder (specialised first with --specialize-epochs), then its latency;
+    failures go into `record`."""
     folder = out_dir / record.folder
     subnet_path = atomic_write_json(folder / SUBNET_JSON, record.subnet)
+    specialized = None
+    if options.specialize_epochs is not None:
+        try:
+            specialized = _specialize_member(record, ckpt_path, workdir, options, experts, log)
+        except Exception as err:  # noqa: BLE001 - a member that cannot be specialised is marked failed
+            record.fail("specialize", f"{type(err).__name__}: {err}")
+            return
+        options = replace(options, specialize_epochs=None)  # export folds the run just made
     try:
         exported = export(subnet_path, ckpt_path, workdir=workdir, out=folder, options=options,
-                          log=lambda line: log(f"  {line}"))
+                          log=lambda line: log(f"  {line}"), specialized=specialized)
     except Exception as err:  # noqa: BLE001 - a member that cannot be exported is marked failed; the rest go on
         record.fail("export", f"{type(err).__name__}: {err}")
         return
@@ -273,7 +288,19 @@ def _export_member(record: FamilyMember, out_dir: Path, ckpt_path: Path, workdir
         record.fail("latency", f"{type(err).__name__}: {err}")
 
 
+def _specialize_member(record: FamilyMember, ckpt_path: Path, workdir: str | os.PathLike, options: ExportOptions,
+                       experts: bool, log: Callable[[str], None]) -> Path:
+    """`taslora specialize` of the member's subnet for --specialize-epochs (a run in the workspace's specialized/)."""
+    from taslora_core.specialize import SpecializeConfig, specialize
+
+    source = {"ckpt": str(ckpt_path)} if experts else {"supernet": str(ckpt_path)}
+    config = SpecializeConfig(workdir=str(workdir), subnet=json.dumps(record.subnet), epochs=options.specialize_epochs,
+                              seed=options.seed, threads=options.threads, quiet=True, **source)
+    return specialize(config, log=lambda line: log(f"  {line}")).run_dir
+
+
 def _copy_checks(record: FamilyMember, exported: ExportResult) -> None:
+    record.specialized = (exported.report.get("source") or {}).get("specialized")
     record.fold_parity_max_diff = exported.fold_parity_max_diff
     record.onnx_parity_max_diff = exported.onnx_parity_max_diff
     record.same_structure = exported.same_structure
@@ -307,11 +334,15 @@ def _test_batches(loaded: LoadedCheckpoint) -> list:
 
 
 def _evaluate_member(record: FamilyMember, member: ParetoMember, loaded: LoadedCheckpoint, batches: list, options: ExportOptions) -> None:
-    """Test top-1 of the member as exported (experts folded unless --no-lora); a failure marks the member."""
+    """Test top-1 of the member as exported (experts folded unless --no-lora; a specialized member with its
+    specialize run's deltas); a failure marks the member."""
     from taslora_core.evaluate import evaluate
+    from taslora_core.specialize import read_specialized
 
     try:
-        res = evaluate(loaded.supernet, member.subnet, batches, loaded.mole, use_experts=not options.no_lora)
+        deltas = read_specialized(record.specialized["run"]).delta_source() if record.specialized else loaded.mole
+        res = evaluate(loaded.supernet, member.subnet, batches, deltas,  # type: ignore[arg-type]
+                       use_experts=record.specialized is not None or not options.no_lora)
         record.top1_test = float(res.top1)
     except Exception as err:  # noqa: BLE001 - recorded like a failed export step
         record.fail("eval_test", f"{type(err).__name__}: {err}")
@@ -337,12 +368,28 @@ def member_row(m: FamilyMember) -> list[str]:
             m.certificate or "-", status]
 
 
+def specialized_lines(members: Sequence[FamilyMember]) -> list[str]:
+    """One line per specialized member (what its export folded, for how long, what it bought on validation)."""
+    out = []
+    for m in members:
+        s = m.specialized
+        if s:
+            out.append(f"- {m.folder}: specialized ({s['weights']}, {s['steps_run']} steps, best at step "
+                       f"{s['best_step']}, {s['wall_seconds']:.0f} s): validation top-1 {100 * s['val_top1_before']:.2f}% "
+                       f"-> {100 * s['val_top1_after']:.2f}% ({s['val_top1_gain_points']:+.2f} points); run {s['run']}")
+    return out
+
+
 def family_markdown(result: FamilyResult) -> str:
     """family.md: one row per member (the same numbers as family.json)."""
     head = (f"Family of {result.pareto_path} on {result.ckpt_path}; latency on {result.runtime}, "
             f"batch {result.latency_batch}.\n\n")
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in member_row(m)) + " |" for m in result.members]
+    spec = specialized_lines(result.members)
+    if spec:
+        lines += ["", "Folded specialize runs (`taslora specialize`, early-stopped on the held-out validation split):",
+                  "", *spec]
     return head + "\n".join(lines) + "\n"
 
 

@@ -12,11 +12,13 @@ that is the zero-overhead claim) and timed at one batch size (`batch`, default 1
 
 An ONNX file depends only on the subnet's shapes, so with `export_dir` each export is kept there and reused (by
 another batch size, by ort-cpu and trt alike); that is what makes fitting a latency model at several batch sizes
-cost one export per subnet (`taslora_deploy.latency_model`). `measure_many` times a set of subnets the robust
+cost one export per subnet (`taslora_deploy.fit_latency`). `measure_many` times a set of subnets the robust
 way: all runners are prepared first, then timed in `rounds` shuffled passes (machine drift hits every subnet
 alike) and the median of the per-round medians is kept; the spread between rounds is the measurement noise.
 
-The value is the median of `iters` timed runs after `warmup` runs (`taslora_deploy.timing`), single-threaded by
+The value is the `statistic` of timed runs after `warmup` runs, timed until it is known (`taslora_deploy.timing.
+time_until_known`: calls per sample autoranged, samples until the statistic's 95% interval is within +-2%, at
+least `iters` samples and at most `max_time_s` seconds), single-threaded by
 default (`threads=1`: stable on a shared machine; multi-threaded batch-1 timings of small models vary by 10x under
 load). `statistic="min"` keeps the fastest run instead: on a machine shared with other jobs most runs wait for a
 core and the median measures the load, while the fastest run is what the model costs (Python's `timeit` gives
@@ -50,17 +52,16 @@ import torch
 
 from taslora_core.artifact_read import ArtifactError, read_json_artifact
 from taslora_core.atomic import atomic_write_json
-from taslora_core.search.latency_model import host_name, space_hash
+from taslora_core.search.latency import LatencyLookup, MeasureSpec, check_measure
+from taslora_core.search.latency_model import measurement_stem, space_hash
 from taslora_core.search.objectives import LATENCY_TARGETS
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_deploy.artifacts import MODEL_ONNX
-from taslora_deploy.timing import interleaved_latency, latency_stats, time_calls, torch_threads, warm_up
+from taslora_deploy.timing import interleaved_latency, latency_stats, time_until_known, torch_threads, warm_up
 
 TARGETS = LATENCY_TARGETS  # the one list of targets (taslora_core.search.objectives)
 CACHE_FORMAT = "taslora-latency-cache"
-STATISTICS = ("median", "min")
-"""What a measurement keeps of its timed runs (`timing.latency_stats` keys without '_ms')."""
 PREPARE_CHUNK = 32
 """Subnets whose runners (an ONNX session, an engine) are held at once by `measure_many`."""
 
@@ -77,9 +78,23 @@ def _table_sha256(table: dict[str, Any]) -> str:
 
 def default_cache_path(workdir: str | Path, target: str, space: SearchSpace, batch: int = 1,
                        statistic: str = "median") -> Path:
-    """`<workdir>/latency-cache/<target>-b<batch>[-<statistic>]-<host>-<space hash>.json` (median unnamed)."""
-    stat = "" if statistic == "median" else f"-{statistic}"
-    return Path(workdir) / "latency-cache" / f"{target}-b{int(batch)}{stat}-{host_name()}-{space_hash(space)}.json"
+    """`<workdir>/latency-cache/<measurement_stem>.json` (`taslora_core.search.latency_model.measurement_stem`)."""
+    return Path(workdir) / "latency-cache" / f"{measurement_stem(target, batch, statistic, space)}.json"
+
+
+def latency_factory(workdir: str | Path | None, ctx: Any = None,
+                    export_dir: str | Path | None = None) -> Callable[[Any, MeasureSpec], LatencyLookup]:
+    """The search's latency lookups: ``(supernet, MeasureSpec) -> LatencyTable`` cached under
+    ``<workdir>/latency-cache`` (:func:`default_cache_path`; ``workdir`` None: in memory only), ONNX exports kept in
+    ``export_dir`` when given, the measurements broadcast from rank 0 under ``ctx`` (torch.distributed)."""
+
+    def make(supernet: Any, spec: MeasureSpec) -> LatencyTable:
+        path = None if workdir is None else default_cache_path(workdir, spec.target, supernet.space, spec.batch,
+                                                                    spec.statistic)
+        return LatencyTable(supernet, spec.target, path, threads=spec.threads, ctx=ctx, batch=spec.batch,
+                            export_dir=export_dir, statistic=spec.statistic)
+
+    return make
 
 
 def check_target(target: str) -> None:
@@ -126,19 +141,20 @@ class LatencyTable:
     """Callable subnet -> median latency in ms of one `batch` on `target`, measured once per subnet and cached."""
 
     def __init__(self, supernet: torch.nn.Module, target: str = "torch-cpu", cache_path: str | Path | None = None,
-                 warmup: int = 10, iters: int = 30, threads: int | None = 1, ctx: Any = None, batch: int = 1,
-                 export_dir: str | Path | None = None, statistic: str = "median") -> None:
+                 warmup: int = 10, iters: int = 5, threads: int | None = 1, ctx: Any = None, batch: int = 1,
+                 export_dir: str | Path | None = None, statistic: str = "median", max_time_s: float = 0.25,
+                 rel_half_width: float = 0.02) -> None:
         check_target(target)
-        if int(batch) < 1:
-            raise LatencyUnavailable(f"--latency-batch must be at least 1, got {batch}")
-        if statistic not in STATISTICS:
-            raise LatencyUnavailable(f"unknown latency statistic '{statistic}'; choose one of {', '.join(STATISTICS)}")
+        check_measure(batch, statistic)
         self.statistic = statistic
         self.supernet, self.target, self.batch = supernet, target, int(batch)
         self.space: SearchSpace = supernet.space  # type: ignore[assignment]
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self.export_dir = Path(export_dir) if export_dir is not None else None
         self.warmup, self.iters, self.threads, self.ctx = warmup, iters, threads, ctx
+        self.max_time_s, self.rel_half_width = float(max_time_s), float(rel_half_width)
+        self.timings: list[tuple[int, bool]] = []
+        """(samples, known before a cap) of every timing so far (`timing.time_until_known`)."""
         self.table: dict[str, float] = {}
         self.rounds: dict[str, list[float]] = {}
         """Per-round medians (ms) of the subnets `measure_many` timed, for the noise report."""
@@ -195,6 +211,7 @@ class LatencyTable:
             "format": CACHE_FORMAT, "target": self.target, "batch": self.batch, "threads": self.threads,
             "statistic": self.statistic,
             "host": platform.node(), "space": self.space.name, "warmup": self.warmup, "iters": self.iters,
+            "max_time_s": self.max_time_s, "rel_half_width": self.rel_half_width,
             "runtime": runtime_versions(self.target), "latency_ms": self.table, "sha256": _table_sha256(self.table),
         })
 
@@ -266,11 +283,15 @@ class LatencyTable:
         return exported
 
     def _time(self, run: Any) -> float:
-        """The `statistic` (ms) of `iters` calls of a runner after `warmup` calls, with this table's threads."""
+        """The `statistic` (ms per call) of a runner after `warmup` calls, with this table's threads, timed until
+        known (`timing.time_until_known`: +-`rel_half_width` at 95%, at least `iters` samples, at most `max_time_s`
+        seconds); the sample count and whether a cap ended it are added to `self.timings`."""
         with torch_threads(self.threads if self.target == "torch-cpu" else None):
             warm_up([run], min_calls=self.warmup)
-            times = time_calls(run, min_iters=self.iters)
-        return latency_stats(times, batch=self.batch)[f"{self.statistic}_ms"]
+            timing = time_until_known(run, self.statistic, self.rel_half_width, self.max_time_s,
+                                      min_samples=max(int(self.iters), 2))
+        self.timings.append((timing.samples, timing.stopped == "known"))
+        return latency_stats(timing.times, batch=self.batch)[f"{self.statistic}_ms"]
 
     def compare(self, slower: Subnet, faster: Subnet, warmup_s: float = 0.3, iters: int = 60) -> dict[str, float]:
         """Re-time two subnets interleaved (AB, BA, ...; `timing.interleaved_latency`, the zero-overhead check's

@@ -3,8 +3,9 @@ against the export's certificate).
 
 Typical use: A = plain ViT of an architecture, B = the same architecture after folding the TAS-LoRA experts into
 its weights. Structurally they must be identical (same ops, parameter shapes/counts, I/O, MACs counted on the
-graph, FLOPs) and their latencies equivalent: the 90% CI of the folded/baseline ratio inside the margin
-(:mod:`taslora_deploy.certificate.equivalence`). The structure facts are
+graph, FLOPs) and the folded model no slower than the baseline beyond the margin: the one-sided upper bound of the
+folded/baseline ratio below ``1 + margin`` (:mod:`taslora_deploy.certificate.equivalence`; slower beyond it fails,
+faster passes with a note). The structure facts are
 :mod:`taslora_deploy.certificate.structure`'s; the timing is :mod:`taslora_deploy.timing` on the runners of
 :mod:`taslora_deploy.runners` (re-exported here for existing callers).
 """
@@ -110,7 +111,7 @@ class OverheadCheck:
 
     @property
     def latency_verdict(self) -> str:
-        """equivalent / different / inconclusive, measured here."""
+        """equivalent (not slower beyond the margin) / different (slower) / inconclusive, measured here."""
         return str(self.latency.get("verdict"))
 
     @property
@@ -170,13 +171,14 @@ def check_overhead(
 
     A = the no-LoRA twin (``baseline/model.onnx``, or ``baseline/model_<p>.onnx`` for ``precision``), B = the
     exported artifact: structural comparison (also against the facts its certificate recorded) and the latency
-    equivalence test (``config``: a :class:`~taslora_deploy.certificate.latency.LatencyTestConfig`) on ``runtime``
+    latency test (``config``: a :class:`~taslora_deploy.certificate.latency.LatencyTestConfig`, default
+    :data:`~taslora_deploy.certificate.latency.RECHECK_TEST`) on ``runtime``
     (``trt``/``trt-graph``: the shipped engine against a no-LoRA engine built now). Writes ``overhead.json`` there.
     Raises FileNotFoundError when a file is missing.
     """
     from taslora_deploy.certificate.check import rerun_latency
     from taslora_deploy.certificate.document import read_certificate
-    from taslora_deploy.certificate.latency import LatencyTestConfig
+    from taslora_deploy.certificate.latency import RECHECK_TEST
 
     directory = Path(export_dir) if export_dir is not None else latest(
         workdir, "exports", "run `taslora export --onnx` first")
@@ -190,7 +192,7 @@ def check_overhead(
     cert_path = directory / PRECISION_CERTIFICATE[precision]
     doc = read_certificate(cert_path) if cert_path.is_file() else None
     structure = _structure_here(directory, doc, artifact, baseline)
-    config = config or LatencyTestConfig()
+    config = config or RECHECK_TEST
     rel = artifact.relative_to(directory).as_posix(), baseline.relative_to(directory).as_posix()
     with ExitStack() as stack:
         plans = None

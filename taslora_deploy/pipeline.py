@@ -10,22 +10,21 @@ end; TensorRT runs last, so without it everything else is still written.
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from taslora_core.artifact_read import read_json_artifact
 from taslora_core.atomic import atomic_write_json
 from taslora_core.integrity import EXPORT_HASHES_KEY, EXPORT_NOT_WRITTEN_KEY, file_stamps, tree_hashes, written_since
-from taslora_core.checkpoint import SUPERNET_WEIGHTS, file_sha256
 from taslora_core.complexity import flops, params
-from taslora_core.mole_io import MOLE_WEIGHTS
-from taslora_core.run_io import LoadedCheckpoint, load_checkpoint, resolve_mole, supernet_dir_of
+from taslora_core.run_io import LoadedCheckpoint, load_checkpoint, resolve_mole
 from taslora_core.subnet import Subnet
 from taslora_core.workspace import BEST_JSON, DEFAULT_WORKDIR, EXPORT_IN_PROGRESS, latest, new_run
 from taslora_deploy.artifacts import (
@@ -37,12 +36,17 @@ from taslora_deploy.artifacts import (
     TIMING_CACHE,
     baseline_onnx,
 )
+from taslora_deploy.certificate.latency import EXPORT_TEST
 from taslora_deploy.certificate.steps import CertificateInputs, certificate_steps
 from taslora_deploy.fold import FoldResult, UnmergedMoLEViT, check_parity, fold_subnet
 from taslora_deploy.precision.gate import DEFAULT_MAX_TOP1_DROP
 from taslora_deploy.precision.steps import GateData, parse_precisions, precision_steps, trt_precision_steps
+from taslora_deploy.preprocessing import checkpoint_preprocessing, stamp_onnx
 from taslora_deploy.standalone.io import save_standalone
 from taslora_deploy.standalone.model import StandaloneViT
+
+if TYPE_CHECKING:
+    from taslora_core.specialize.run_files import SpecializedRun
 
 __all__ = ["ExportOptions", "ExportResult", "export", "run_export", "source_hashes", "REPORT"]
 
@@ -67,10 +71,10 @@ class ExportOptions:
     latency_mode: str = "strict"  # strict: a latency verdict "different" fails the export; report: recorded; off
     latency_batch: int = 8  # of the unmerged-vs-folded comparison
     latency_batches: tuple[int, ...] = (1, 8)  # of the equivalence test
-    latency_iters: int = 100  # pairs before the first look of the equivalence test
-    latency_time_s: float = 3.0  # per batch size: then the verdict is taken, even if inconclusive
-    latency_warmup_s: float = 0.5
-    latency_margin: float = 0.02  # equivalence region of the folded/baseline ratio: [1/(1+m), 1+m]
+    latency_iters: int = EXPORT_TEST.first_pairs  # pairs at the first look of the latency test
+    latency_time_s: float = EXPORT_TEST.time_limit_s  # per batch size: then the verdict is taken, even if inconclusive
+    latency_warmup_s: float = EXPORT_TEST.warmup_s
+    latency_margin: float = EXPORT_TEST.margin  # fail only when folded/baseline is above 1 + m (one-sided)
     latency_runtime: str | None = None  # ort-cpu with --onnx, else torch-cpu
     threads: int | None = None
     trt_max_batch: int = 64
@@ -79,6 +83,10 @@ class ExportOptions:
     calib_size: int = 512  # int8 calibration images from the run's held-out validation split
     max_top1_drop: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_TOP1_DROP))
     gate_images: int | None = None  # test images of the accuracy gates (None: the whole test split)
+    # specialize (issue 27): fold the newest specialize run of the exported subnet and checkpoint (False:
+    # --no-specialize); with specialize_epochs, run `taslora specialize` for that many epochs first
+    specialize: bool = True
+    specialize_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.latency_mode not in LATENCY_MODES:
@@ -96,16 +104,18 @@ class ExportOptions:
         self.max_top1_drop = {**DEFAULT_MAX_TOP1_DROP, **self.max_top1_drop}
         if len(self.precisions) > 1:
             self.onnx = True  # the reduced-precision files are made from (and gated against) the fp32 ONNX
+        if self.specialize_epochs is not None and (self.specialize_epochs < 1 or not self.specialize or self.no_lora):
+            raise ValueError(f"--specialize-epochs must be >= 1 and goes without --no-specialize / --no-lora, got "
+                             f"{self.specialize_epochs}")
 
 
     def latency_config(self):
-        """The equivalence test's settings (:class:`~taslora_deploy.certificate.latency.LatencyTestConfig`)."""
-        from taslora_deploy.certificate.latency import LatencyTestConfig
-
-        return LatencyTestConfig(batch_sizes=tuple(self.latency_batches), margin=self.latency_margin,
-                                 warmup_s=self.latency_warmup_s, first_pairs=self.latency_iters,
-                                 max_pairs=max(4000, self.latency_iters), time_limit_s=self.latency_time_s,
-                                 seed=self.seed)
+        """The latency test's settings: the library's :data:`~taslora_deploy.certificate.latency.EXPORT_TEST` with
+        this export's options."""
+        return EXPORT_TEST.with_options(batch_sizes=tuple(self.latency_batches), margin=self.latency_margin,
+                                        warmup_s=self.latency_warmup_s, first_pairs=self.latency_iters,
+                                        max_pairs=max(EXPORT_TEST.max_pairs, self.latency_iters),
+                                        time_limit_s=self.latency_time_s, seed=self.seed)
 
 
 @dataclass
@@ -234,14 +244,10 @@ class _StepRecorder:
 
 
 def source_hashes(ckpt: LoadedCheckpoint) -> dict[str, str]:
-    """SHA-256 of the checkpoint files the export came from."""
-    out: dict[str, str] = {}
-    if ckpt.kind == "mole":
-        out[MOLE_WEIGHTS] = file_sha256(ckpt.path / MOLE_WEIGHTS)
-        out[SUPERNET_WEIGHTS] = file_sha256(supernet_dir_of(ckpt.path, ckpt.meta) / SUPERNET_WEIGHTS)
-    else:
-        out[SUPERNET_WEIGHTS] = file_sha256(ckpt.path / SUPERNET_WEIGHTS)
-    return out
+    """SHA-256 of the checkpoint files the export came from (what a specialize run records of its source too)."""
+    from taslora_core.specialize.inputs import checkpoint_hashes
+
+    return checkpoint_hashes(ckpt)
 
 
 # --------------------------------------------------------------------------- the verb
@@ -255,6 +261,7 @@ def export(
     out: str | os.PathLike | None = None,
     options: ExportOptions | None = None,
     log: Callable[[str], None] = print,
+    specialized: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export a subnet of a checkpoint into a run folder and return the typed outcome.
 
@@ -263,9 +270,15 @@ def export(
     the output folder (default: a new ``exports/`` run in ``workdir``, named ``export`` or ``no-lora``).
     Bad input (missing files, a subnet outside the space) raises before any folder is created; a failing
     step does not raise: it is listed in ``result.failures`` and the artifacts written before it stay.
+    ``specialized``: a specialize run to fold (default: the newest one of this subnet and checkpoint in
+    ``workdir``, none with ``options.specialize`` False; its subnet and checkpoint when ``subnet`` is None).
     """
     options = options or ExportOptions()
     workdir = Path(workdir)
+    if subnet is None and specialized is not None:
+        from taslora_core.specialize.run_files import SUBNET_JSON
+
+        subnet = Path(specialized) / SUBNET_JSON
     subnet_path = Path(subnet) if subnet is not None else latest(
         workdir, "searches", "run `taslora search --flops ...` first or pass --subnet FILE") / SEARCH_RESULT
     if not subnet_path.exists():
@@ -281,11 +294,39 @@ def export(
         chosen.check_in_space(loaded.supernet.space)
     else:
         chosen.check_fits(loaded.supernet.space)
+    spec = _pick_specialized(loaded, chosen, specialized, workdir, options, log)
     out_dir = Path(out) if out is not None else new_run(workdir, "exports", "no-lora" if options.no_lora else "export")
     log(f"output: {out_dir}")
-    result = run_export(loaded, chosen, out_dir, options, _real_images(loaded.data, log), log=log)
+    result = run_export(loaded, chosen, out_dir, options, _real_images(loaded.data, log), log=log, specialized=spec)
     result.subnet_path, result.ckpt_path = subnet_path, ckpt_path
     return result
+
+
+def _pick_specialized(loaded: LoadedCheckpoint, subnet: Subnet, explicit: str | os.PathLike | None, workdir: Path,
+                      options: ExportOptions, log: Callable[[str], None]) -> SpecializedRun | None:
+    """The specialize run to fold (issue 27): `explicit`, a new one (--specialize-epochs), or the newest of this
+    subnet and checkpoint in the workspace; None with --no-specialize / --no-lora or when there is none."""
+    from taslora_core.specialize import SpecializeConfig, pick_specialized, specialize
+
+    off = "--no-lora" if options.no_lora else "--no-specialize" if not options.specialize else None
+    if off is not None:
+        if explicit is not None:
+            raise ValueError(f"--specialized {explicit} and {off} exclude each other; pass one of them")
+        return None
+    if options.specialize_epochs is not None:
+        if explicit is not None:
+            raise ValueError(f"--specialized {explicit} and --specialize-epochs exclude each other; pass one of them")
+        source = {"ckpt": str(loaded.path)} if loaded.mole is not None else {"supernet": str(loaded.path)}
+        log(f"specializing the subnet for {options.specialize_epochs} epoch(s) first (`taslora specialize`)")
+        explicit = specialize(SpecializeConfig(workdir=str(workdir), subnet=json.dumps(subnet.to_dict()), **source,
+                                               epochs=options.specialize_epochs, seed=options.seed,
+                                               threads=options.threads, quiet=True), log=log).run_dir
+    run = pick_specialized(workdir, explicit, subnet, source_hashes(loaded), loaded.supernet.space)
+    if run is not None:
+        d = run.describe()
+        log(f"specialized: {run.path} ({d['weights']}, {d['steps_run']} steps; validation top-1 "
+            f"{100 * d['val_top1_before']:.2f}% -> {100 * d['val_top1_after']:.2f}%): folding its deltas")
+    return run
 
 
 def _real_images(data: dict[str, Any] | None, log: Callable[[str], None], n: int = REAL_IMAGES) -> torch.Tensor | None:
@@ -311,29 +352,38 @@ def run_export(
     options: ExportOptions,
     real_images: torch.Tensor | None = None,
     log: Callable[[str], None] = print,
+    specialized: SpecializedRun | None = None,
 ) -> ExportResult:
-    """Run every export step for `subnet` of an opened checkpoint into `out`; see the module docstring."""
+    """Run every export step for `subnet` of an opened checkpoint into `out`; see the module docstring.
+
+    With `specialized` (a specialize run of this subnet and checkpoint), its final deltas are folded instead of
+    the routed experts, and parity is checked against the supernet forward with those deltas."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     steps = _StepRecorder(out, log)
     space = ckpt.supernet.space
     supernet = ckpt.supernet.eval()
     mole = None if options.no_lora or ckpt.mole is None else ckpt.mole.eval()
+    spec_deltas = specialized.deltas if specialized is not None else None  # the mixture is inside them
+    spec = {"specialized": specialized.describe()} if specialized is not None else {}
+    if specialized is not None:
+        mole = None
     torch.manual_seed(options.seed)
     steps.record("source", {"ckpt": str(ckpt.path), "kind": ckpt.kind, "sha256": source_hashes(ckpt),
-                            "subnet": subnet.to_dict(), "space": space.name, "lora": mole is not None})
+                            "subnet": subnet.to_dict(), "space": space.name,
+                            "lora": mole is not None or spec_deltas is not None, **spec})
 
     # 1. router once, fold, materialise (and the no-LoRA baseline for the checks)
-    folded: FoldResult = fold_subnet(supernet, subnet, mole)
+    folded: FoldResult = fold_subnet(supernet, subnet, mole, deltas=spec_deltas)
     baseline = fold_subnet(supernet, subnet).model
     shape = folded.model.input_shape
-    log(f"folded {'experts into ' if mole is not None else ''}subnet (embed {subnet.embed_dim}, depth {subnet.depth})")
+    log(f"folded {'experts into ' if mole is not None else 'specialized deltas into ' if spec else ''}subnet (embed {subnet.embed_dim}, depth {subnet.depth})")
 
     # 2. parity with the MoLE supernet applied at run time, on random and real images
     inputs = {"random": torch.randn(8, *shape, generator=torch.Generator().manual_seed(options.seed))}
     if real_images is not None:
         inputs["real"] = real_images[:REAL_IMAGES]
-    references: dict[str, Any] = {"supernet_runtime": lambda x: supernet(x, subnet, mole.deltas(subnet) if mole else None)}
+    references: dict[str, Any] = {"supernet_runtime": lambda x: supernet(x, subnet, mole.deltas(subnet) if mole else spec_deltas)}
     if mole is not None:
         references["unmerged_lora_branches"] = UnmergedMoLEViT(supernet, subnet, mole)
     parity = steps.run("parity", lambda: {
@@ -343,14 +393,17 @@ def run_export(
         log(f"parity FAILED: parity: {steps.failures['parity']}")
 
     # 3. safetensors + config.json
-    routing = folded.routing.tolist() if folded.routing is not None else None
+    routing = folded.routing.tolist() if folded.routing is not None else (specialized.record.get("routing")
+                                                                           if specialized is not None else None)
     config_extra = {
-        "routing": routing, "routing_entropy": folded.routing_entropy(), "lora_folded": mole is not None,
+        **spec, "routing": routing, "routing_entropy": folded.routing_entropy(),
+        "lora_folded": mole is not None or spec_deltas is not None,
         "source": steps.data["source"], "flops_autoformer": flops(space, subnet, "autoformer"),
         "flops_macs": flops(space, subnet, "macs"), "params": params(space, subnet),
     }
-    steps.run("standalone", lambda: {"dir": str(save_standalone(out, folded.model, config_extra)), "ok": True},
-              writes=(out / MODEL_WEIGHTS, out / MODEL_CONFIG))
+    preprocessing = checkpoint_preprocessing(ckpt, log)  # how to feed it (issue 27): config.json + model.onnx
+    steps.run("standalone", lambda: {"dir": str(save_standalone(out, folded.model, config_extra, preprocessing)),
+                                     "ok": True}, writes=(out / MODEL_WEIGHTS, out / MODEL_CONFIG))
     log(f"wrote {out / MODEL_WEIGHTS} and {out / MODEL_CONFIG}")
 
     onnx_path, base_onnx = out / MODEL_ONNX, baseline_onnx(out)
@@ -358,12 +411,18 @@ def run_export(
     if options.onnx:
         _require_onnxruntime(steps)
         _export_onnx_steps(steps, folded.model, baseline, onnx_path, base_onnx, options, inputs, log)
+        if preprocessing is not None and onnx_path.is_file():  # before the twins and the certificate's own stamp
+            steps.run("preprocessing", lambda: stamp_onnx(onnx_path, preprocessing), writes=(onnx_path,))
         if len(options.precisions) > 1:
             precision_steps(steps, ckpt, onnx_path, options.precisions, calib_size=options.calib_size,
                             max_top1_drop=options.max_top1_drop, data=gate_data, threads=options.threads, log=log)
+    if specialized is not None and options.overhead and options.onnx:
+        steps.record("unmerged_vs_folded", {"ok": True, "skipped": (
+            "a specialized export folds one subnet's own deltas: there are no run-time router and LoRA branches "
+            "to compare against (parity is checked against the supernet forward with those deltas)")})
     certificate_steps(steps, CertificateInputs(
         out, space, subnet, folded.model, baseline, references["supernet_runtime"], inputs.get("real"),
-        {"subnet": subnet.to_dict(), "space": space.name, "lora_folded": mole is not None,
+        {"subnet": subnet.to_dict(), "space": space.name, "lora_folded": config_extra["lora_folded"], **spec,
          **{k: config_extra[k] for k in ("flops_macs", "flops_autoformer", "params")},
          "source_sha256": steps.data["source"]["sha256"], "ckpt": str(ckpt.path)},
         (lambda: UnmergedMoLEViT(ckpt.supernet, subnet, mole)) if mole is not None and options.onnx else None),

@@ -1,9 +1,10 @@
 """The `quickstart` verb: the whole toolchain on the embedded default (Fashion-MNIST) in one call.
 
 It chains the library verbs behind the commands a user types (train_supernet -> train_mole -> run_search ->
-export -> bench) through one workspace, then evaluates the searched subnet on the test set with and without
-its experts (paired on the same images, with a bootstrap 95% interval), draws the plots and writes
-<workdir>/quickstart-summary.json. `taslora quickstart` only parses options and prints the summary.
+specialize -> export -> bench) through one workspace, then evaluates the searched subnet on the test set three
+ways: the supernet alone, with its routed experts (MoLE) and specialised (what the export folds), each gain paired
+on the same images with a bootstrap 95% interval; draws the plots and writes <workdir>/quickstart-summary.json.
+`taslora quickstart` only parses options and prints the summary.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from taslora_core.analysis import paired_bootstrap
 from taslora_core.atomic import atomic_write_json
 from taslora_core.run_io import is_supernet_dir
 from taslora_core.search import Constraints, SearchConfig, SearchEvents, SearchRunConfig, run_search
+from taslora_core.specialize import SpecializeConfig, specialize
 from taslora_core.subnet import Subnet
 from taslora_core.train import MoLETrainConfig, SupernetTrainConfig, train_mole, train_supernet
 from taslora_core.train.run_files import recorded_epochs
@@ -50,34 +52,44 @@ class QuickstartPlan:
     search_val_subset: int
     latency_iters: int
     bench_min_time_s: float
+    specialize_steps: int  # `taslora specialize` budget of the searched subnet (0: skip the step)
+    specialize_eval_every: int
 
 
 # MoLE settings: chosen on the held-out validation split by benchmarks/reproduction.py's sweep (README).
 FULL = QuickstartPlan(supernet_epochs=6, supernet_warmup=1, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.1,
                       expert_lr=5e-4, lora_alpha=16.0, router_lr=1.0, train_subset=None, val_subset=None, summary_subnets=3,
                       search_population=20, search_iterations=6, search_val_subset=2000, latency_iters=300,
-                      bench_min_time_s=1.0)
+                      bench_min_time_s=1.0, specialize_steps=600, specialize_eval_every=50)
 FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.0,
                       expert_lr=2e-3, lora_alpha=16.0, router_lr=1.0, train_subset=3000, val_subset=1000, summary_subnets=0,
                       search_population=6, search_iterations=2, search_val_subset=500, latency_iters=60,
-                      bench_min_time_s=0.2)
+                      bench_min_time_s=0.2, specialize_steps=20, specialize_eval_every=10)
 
 
-def _test_with_and_without(mole_dir: Path, subnet) -> dict[str, Any]:
-    """The searched subnet on the test set with and without its experts, paired on the same images."""
+def _test_three_ways(mole_dir: Path, subnet, specialized_dir: Path | None) -> dict[str, Any]:
+    """The searched subnet on the test set: supernet alone, with its routed experts, and specialised (the deltas the
+    export folds), every gain paired on the same images."""
     from taslora_core.data import DataConfig, load_test_batches
     from taslora_core.evaluate import per_image
     from taslora_core.run_io import load_checkpoint
+    from taslora_core.specialize import read_specialized
 
     loaded = load_checkpoint(mole_dir)
     batches = load_test_batches(DataConfig(**loaded.data))
     ok_e, loss_e = per_image(loaded.supernet, subnet, batches, loaded.mole, use_experts=True)
     ok_s, loss_s = per_image(loaded.supernet, subnet, batches, loaded.mole, use_experts=False)
-    top1 = paired_bootstrap(ok_e.double() - ok_s.double())
-    loss = paired_bootstrap(loss_e.double() - loss_s.double())
-    return {"top1_mole": float(ok_e.double().mean()), "loss_mole": float(loss_e.mean()),
-            "top1_supernet": float(ok_s.double().mean()), "loss_supernet": float(loss_s.mean()),
-            "test_images": int(ok_e.numel()), "top1_gain": top1.to_dict(), "loss_change": loss.to_dict()}
+    out = {"top1_mole": float(ok_e.double().mean()), "loss_mole": float(loss_e.mean()),
+           "top1_supernet": float(ok_s.double().mean()), "loss_supernet": float(loss_s.mean()),
+           "test_images": int(ok_e.numel()), "top1_gain": paired_bootstrap(ok_e.double() - ok_s.double()).to_dict(),
+           "loss_change": paired_bootstrap(loss_e.double() - loss_s.double()).to_dict()}
+    if specialized_dir is not None:
+        source = read_specialized(specialized_dir).delta_source()
+        ok_x, loss_x = per_image(loaded.supernet, subnet, batches, source)
+        out.update({"top1_specialized": float(ok_x.double().mean()), "loss_specialized": float(loss_x.mean()),
+                    "top1_gain_specialized": paired_bootstrap(ok_x.double() - ok_s.double()).to_dict(),
+                    "top1_gain_specialized_over_mole": paired_bootstrap(ok_x.double() - ok_e.double()).to_dict()})
+    return out
 
 
 def _plots(workdir: Path, supernet_dir: Path, mole_dir: Path, export_dir: Path, log: Callable[[str], None]) -> dict[str, str]:
@@ -159,10 +171,21 @@ def quickstart(
     done("search")
     best = searched.best
     best_subnet = Subnet.from_dict(best["subnet"])
+    specialized = None
+    if plan.specialize_steps > 0:
+        step("specialize", f"fine-tune the searched subnet alone from its routed mixture, {plan.specialize_steps} steps")
+        specialized = specialize(SpecializeConfig(
+            workdir=str(workdir), seed=seed, subnet=str(searched.best_path), ckpt=str(mole_dir),
+            steps=plan.specialize_steps, eval_every=plan.specialize_eval_every, val_subset=plan.val_subset or 2000,
+            quiet=fast), log=log)
+        done("specialize")
     trt_ok, trt_reason = tensorrt_status()
-    step("export", "fold, check, write model.safetensors / model.onnx" + (" / model.plan" if trt_ok else ""))
-    exported = export(searched.best_path, mole_dir, workdir=workdir, log=log, options=ExportOptions(
-        onnx=True, trt=trt_ok, latency_mode="report", latency_iters=plan.latency_iters, seed=seed))
+    step("export", "fold" + (" the specialised subnet" if specialized else "") + ", check, write model.safetensors / "
+         "model.onnx" + (" / model.plan" if trt_ok else ""))
+    exported = export(searched.best_path, mole_dir, workdir=workdir, log=log,
+                      specialized=specialized.run_dir if specialized else None, options=ExportOptions(
+                          onnx=True, trt=trt_ok, latency_mode="report", latency_iters=plan.latency_iters, seed=seed,
+                          specialize=specialized is not None))
     done("export")
     if not exported.ok:
         raise ValueError(f"export failed: {'; '.join(f'{k}: {v}' for k, v in exported.failures.items())}")
@@ -171,8 +194,8 @@ def quickstart(
     bench_rows = bench(export_dir / MODEL_ONNX, batch_sizes=(1, 32), min_time_s=plan.bench_min_time_s,
                        warmup_s=0.2, min_iters=20, name=MODEL_ONNX)
     done("bench")
-    announce("evaluate", "searched subnet on the test set, with and without its experts")
-    test = _test_with_and_without(mole_dir, best_subnet)
+    announce("evaluate", "searched subnet on the test set: supernet alone, MoLE, specialised")
+    test = _test_three_ways(mole_dir, best_subnet, specialized.run_dir if specialized else None)
     plots = _plots(workdir, supernet_dir, mole_dir, export_dir, log)
     if searched.run_dir is not None and (searched.run_dir / "fitness_vs_flops.png").exists():
         plots["fitness_vs_flops"] = str(searched.run_dir / "fitness_vs_flops.png")
@@ -183,6 +206,12 @@ def quickstart(
         "top1_with_mole": test["top1_mole"], "top1_supernet_only": test["top1_supernet"],
         "test_loss_with_mole": test["loss_mole"], "test_loss_supernet_only": test["loss_supernet"],
         "top1_gain_with_mole": test["top1_gain"], "test_loss_change_with_mole": test["loss_change"],
+        "top1_specialized": test.get("top1_specialized"), "top1_gain_specialized": test.get("top1_gain_specialized"),
+        "top1_gain_specialized_over_mole": test.get("top1_gain_specialized_over_mole"),
+        "specialize": None if specialized is None else {
+            "run": str(specialized.run_dir), "steps_run": specialized.record.get("steps_run"),
+            "weights": specialized.record.get("weights"), "seconds": timings.get("specialize")},
+        "mole_seconds": timings.get("mole"),
         "test_images": test["test_images"], "flops_budget": flops_budget, "flops_autoformer": best["flops_autoformer"],
         "params": best["params"], "subnet": best_subnet.to_dict(),
         "fold_parity_max_abs": exported.fold_parity_max_diff,
@@ -196,7 +225,7 @@ def quickstart(
         "tensorrt": "built" if trt_ok else f"skipped: {trt_reason}",
         "supernet_given": supernet is not None,
         "files": {"supernet": str(supernet_dir), "mole": str(mole_dir), "search": str(searched.run_dir),
-                  "export": str(export_dir), "onnx": str(export_dir / MODEL_ONNX), **plots},
+                  **({"specialize": str(specialized.run_dir)} if specialized else {}), "export": str(export_dir), "onnx": str(export_dir / MODEL_ONNX), **plots},
         "timings_s": timings, "total_s": round(time.perf_counter() - started, 1), "fast": fast,
     }
     atomic_write_json(workdir / SUMMARY_FILE, summary)

@@ -215,12 +215,12 @@ def _check_certificates(directory: Path, checks: _Checks, result: VerifyResult, 
 def _latency_here(directory: Path, doc: dict[str, Any] | None, result: VerifyResult, config: Any,
                   threads: int | None, log: Callable[[str], None], rerun: Callable[..., dict[str, Any]]) -> str:
     from taslora_deploy.certificate.equivalence import DIFFERENT, INCONCLUSIVE
-    from taslora_deploy.certificate.latency import LatencyTestConfig
+    from taslora_deploy.certificate.latency import RECHECK_TEST
 
     if doc is None or not str(doc["baseline"]).startswith(BASELINE_DIR):
         raise _Skip("needs certificate.json of an ONNX export (its artifact and baseline/ twin) to re-time")
     result.certified_latency = doc.get("latency")
-    result.latency = here = rerun(directory, doc, doc["artifact"], doc["baseline"], config or LatencyTestConfig(),
+    result.latency = here = rerun(directory, doc, doc["artifact"], doc["baseline"], config or RECHECK_TEST,
                                   threads=threads, log=log)
     at_export = (doc.get("latency") or {}).get("verdict", "not measured")
     line = f"here: {here['verdict']}; at export: {at_export}"

@@ -116,7 +116,7 @@ def fake_time_pairs(ratio: float):
     this machine's clock behaves over a fraction of a second."""
     import numpy as np
 
-    def time_pairs(run_a, run_b, iters, a_first=None, collect=True):
+    def time_pairs(run_a, run_b, iters, inner=1, a_first=None, collect=True):
         rng = np.random.default_rng(iters)
         run_a(), run_b()
         ta = 1e-3 * (1 + 0.001 * rng.standard_normal(iters))

@@ -4,6 +4,8 @@ with TensorRT, with both onnxruntime wheels, without onnxruntime and without the
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -49,6 +51,11 @@ def test_this_machine_can_run_the_default_path(tmp_path):
     for name in ("python", "torch", "CUDA devices", "onnxruntime", "TensorRT", "Fashion-MNIST", "workspace",
                  "latency targets", "the default path can run here"):
         assert name in res.output
+    res = run_cli(["doctor", "--workdir", tmp_path, "--json"])  # what benchmarks/gpu_check.sh reads
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 0 and doc["ok"] is True
+    assert [c["name"] for c in doc["checks"]] == [c.name for c in result.checks]
+    assert {"name", "status", "detail", "fix"} == set(doc["checks"][0])
 
 
 @requires_fmnist

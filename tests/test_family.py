@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import requires_fmnist
@@ -234,3 +235,45 @@ def test_exported_family_folder_is_finished(family):
     from taslora_core.workspace import EXPORT_IN_PROGRESS, is_finished
 
     assert is_finished("exports", family["out"]) and EXPORT_IN_PROGRESS not in family["doc"]
+
+
+@requires_fmnist
+def test_specialize_epochs_specialises_every_member_before_its_export(tmp_path):
+    """`--specialize-epochs N`: each member gets its own specialize run (N epochs of the run's training split, 4
+    steps here), its export folds that run (parity, same structure as the no-LoRA twin) and its test top-1 is the
+    exported model's."""
+    from test_specialize import _save_workspace
+
+    from taslora_core.data import DataConfig, load_test_batches
+    from taslora_core.specialize import read_specialized
+    from taslora_deploy.standalone import load_standalone
+
+    found = _save_workspace(tmp_path, random_mole("fmnist", expert_std=0.05))
+    space = SearchSpace.preset("fmnist")
+    shallow = [Subnet.from_dict({"embed_dim": e, "depth": 4, "mlp_ratio": [r] * 4, "num_heads": [h] * 4})
+               for e, r, h in ((64, 2.0, 2), (96, 3.0, 3))]
+    pareto = write_pareto(tmp_path / "search" / "pareto.json", _front(space, shallow, found["mole"]))
+    options = ExportOptions(onnx=False, latency_mode="off", specialize_epochs=1)
+    result = export_family(pareto, workdir=tmp_path, options=options, eval_test=True, log=lambda _line: None,
+                           timing=FamilyTiming("torch-cpu", warmup_s=0.05, min_iters=10, min_time_s=0.05))
+    assert result.ok, [m.failures for m in result.members]
+    runs = sorted((tmp_path / "specialized").iterdir())
+    assert len(runs) == 2
+    test = load_test_batches(DataConfig.fmnist())
+    for m in result.members:
+        spec = m.specialized
+        assert spec is not None and spec["weights"] == "lora" and spec["steps_run"] == 4 and spec["budget_steps"] == 4
+        assert read_specialized(spec["run"]).subnet.to_dict() == m.subnet
+        report = json.loads((result.out / m.folder / "report.json").read_text())
+        assert report["source"]["specialized"]["run"] == spec["run"]
+        assert m.fold_parity_max_diff <= 1e-5 and m.same_structure is True
+        model = load_standalone(result.out / m.folder).eval()
+        with torch.no_grad():
+            correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in test)
+        assert abs(correct / 10000 - m.top1_test) <= 2e-4  # the exported, specialised model's test top-1
+    assert {read_specialized(r).subnet.to_dict()["embed_dim"] for r in runs} == {64, 96}
+    notes = [line for line in result.md_path.read_text().splitlines() if line.startswith("- member-")]
+    assert len(notes) == 2 and all("specialized (lora, 4 steps" in line for line in notes)
+    refused = runner.invoke(app, ["export", "--workdir", str(tmp_path), "--family", str(pareto),
+                                  "--specialized", str(runs[0])])
+    _one_line_exit_2(refused, "--specialized", "--specialize-epochs")

@@ -83,7 +83,9 @@ def test_dry_run_runs_every_step_from_the_source_tree(tmp_path):
 
 def test_key_numbers_and_summary_from_step_files(tmp_path, capsys):
     r = tmp_path
-    (r / "doctor.log").write_text("│ CUDA devices    │ ok      │ cuda:0 NVIDIA H200 (sm 9.0)   │      │\n")
+    from taslora_deploy.doctor import Check, Diagnosis
+
+    (r / "doctor.json").write_text(json.dumps(Diagnosis([Check("CUDA devices", "ok", "cuda:0 NVIDIA H200 (sm 9.0)")]).to_dict()))
     (r / "gpu_tests.log").write_text("....\n12 passed, 3 skipped, 400 deselected in 61.2s\n")
     (r / "train_step.json").write_text(json.dumps({"rows": [{"space": "autoformer-t", "batch": 64, "amp": "bf16",
                                                              "mole_over_plain": 0.62, "router_merge_share": 0.445}]}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from taslora_core.search.latency_fit import FittedTerms, accuracy, choose_ridge,
 from taslora_core.search.latency_model import (
     LatencyModel, LatencyModelError, check_for_search, read_latency_model, write_latency_model,
 )
-from taslora_core.search.latency_setup import LatencyOptions
+from taslora_core.search.latency_setup import LatencyOptions, setup_latency
 from taslora_core.search.latency_verify import LatencyVerificationError
 from taslora_core.search.measures import flops_of
+from taslora_core.search.messages import describe
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, smallest_subnet
 from taslora_core.testing import random_mole, save_mole_workspace
@@ -123,7 +125,7 @@ def test_screening_slack_lets_near_budget_predictions_through_only_when_predicte
     for predicted, slack, ok in ((True, 0.1, True), (True, 0.0, False), (False, 0.1, False)):
         cons = Constraints(latency_max_ms=1.0, latency_predicted=predicted, latency_slack=slack, latency_fn=lambda s: 1.05)
         assert cons.satisfied(SPACE, small) is ok
-    assert "predicted (+10.0% slack)" in Constraints(latency_max_ms=1.0, latency_predicted=True, latency_slack=0.1).describe()
+    assert "predicted (+10.0% slack)" in describe(Constraints(latency_max_ms=1.0, latency_predicted=True, latency_slack=0.1))
     model = model_of(depth_model())
     assert screening_slack(model, None) == 0.02 and screening_slack(model, 0.0) == 0.0  # default: held-out MAPE
     with pytest.raises(ValueError, match="--latency-slack"):
@@ -199,7 +201,7 @@ def fake_tensorrt(monkeypatch):
 
 def test_fit_on_trt_with_a_fake_engine_end_to_end(fake_tensorrt, tmp_path: Path) -> None:
     from taslora_core.supernet import Supernet
-    from taslora_deploy.latency_model import FitConfig, fit_latency_model
+    from taslora_deploy.fit_latency import FitConfig, fit_latency_model
 
     config = FitConfig(target="trt", batches=(1, 4), samples=10, holdout=6, rounds=1, iters=5, warmup=1,
                        workdir=tmp_path, out=tmp_path / "models", export_dir=tmp_path / "onnx")
@@ -211,6 +213,35 @@ def test_fit_on_trt_with_a_fake_engine_end_to_end(fake_tensorrt, tmp_path: Path)
     assert model.target == "trt" and model.batch == 4 and result.paths[4] == tmp_path / "models" / "b4" / "latency-model.json"
     assert model.heldout["n"] == 6 and model.heldout["within_10pct"] >= 0.8  # busy-wait latencies: easy to fit
     assert len(model.info["measurements"]) == 16 and "tensorrt" in model.runtime
+
+
+def test_search_on_a_weak_model_repeats_its_warning(tmp_path: Path, capsys) -> None:
+    from taslora_core.supernet import Supernet
+
+    model = model_of(depth_model())
+    model.info["heldout"]["within_10pct"] = 0.25
+    path = write_latency_model(tmp_path / "weak", model)
+    budget = Constraints.from_amounts(latency_budget=BUDGET, target=None)
+    setup_latency(budget, SearchConfig(**SMALL), LatencyOptions(model=path, verify=False), Supernet(SPACE), None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning:" in err and "25% of held-out subnets within +-10%" in err
+    good = write_latency_model(tmp_path / "good", model_of(depth_model()))
+    setup_latency(budget, SearchConfig(**SMALL), LatencyOptions(model=good, verify=False), Supernet(SPACE), None)
+    assert capsys.readouterr().err == ""
+
+
+def test_quality_warning_names_the_share_the_noise_and_what_to_change() -> None:
+    model = model_of(depth_model())
+    assert model.quality_warning() is None and model.quality()["heldout_within_10pct"] == 1.0
+    model.info["heldout"]["within_10pct"] = 0.5
+    model.info["fit"] = {"noise": {"round_spread_median": 0.16, "round_spread_p90": 0.45}}
+    line = model.quality_warning()
+    assert line is not None and "\n" not in line and "50% of held-out subnets within +-10% (below 90%)" in line
+    assert "noise p50 16% / p90 45%" in line and "--max-time" in line and "--statistic min" in line
+    model.statistic = "min"
+    assert "--statistic min" not in model.quality_warning() and "quieter machine" in model.quality_warning()
+    path = write_latency_model(Path(tempfile.mkdtemp()) / "m", model)
+    assert read_latency_model(path).quality_warning() == model.quality_warning()
 
 
 # ---------------------------------------------------------------------------------------------- latency fit CLI
@@ -225,6 +256,14 @@ def test_cli_latency_fit_torch_cpu_writes_a_scored_model_and_fills_the_cache(tmp
     assert set(doc["heldout"]) == {"n", "mape", "within_10pct", "max_error", "spearman"} and doc["heldout"]["n"] == 4
     assert doc["fit"]["samples"] == 10 and doc["fit"]["noise"]["round_spread_median"] is not None
     assert {m["role"] for m in doc["measurements"]} == {"fit", "heldout"} and "FLOPs" in res.stdout
+    timings = doc["fit"]["timings"]  # every timing ran until known or to the cap, and says how many samples
+    assert timings["timings"] == 14 * 2 and timings["samples_median"] >= 3 and 0.0 <= timings["known_share"] <= 1.0
+    quality = doc["quality"]
+    assert quality["heldout_within_10pct"] == doc["heldout"]["within_10pct"] and quality["noise_p50"] is not None
+    assert "of held-out subnets within +-10%; round-to-round noise p50" in res.stdout
+    assert set(doc["fit"]["load_average"]) == {"before", "after"} and "load average" in res.stdout
+    assert ("warning: latency model unreliable" in res.stdout) == (quality["heldout_within_10pct"] < 0.9)
+    assert (tmp_path / "latency-exports").is_dir() is False  # torch-cpu exports nothing
     (cache,) = (tmp_path / "latency-cache").glob("torch-cpu-b1-min-*.json")  # the searches' cache of the minimum
     assert len(json.loads(cache.read_text())["latency_ms"]) == 14 and json.loads(cache.read_text())["statistic"] == "min"
     res = run_cli(["latency", "fit", "--target", "tpu", "--space", "fmnist", "--workdir", tmp_path])
@@ -374,13 +413,13 @@ def test_cli_model_search_refuses_a_model_of_another_target_or_batch(ws, tmp_pat
 
 @requires_fmnist
 def test_model_search_on_trt_verifies_with_the_fake_engine(ws, fake_tensorrt, tmp_path: Path) -> None:
-    from taslora_cli.cmd_search import _latency_factory
+    from taslora_deploy.latency_lookup import latency_factory
 
     trt_model = write_latency_model(tmp_path / "trt", model_of(depth_model(per_block=1e-4, const=2e-4), "trt"))
     config = SearchRunConfig(budget=Constraints.from_amounts(latency_budget=10.0, target=None),
                              search=SearchConfig(**{**SMALL, "population": 4, "iterations": 0}), ckpt=ws["mole"],
                              workdir=tmp_path, latency=LatencyOptions(model=trt_model))
-    run = run_search(config, latency_factory=_latency_factory(tmp_path, None))
+    run = run_search(config, latency_factory=latency_factory(tmp_path))
     best = json.loads(run.best_path.read_text())
     assert best["latency_target"] == "trt" and best["latency_source"] == "measured" and 0 < best["latency_ms"] < 10
     assert fake_tensorrt.builds == [{"min": 1, "opt": 1, "max": 1}]  # one engine: the pick, measured once

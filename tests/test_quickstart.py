@@ -40,8 +40,9 @@ def _export_report(summary: dict) -> dict:
 def test_quickstart_fast_writes_every_artifact(quickstart, summary):
     workdir, _ = quickstart
     files = summary["files"]
-    for key in ("supernet", "mole", "search", "export"):
-        kind = {"supernet": "supernets", "mole": "mole", "search": "searches", "export": "exports"}[key]
+    for key in ("supernet", "mole", "search", "specialize", "export"):
+        kind = {"supernet": "supernets", "mole": "mole", "search": "searches", "specialize": "specialized",
+                "export": "exports"}[key]
         assert [str(r.path) for r in runs(workdir, kind)] == [files[key]]
     export = Path(files["export"])
     for name in ("model.safetensors", "config.json", "model.onnx", "baseline/model.onnx", "report.json", "routing.png"):
@@ -61,7 +62,8 @@ def test_quickstart_fast_summary_numbers(quickstart, summary):
     assert s["fold_parity_max_abs"] <= 1e-5 and s["onnx_parity_max_abs"] <= 1e-4
     assert s["same_structure_as_no_lora"] is True
     assert {r["batch"] for r in s["onnx_bench"]} == {1, 32} and all(r["p50_ms"] > 0 for r in s["onnx_bench"])
-    for label in ("test top-1, searched subnet with MoLE", "fold parity", "latency folded / no-LoRA", "total time"):
+    for label in ("test top-1, same subnet with MoLE", "specialize gain over the supernet", "fold parity",
+                  "latency folded / no-LoRA", "total time"):
         assert label in output
     report = _export_report(s)
     assert report["ok"] is True
@@ -70,7 +72,9 @@ def test_quickstart_fast_summary_numbers(quickstart, summary):
     assert s["latency_ratio_folded_vs_baseline"] == latency["ratio_median"]
     assert s["latency_ratio_p10_p90"] == [latency["ratio_p10"], latency["ratio_p90"]]
     assert s["latency_within_3pct"] == latency["within_tolerance"]
-    assert s["unmerged_over_folded_latency"] == report["unmerged_vs_folded"]["ratio_median"]
+    # a specialised export has no run-time-LoRA twin: the step is skipped with its reason, the summary says None
+    assert s["unmerged_over_folded_latency"] == report["unmerged_vs_folded"].get("ratio_median")
+    assert "ratio_median" in report["unmerged_vs_folded"] or report["unmerged_vs_folded"].get("skipped")
     assert s["fold_parity_max_abs"] == max(v for ref in report["parity"]["max_abs_diff"].values() for v in ref.values())
 
 
@@ -116,3 +120,15 @@ def test_quickstart_summary_pairs_the_test_images(summary):
     assert gain["mean"] == pytest.approx(summary["top1_with_mole"] - summary["top1_supernet_only"], abs=1e-9)
     low, high = gain["ci95"]
     assert low <= gain["mean"] <= high and high - low < 0.05
+
+
+def test_quickstart_specializes_what_it_exports(summary):
+    """The specialised subnet's test gain is paired like MoLE's, and the export folds that specialize run."""
+    spec = summary["top1_gain_specialized"]
+    assert spec["count"] == summary["test_images"]
+    assert spec["mean"] == pytest.approx(summary["top1_specialized"] - summary["top1_supernet_only"], abs=1e-9)
+    over = summary["top1_gain_specialized_over_mole"]
+    assert over["mean"] == pytest.approx(summary["top1_specialized"] - summary["top1_with_mole"], abs=1e-9)
+    report = _export_report(summary)
+    assert Path(report["specialized"]["run"]).resolve() == Path(summary["files"]["specialize"]).resolve()
+    assert summary["specialize"]["steps_run"] >= 1

@@ -22,6 +22,8 @@ from taslora_core.search import (
     Constraints, EvolutionSearch, InfeasibleConstraints, SearchConfig, crossover, mutate, random_search,
     subnet_from_key,
 )
+from taslora_core.search.feasible import check_feasible, find_feasible
+from taslora_core.search.messages import describe
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_subnet
 from taslora_core.testing import random_mole, save_mole_workspace
@@ -113,15 +115,15 @@ def test_macs_counter_and_params_only_bounds() -> None:
 def test_infeasible_constraints_name_the_feasible_range() -> None:
     cons = Constraints(flops_max=LO * 0.9)
     with pytest.raises(InfeasibleConstraints) as err:
-        cons.check_feasible(SPACE)
+        check_feasible(cons, SPACE)
     msg = str(err.value)
     fa = complexity.format_amount
     assert "\n" not in msg and f"{fa(LO)} .. {fa(HI)}" in msg and f"{fa(PLO)} .. {fa(PHI)}" in msg
     # each bound alone is feasible, together they are not (big params, few FLOPs)
     both = Constraints(flops_max=cap(0.05), params_min=pcap(0.9))
-    assert both.find_feasible(SPACE) is None
-    assert Constraints(flops_max=cap(0.05)).find_feasible(SPACE) is not None
-    assert Constraints(params_min=pcap(0.9)).find_feasible(SPACE) is not None
+    assert find_feasible(both, SPACE) is None
+    assert find_feasible(Constraints(flops_max=cap(0.05)), SPACE) is not None
+    assert find_feasible(Constraints(params_min=pcap(0.9)), SPACE) is not None
     rng = both.feasible_range(SPACE)
     assert rng["flops"] == (LO, HI) and rng["params"] == (PLO, PHI)
     with pytest.raises(ValueError):
@@ -148,7 +150,7 @@ def test_latency_bound_with_a_lookup_is_checked_after_the_cheap_bounds() -> None
 
     budget = pcap(0.5) / 1e5
     cons = Constraints(flops_max=cap(0.8), latency_max_ms=budget, latency_target="fake", latency_fn=fake_latency)
-    assert "latency (fake, batch 1)" in cons.describe()
+    assert "latency (fake, batch 1)" in describe(cons)
     search, rec = _search(constraints=cons)
     result = search.run()
     assert rec.calls and all(fake_latency(s) <= budget for s in rec.calls)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from taslora_deploy.timing import (balanced_order, interleaved_latency, latency_stats, sequential_pairs, time_calls,
+from taslora_deploy.timing import (autorange, balanced_order, interleaved_latency, latency_stats, pair_autorange,
+                                   pair_log_ratios, pair_ratio_stats, sample_timer, sequential_pairs, time_calls,
                                    time_calls_events, time_pairs, time_pairs_events, torch_threads, warm_up)
 
 
@@ -74,34 +75,69 @@ def test_balanced_order_is_random_but_balanced_in_blocks_of_two():
     assert balanced_order(3, np.random.default_rng(0)).shape == (3,)
 
 
-def test_sequential_pairs_looks_at_growing_counts_and_stops_when_decided(clock):
-    """Looks at 10, 20, 40 pairs; the rule says yes at the third look."""
+def test_sequential_pairs_looks_at_the_planned_counts_and_stops_when_decided(clock):
+    """Looks planned at 10, 20, 40 pairs; the rule says yes at the third look, which is the final one."""
     calls: list[str] = []
     run_a, run_b = _runner(clock, 0.001, calls, "a"), _runner(clock, 0.001, calls, "b")
-    seen: list[int] = []
+    seen: list[tuple[int, bool]] = []
 
-    def decided(ta, tb) -> bool:
-        seen.append(len(ta))
+    def decided(ta, tb, final) -> bool:
+        seen.append((len(ta), final))
         return len(ta) >= 40
 
-    seq = sequential_pairs(lambda k: time_pairs(run_a, run_b, k, collect=False), decided, first=10, max_pairs=1000,
+    seq = sequential_pairs(lambda k: time_pairs(run_a, run_b, k, collect=False), decided, looks=[10, 20, 40],
                            time_limit_s=100.0, chunk=4)
-    assert seen == [10, 20, 40] and seq.looks == [10, 20, 40] and seq.stopped == "decided"
+    assert seen == [(10, False), (20, False), (40, True)] and seq.looks == [10, 20, 40] and seq.stopped == "decided"
     assert len(seq.ta) == len(seq.tb) == 40 and len(calls) == 80
     assert seq.seconds == pytest.approx(0.08)
+    with pytest.raises(ValueError, match="increasing"):
+        sequential_pairs(lambda k: None, decided, looks=[20, 10])
 
 
-def test_sequential_pairs_honours_the_time_limit_and_the_pair_budget(clock):
+def test_sequential_pairs_honours_the_time_limit_and_the_plan(clock):
     calls: list[str] = []
     run_a, run_b = _runner(clock, 0.01, calls, "a"), _runner(clock, 0.01, calls, "b")
     measure = lambda k: time_pairs(run_a, run_b, k, collect=False)  # noqa: E731
-    seq = sequential_pairs(measure, lambda ta, tb: False, first=10, max_pairs=10_000, time_limit_s=1.0, chunk=5)
+    finals: list[bool] = []
+    never = lambda ta, tb, final: finals.append(final) or False  # noqa: E731
+    seq = sequential_pairs(measure, never, looks=[10, 20, 40, 80], time_limit_s=1.0, chunk=5)
     # 0.02 s per pair: 50 pairs fill the second, measured in chunks of 5: looks at 10, 20, 40, then 50 at the limit
     assert seq.stopped == "time limit" and seq.looks == [10, 20, 40, 50] and seq.seconds == pytest.approx(1.0)
-    seq = sequential_pairs(measure, lambda ta, tb: False, first=10, max_pairs=30, time_limit_s=100.0)
-    assert seq.stopped == "max pairs" and seq.looks == [10, 20, 30]
-    seq = sequential_pairs(measure, lambda ta, tb: False, first=10, max_pairs=30, time_limit_s=0.0)
+    assert finals == [False, False, False, True]  # the look the time limit forces is the final one
+    seq = sequential_pairs(measure, never, looks=[10, 20, 30], time_limit_s=100.0)
+    assert seq.stopped == "planned pairs" and seq.looks == [10, 20, 30]
+    seq = sequential_pairs(measure, never, looks=[10, 30], time_limit_s=0.0)
     assert seq.looks == [2] and len(seq.ta) == 2  # out of time at once: still two pairs to look at
+
+
+def test_autorange_takes_the_first_of_1_2_5_10_whose_sample_lasts_long_enough(clock):
+    calls: list[str] = []
+    run = _runner(clock, 20e-6, calls, "a")  # a 20 us model
+    k, took = autorange(sample_timer(run))
+    assert k == 10 and took == pytest.approx(2e-4)  # 10 calls = 0.2 ms
+    assert autorange(sample_timer(_runner(clock, 1e-3, calls, "b")))[0] == 1  # a 1 ms model: one call per sample
+    assert autorange(sample_timer(_runner(clock, 30e-6, calls, "c")), min_sample_s=1e-3)[0] == 50
+    k, slower = pair_autorange(_runner(clock, 20e-6, calls, "a"), _runner(clock, 45e-6, calls, "b"))
+    assert k == 10 and slower == pytest.approx(4.5e-4)  # both samples >= 0.2 ms: the faster side decides k
+    gpu, streams = [0.0], []
+
+    def on_gpu():
+        clock[0] += 50e-6  # host time: launch overhead
+        gpu[0] += 30e-6  # GPU time
+    k, took = autorange(sample_timer(on_gpu, "s", lambda: _FakeEvent(gpu, streams)))
+    assert k == 10 and took == pytest.approx(3e-4) and set(streams) == {"s"}  # on the events' clock, not the host's
+
+
+def test_pair_ratio_summary_is_the_one_per_pair_ratio():
+    ta = np.array([1.0, 2.0, 4.0, 1.0])
+    tb = np.array([1.1, 2.0, 2.0, 1.05])
+    d = pair_log_ratios(ta, tb)
+    assert d.tolist() == pytest.approx(np.log([1.1, 1.0, 0.5, 1.05]).tolist())
+    stats = pair_ratio_stats(ta, tb)
+    assert stats["ratio_median"] == pytest.approx(np.exp(np.median(d)))  # the certificate's deciding statistic
+    assert stats["ratio_of_medians"] == pytest.approx(np.median(tb) / np.median(ta))
+    with pytest.raises(ValueError, match="equally long"):
+        pair_log_ratios(ta, tb[:3])
 
 
 def test_time_pairs_events_times_both_sides_on_their_streams(clock):
@@ -121,6 +157,11 @@ def test_time_pairs_events_times_both_sides_on_their_streams(clock):
     assert ga.tolist() == pytest.approx([0.001] * 4) and gb.tolist() == pytest.approx([0.002] * 4)
     assert streams[:4] == ["stream-a", "stream-a", "stream-b", "stream-b"]
     assert streams[4:8] == ["stream-b", "stream-b", "stream-a", "stream-a"]
+    # samples of 5 calls between one event pair: still seconds per call
+    ha, _, ga, gb = time_pairs_events(runner(0.003, 0.001), runner(0.003, 0.002), "stream-a", "stream-b", iters=2,
+                                      make_event=lambda: _FakeEvent(gpu_clock, streams), inner=5)
+    assert ha.tolist() == pytest.approx([0.003] * 2) and ga.tolist() == pytest.approx([0.001] * 2)
+    assert gb.tolist() == pytest.approx([0.002] * 2)
 
 
 def test_torch_threads_is_restored():

@@ -2,9 +2,10 @@
 search stage as a library verb (`run_search`). One module per job:
 
     config        SearchConfig (the evolution's settings), SearchError, the one --metric check
-    constraints   Constraints: the typed budget (FLOPs/params bounds, counter, latency budget) and its check
-    measures      cached FLOPs/params of subnets, the space's span
-    latency       the latency hook (a measured-latency lookup, only called after the cheap bounds pass), MeasureSpec
+    constraints   Constraints: the typed budget (FLOPs/params bounds, counter, latency budget), its check, the span
+    measures      cached FLOPs/params of subnets
+    latency       the latency hook (a measured-latency lookup, only called after the cheap bounds pass), MeasureSpec,
+                  the one check of a latency batch size and statistic
     latency_features / latency_fit / latency_design / latency_model
                   a latency model: per-block features and lookup terms, the fit and its choice of form by
                   cross-validation, which subnets to measure, latency-model.json

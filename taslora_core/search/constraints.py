@@ -1,6 +1,7 @@
 """`Constraints`: the search's typed budget (FLOPs/params upper and lower bounds, the FLOPs counter, a latency
-budget and its target) and the bounds check. Latency, feasibility and messages live in their own modules; the
-methods here that name them only forward, so `constraints.describe()` etc. keep working."""
+budget and its target), the bounds check and the space's span under it. What is built on a budget lives in the
+modules that import this one (never the other way round): `search.feasible` (a witness subnet) and
+`search.messages` (the budget and the span in words)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from taslora_core import complexity
-from taslora_core.search import feasible, latency, measures, messages
+from taslora_core.search import measures
 from taslora_core.search.config import SearchError
+from taslora_core.search.latency import LatencyFn
 from taslora_core.space import SearchSpace
-from taslora_core.subnet import Subnet
+from taslora_core.subnet import Subnet, largest_subnet, smallest_subnet
 
 DEFAULT_LATENCY_TARGET = "torch-cpu"
 
@@ -36,7 +38,7 @@ class Constraints:
     latency_slack: float = 0.0
     """With a predicted latency: candidates predicted up to this fraction over the budget are let through (the
     model's own error: a subnet it cannot tell from a feasible one is searched, and the measurement decides)."""
-    latency_fn: latency.LatencyFn | None = field(default=None, compare=False, repr=False)
+    latency_fn: LatencyFn | None = field(default=None, compare=False, repr=False)
     """Latency (ms) of a subnet on `latency_target`, measured or predicted; needed when `latency_max_ms` is set.
     It is only called for subnets that pass the FLOPs/params bounds (those are cheap, a measurement is not)."""
 
@@ -110,34 +112,32 @@ class Constraints:
             return self.latency_of(subnet) <= self.latency_max_ms * (1.0 + slack)
         return True
 
-    # ------------------------------------------------------------------ forwarded to the modules of each job
+    # ------------------------------------------------------------------ latency and the space's span
     def latency_of(self, subnet: Subnet) -> float:
-        """Latency (ms) via `latency_fn`: measured, or predicted with `latency_predicted` (see `search.latency`)."""
-        return latency.latency_of(self, subnet)
+        """Latency (ms) of `subnet` via `latency_fn` (measured, or predicted by a latency model)."""
+        if self.latency_fn is None:
+            raise SearchError("a latency bound needs a latency_fn (a measured-latency lookup) in the Constraints")
+        return float(self.latency_fn(subnet))
 
     def extra_measures(self, subnet: Subnet) -> dict[str, float]:
-        """Measures beyond FLOPs/params recorded with each evaluation (see `search.latency`)."""
-        return latency.extra_measures(self, subnet)
+        """Measures beyond FLOPs/params recorded with each evaluation (the latency, when bounded by it): a measured
+        latency as `latency_ms`, a latency model's prediction as `latency_predicted_ms` (never as a measurement)."""
+        if self.latency_max_ms is None:
+            return {}
+        key = "latency_predicted_ms" if self.latency_predicted else "latency_ms"
+        return {key: self.latency_of(subnet)}
 
     def feasible_range(self, space: SearchSpace) -> dict[str, Any]:
-        """The FLOPs/params (and latency) span of the space (see `search.measures.space_range`)."""
-        return measures.space_range(self, space)
-
-    def find_feasible(self, space: SearchSpace, tries: int = 2000, seed: int = 0, latency_tries: int = 20) -> Subnet | None:
-        """A subnet that satisfies all bounds, or None (see `search.feasible`)."""
-        return feasible.find_feasible(self, space, tries, seed, latency_tries)
-
-    def check_feasible(self, space: SearchSpace, tries: int = 2000) -> Subnet:
-        """A witness subnet, or InfeasibleConstraints naming the space's range (see `search.feasible`)."""
-        return feasible.check_feasible(self, space, tries)
-
-    def describe(self) -> str:
-        """'FLOPs (autoformer) <= 1.300G, params >= 5.000M' or 'no constraints' (see `search.messages`)."""
-        return messages.describe(self)
-
-    def describe_range(self, space: SearchSpace) -> str:
-        """'the space spans FLOPs (autoformer) ... and params ...' (see `search.messages`)."""
-        return messages.describe_range(self, space)
+        """The FLOPs (by this counter) and params span of the space: its smallest and largest subnet, plus their
+        latency when the constraints bound it and can measure it. Every count grows with each choice (depth,
+        embed, heads, ratio), so these two subnets bound all others."""
+        lo, hi = smallest_subnet(space), largest_subnet(space)
+        out: dict[str, Any] = {"counter": self.counter,
+                               "flops": (self.flops_of(space, lo), self.flops_of(space, hi)),
+                               "params": (measures.params_of(space, lo), measures.params_of(space, hi))}
+        if self.latency_max_ms is not None and self.latency_fn is not None:
+            out["latency_ms"] = (self.latency_of(lo), self.latency_of(hi))
+        return out
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

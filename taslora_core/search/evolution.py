@@ -40,6 +40,7 @@ from taslora_core.atomic import atomic_write_json
 from taslora_core.search.config import InfeasibleConstraints, SearchConfig, SearchError
 from taslora_core.search.constraints import Constraints
 from taslora_core.search.measures import measure
+from taslora_core.search.messages import describe, describe_range
 from taslora_core.search.nsga import nsga_select, pareto_indices
 from taslora_core.search.objectives import objective_vector
 from taslora_core.search.operators import crossover, mutate, subnet_from_key
@@ -134,7 +135,7 @@ class EvolutionSearch:
         if key in self.cache:  # never evaluate twice (legal() already excludes it; this is the safety net)
             return self.cache[key]
         if not self.constraints.satisfied(self.space, subnet):  # pragma: no cover - legal() guarantees this
-            raise AssertionError(f"refusing to evaluate {subnet.to_dict()}: it violates {self.constraints.describe()}")
+            raise AssertionError(f"refusing to evaluate {subnet.to_dict()}: it violates {describe(self.constraints)}")
         if key in self.pending:
             result = self.pending.pop(key)
         else:
@@ -270,8 +271,8 @@ class EvolutionSearch:
             raise SearchError(f"cannot resume: the saved search used {shown}; resume with the saved settings")
         if Constraints.from_dict(state["constraints"]) != self.constraints:
             raise SearchError(
-                f"cannot resume: the saved search used {Constraints.from_dict(state['constraints']).describe()}, "
-                f"not {self.constraints.describe()}"
+                f"cannot resume: the saved search used {describe(Constraints.from_dict(state['constraints']))}, "
+                f"not {describe(self.constraints)}"
             )
         if int(state["next_iteration"]) > self.config.iterations:
             raise SearchError(
@@ -341,7 +342,7 @@ class EvolutionSearch:
                 if not population:
                     raise InfeasibleConstraints(
                         f"found no subnet of search space '{self.space.name}' that satisfies "
-                        f"{self.constraints.describe()}; {self.constraints.describe_range(self.space)}"
+                        f"{describe(self.constraints)}; {describe_range(self.constraints, self.space)}"
                     )
                 self.evaluate_all(population, 0)
                 self.population = [s.key() for s in population]

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
-
 from taslora_core.search.config import InfeasibleConstraints
+from taslora_core.search.constraints import Constraints
 from taslora_core.search.messages import describe, describe_range
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_subnet
 
-if TYPE_CHECKING:
-    from taslora_core.search.constraints import Constraints
 
-
-def find_feasible(constraints: "Constraints", space: SearchSpace, tries: int = 2000, seed: int = 0,
+def find_feasible(constraints: Constraints, space: SearchSpace, tries: int = 2000, seed: int = 0,
                   latency_tries: int = 20) -> Subnet | None:
     """A subnet that satisfies all bounds: the smallest, the largest, or one of `tries` random ones
     (of which at most `latency_tries` that pass the cheap bounds get a latency measurement)."""
@@ -34,7 +30,7 @@ def find_feasible(constraints: "Constraints", space: SearchSpace, tries: int = 2
     return None
 
 
-def check_feasible(constraints: "Constraints", space: SearchSpace, tries: int = 2000) -> Subnet:
+def check_feasible(constraints: Constraints, space: SearchSpace, tries: int = 2000) -> Subnet:
     """Return a witness subnet, or raise InfeasibleConstraints with a one-line message giving the range."""
     found = find_feasible(constraints, space, tries)
     if found is None:

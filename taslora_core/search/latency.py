@@ -1,18 +1,19 @@
-"""The latency hook of the constraints: a measured-latency lookup called only for subnets that pass the cheap
-FLOPs/params bounds (a measurement costs a materialised model and timed runs; the counts cost nothing)."""
+"""The latency hook of the constraints: what a measured-latency lookup is (`LatencyLookup`, called only for subnets
+that pass the cheap FLOPs/params bounds: a measurement costs a materialised model and timed runs; the counts cost
+nothing), how a search's latencies are measured (`MeasureSpec`) and the one check of a batch size and statistic."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from taslora_core.search.config import SearchError
 from taslora_core.subnet import Subnet
 
-if TYPE_CHECKING:
-    from taslora_core.search.constraints import Constraints
+STATISTICS = ("median", "min")
+"""What a latency measurement keeps of its timed runs (`taslora_deploy.timing.latency_stats` keys without '_ms')."""
 
 LatencyFn = Callable[[Subnet], float]
 """Latency (ms, one batch) of a subnet on one target: a measurement, or a latency model's prediction."""
@@ -27,6 +28,19 @@ class MeasureSpec:
     batch: int = 1
     threads: int | None = 1
     statistic: str = "median"
+
+    def __post_init__(self) -> None:
+        check_measure(self.batch, self.statistic)
+
+
+def check_measure(batch: int, statistic: str, batch_option: str = "--latency-batch",
+                  statistic_option: str = "--latency-statistic") -> None:
+    """THE check of how a latency is measured (search, lookup, `latency fit`): a batch size >= 1 and a known
+    statistic; SearchError naming the option otherwise."""
+    if int(batch) < 1:
+        raise SearchError(f"{batch_option} must be at least 1, got {batch}")
+    if statistic not in STATISTICS:
+        raise SearchError(f"unknown {statistic_option} '{statistic}'; choose one of {', '.join(STATISTICS)}")
 
 
 class LatencyLookup(Protocol):
@@ -43,19 +57,3 @@ class LatencyLookup(Protocol):
 
     def save(self) -> None:
         """Write the cache."""
-
-
-def latency_of(constraints: "Constraints", subnet: Subnet) -> float:
-    """Latency (ms) of `subnet` via the constraints' `latency_fn` (measured, or predicted by a latency model)."""
-    if constraints.latency_fn is None:
-        raise SearchError("a latency bound needs a latency_fn (a measured-latency lookup) in the Constraints")
-    return float(constraints.latency_fn(subnet))
-
-
-def extra_measures(constraints: "Constraints", subnet: Subnet) -> dict[str, float]:
-    """Measures beyond FLOPs/params recorded with each evaluation (the latency, when bounded by it): a measured
-    latency as `latency_ms`, a latency model's prediction as `latency_predicted_ms` (never as a measurement)."""
-    if constraints.latency_max_ms is None:
-        return {}
-    key = "latency_predicted_ms" if constraints.latency_predicted else "latency_ms"
-    return {key: latency_of(constraints, subnet)}

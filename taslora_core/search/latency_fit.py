@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from taslora_core.search.latency_features import FEATURES, feature_vector, lookup_names, lookup_vector, weighted_lstsq
-from taslora_core.search.latency_report import spearman
+from taslora_core.search.latency_report import CLIFF_NOISE, cliff_mask, spearman
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 
@@ -127,13 +127,13 @@ def flops_proxy(fit_flops: Sequence[float], fit_ms: Sequence[float]) -> tuple[fl
 
 
 def cliff_pairs(flops: Sequence[float], measured: Sequence[float], predicted: Sequence[float],
-                noise: float = 0.05, rounds: Sequence[Sequence[float] | None] | None = None) -> dict[str, int]:
-    """Pairs where the subnet with fewer FLOPs measures slower by more than `noise` (a FLOPs "cliff"), and how
-    many of them the model orders right (predicts the fewer-FLOPs subnet slower). With `rounds` (each subnet's
-    per-round values) a pair counts only when the fewer-FLOPs subnet was slower in every round than the other in
-    any: a cliff the measurement noise cannot have made."""
-    f, y, p = (np.asarray(v, dtype=float) for v in (flops, measured, predicted))
-    mask = (f[:, None] < f[None, :]) & (y[:, None] > y[None, :] * (1.0 + noise))
+                noise: float = CLIFF_NOISE, rounds: Sequence[Sequence[float] | None] | None = None) -> dict[str, int]:
+    """Cliff pairs (`latency_report.cliff_mask`) among measured subnets, and how many of them the model orders
+    right (predicts the fewer-FLOPs subnet slower). With `rounds` (each subnet's per-round values) a pair counts
+    only when the fewer-FLOPs subnet was slower in every round than the other in any: a cliff the measurement
+    noise cannot have made."""
+    p = np.asarray(predicted, dtype=float)
+    mask = cliff_mask(flops, measured, noise)
     if rounds is not None and all(r for r in rounds):
         low = np.asarray([min(r) for r in rounds])  # type: ignore[type-var]
         high = np.asarray([max(r) for r in rounds])  # type: ignore[type-var]

@@ -53,9 +53,20 @@ def host_name() -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in platform.node() or "host")
 
 
+def measurement_stem(target: str, batch: int, statistic: str, space: SearchSpace) -> str:
+    """THE name of what one kind of latency measurement holds, for its cache file and its model folder:
+    `<target>-b<batch>[-<statistic>]-<host>-<space hash>` (the default statistic, median, is not named)."""
+    stat = "" if statistic == "median" else f"-{statistic}"
+    return f"{target}-b{int(batch)}{stat}-{host_name()}-{space_hash(space)}"
+
+
 def _sha256(doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+TRUSTED_SHARE = 0.90
+"""Held-out share within +-10% below which a fit and a search on its model warn (`LatencyModel.quality_warning`)."""
 
 
 @dataclass
@@ -88,6 +99,28 @@ class LatencyModel:
         """The held-out accuracy recorded when it was fitted (empty when none was measured)."""
         return dict(self.info.get("heldout") or {})
 
+    def quality(self) -> dict[str, Any]:
+        """How far the model can be trusted, as fitted: the held-out share within +-10%, the measurements'
+        round-to-round noise (p50, p90 of (max - min) / median per subnet) and :meth:`quality_warning`."""
+        noise = dict((self.info.get("fit") or {}).get("noise") or {})
+        return {"heldout_within_10pct": self.heldout.get("within_10pct"),
+                "noise_p50": noise.get("round_spread_median"), "noise_p90": noise.get("round_spread_p90"),
+                "warning": self.quality_warning()}
+
+    def quality_warning(self) -> str | None:
+        """One line when fewer than :data:`TRUSTED_SHARE` of the held-out subnets were predicted within +-10%,
+        naming what to change; None otherwise (or when nothing was held out)."""
+        share = self.heldout.get("within_10pct")
+        if share is None or float(share) >= TRUSTED_SHARE:
+            return None
+        noise = dict((self.info.get("fit") or {}).get("noise") or {})
+        p50, p90 = noise.get("round_spread_median"), noise.get("round_spread_p90")
+        measured = "" if p50 is None else f"; round-to-round noise p50 {100 * p50:.0f}% / p90 {100 * p90:.0f}%"
+        change = ["longer timing (--max-time 1)", *([] if self.statistic == "min" else ["--statistic min"]),
+                  "a quieter machine"]
+        return (f"latency model unreliable: {100 * float(share):.0f}% of held-out subnets within +-10% (below "
+                f"{100 * TRUSTED_SHARE:.0f}%){measured}; refit (`taslora latency fit`) with {', '.join(change)}")
+
     def to_dict(self) -> dict[str, Any]:
         """The latency-model.json document (with its sha256)."""
         doc: dict[str, Any] = {
@@ -109,7 +142,7 @@ class LatencyModel:
                 f"{self.host or '?'} ({self.terms.form}{score})")
 
 
-INFO_KEYS = ("fit", "heldout", "flops_proxy", "forms", "cliffs", "measurements", "created")
+INFO_KEYS = ("fit", "quality", "heldout", "flops_proxy", "forms", "cliffs", "measurements", "created")
 REQUIRED = ("format", "version", "target", "batch", "threads", "space", "ridge", "terms", "sha256")
 
 

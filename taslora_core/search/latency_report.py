@@ -47,6 +47,13 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return float((rx * ry).sum() / denom) if denom > 0 else None
 
 
+def cliff_mask(flops: Sequence[float], latency_ms: Sequence[float], noise: float = CLIFF_NOISE) -> np.ndarray:
+    """THE definition of a FLOPs "cliff": ``mask[i, j]`` is True when subnet i has fewer FLOPs than subnet j and a
+    latency more than ``noise`` (relative) above j's (used by the search's report and the latency model's score)."""
+    f, y = np.asarray(flops, dtype=float), np.asarray(latency_ms, dtype=float)
+    return (f[:, None] < f[None, :]) & (y[:, None] > y[None, :] * (1.0 + noise))
+
+
 Compare = Callable[[Any, Any], dict[str, float]]
 """(slower subnet, faster subnet) -> interleaved per-pair ratios slower/faster: ratio_median, ratio_p10, ratio_p90."""
 
@@ -57,9 +64,7 @@ def cliffs(records: Sequence[dict[str, Any]], counter: str = "autoformer", noise
     than `noise` (relative) above the other's, worst first (largest latency ratio)."""
     flops = np.asarray([r[f"flops_{counter}"] for r in records], dtype=float)
     lat = np.asarray([r["latency_ms"] for r in records], dtype=float)
-    # pair (i, j): i has fewer FLOPs than j and is slower beyond the noise
-    mask = (flops[:, None] < flops[None, :]) & (lat[:, None] > lat[None, :] * (1.0 + noise))
-    pairs = np.argwhere(mask)
+    pairs = np.argwhere(cliff_mask(flops, lat, noise))
     ratios = lat[pairs[:, 0]] / lat[pairs[:, 1]] if len(pairs) else np.zeros(0)
     worst = [pairs[i] for i in np.argsort(-ratios, kind="mergesort")[:limit]]
     shown = [{

@@ -13,6 +13,7 @@ Two ways, decided by `--latency-model`:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ from typing import Any
 from taslora_core.search.config import SearchConfig, SearchError
 from taslora_core.search.constraints import DEFAULT_LATENCY_TARGET, Constraints
 from taslora_core.search.evolution import SearchResult
-from taslora_core.search.latency import LatencyLookup, MeasureSpec
+from taslora_core.search.latency import LatencyLookup, MeasureSpec, check_measure
 from taslora_core.search.latency_model import LatencyModel, check_for_search, host_name, read_latency_model
 from taslora_core.search.latency_verify import DEFAULT_TRIES, LatencyCheck, verify_best, verify_front
 from taslora_core.subnet import Subnet
+from taslora_core.train.config import setting
 
 LatencyFactory = Callable[[Any, MeasureSpec], LatencyLookup]
 """(supernet, how to measure) -> a measured-latency lookup; `taslora_deploy.latency_lookup` provides one (core
@@ -33,20 +35,28 @@ cannot)."""
 
 @dataclass
 class LatencyOptions:
-    """The search's latency options beyond the budget: the model, the batch size and the verification."""
+    """The search's latency options beyond the budget: the model, the batch size and the verification (each field's
+    help is its `taslora search` option's)."""
 
-    model: Path | None = None
-    """latency-model.json (or its folder): screen by prediction, then measure what is returned."""
-    batch: int | None = None
-    """Images per timed call; None = the model's batch size, or 1."""
-    statistic: str | None = None
-    """What a measurement keeps of its timed runs ('median', 'min'); None = the model's, or 'median'."""
-    verify: bool = True
-    """Measure the returned subnet(s) on the target (only a model's search can turn this off)."""
+    model: Path | None = setting(
+        None, "latency-model.json (or its folder) written by `taslora latency fit` for this space, target and batch "
+        "size: search on its predictions, then measure what is returned (best.json and every pareto.json member carry "
+        "latency_ms measured and latency_predicted_ms).", flag="--latency-model")
+    batch: int | None = setting(
+        None, "Images per timed call of the latency budget/objective (latency is per batch size; a GPU service runs "
+        "32-256). Default: the --latency-model's, else 1.", flag="--latency-batch")
+    statistic: str | None = setting(
+        None, "What a latency measurement keeps of its timed runs: median, or min (the fastest run: robust on a "
+        "machine shared with other jobs). Default: the --latency-model's, else median.", flag="--latency-statistic")
+    verify: bool = setting(
+        True, "With --latency-model: measure the returned subnet(s) on the target (default). --no-verify-latency "
+        "returns predictions only (latency_source 'predicted'), e.g. where the target cannot run.",
+        flag="--verify-latency/--no-verify-latency")
     tries: int = DEFAULT_TRIES
     """Measurements the single-objective verification may spend before it gives up."""
-    slack: float | None = None
-    """Screen candidates predicted up to this fraction over the budget; None = the model's held-out MAPE."""
+    slack: float | None = setting(
+        None, "With --latency-model: also search candidates predicted up to this fraction over --latency-budget (the "
+        "measurement decides). Default: the model's held-out MAPE.", flag="--latency-slack")
 
 
 @dataclass
@@ -152,6 +162,8 @@ def setup_latency(constraints: Constraints, cfg: SearchConfig, options: LatencyO
             raise SearchError("--latency-model needs --latency-budget or --objectives <quality>,latency")
         return LatencySetup(constraints, cfg, options=options)
     model = read_latency_model(options.model) if options.model is not None else None
+    if model is not None and model.quality_warning():
+        print(f"warning: {options.model}: {model.quality_warning()}", file=sys.stderr)
     target = latency_target(constraints, cfg, model)
     if model is not None:
         explicit = {t for t in (constraints.latency_target, cfg.latency_target) if t is not None}
@@ -159,8 +171,7 @@ def setup_latency(constraints: Constraints, cfg: SearchConfig, options: LatencyO
                          options.statistic)
     batch = int(options.batch or (model.batch if model is not None else 1))
     statistic = options.statistic or (model.statistic if model is not None else "median")
-    if batch < 1:
-        raise SearchError(f"--latency-batch must be at least 1, got {batch}")
+    check_measure(batch, statistic)
     if objective:
         cfg = dataclasses.replace(cfg, latency_target=target)
     lookup = None

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from taslora_core.complexity import format_amount
-from taslora_core.search.measures import flops_of, params_of, space_range
+from taslora_core.search.constraints import Constraints
+from taslora_core.search.measures import flops_of, params_of
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import largest_subnet, smallest_subnet
 
-if TYPE_CHECKING:
-    from taslora_core.search.constraints import Constraints
 
-
-def describe(constraints: "Constraints") -> str:
+def describe(constraints: Constraints) -> str:
     """'FLOPs (autoformer) <= 1.300G, params >= 5.000M' or 'no constraints'."""
     c, fa = constraints, format_amount
     parts = []
@@ -32,9 +28,9 @@ def describe(constraints: "Constraints") -> str:
     return ", ".join(parts) if parts else "no constraints"
 
 
-def describe_range(constraints: "Constraints", space: SearchSpace) -> str:
+def describe_range(constraints: Constraints, space: SearchSpace) -> str:
     """'the space spans FLOPs (autoformer) 8.284M .. 31.623M and params 147.210K .. 579.850K'."""
-    r = space_range(constraints, space)
+    r = constraints.feasible_range(space)
     fa = format_amount
     text = (
         f"the space spans FLOPs ({constraints.counter}) {fa(r['flops'][0])} .. {fa(r['flops'][1])} "
@@ -47,7 +43,7 @@ def describe_range(constraints: "Constraints", space: SearchSpace) -> str:
     return text
 
 
-def non_binding(constraints: "Constraints", space: SearchSpace) -> list[str]:
+def non_binding(constraints: Constraints, space: SearchSpace) -> list[str]:
     """One note per FLOPs/params bound that excludes no subnet of the space (e.g. --flops 1.3G on a space whose
     largest subnet has 10.5M FLOPs): such a bound silently does nothing, so the user should hear it."""
     c, fa = constraints, format_amount

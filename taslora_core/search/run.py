@@ -26,6 +26,7 @@ from taslora_core.search.constraints import Constraints
 from taslora_core.search.evolution import EvolutionSearch, Record, SearchResult
 from taslora_core.search.latency import LatencyLookup
 from taslora_core.search.latency_setup import LatencyFactory, LatencyOptions, setup_latency
+from taslora_core.search.feasible import check_feasible
 from taslora_core.search.messages import non_binding
 from taslora_core.search.pareto_outputs import write_pareto_outputs
 from taslora_core.space import SearchSpace
@@ -212,7 +213,7 @@ def run_search(config: SearchRunConfig, ctx: DistContext | None = None, events: 
     constraints, cfg, lookup = latency.constraints, latency.config, latency.lookup
     for message in latency.notes():
         events.note(message)
-    witness = constraints.check_feasible(space)  # InfeasibleConstraints names the space's range
+    witness = check_feasible(constraints, space)  # InfeasibleConstraints names the space's range
     use_experts = cfg.use_experts and loaded.mole is not None
     val = load_val_data(loaded, config.data, cfg.val_subset, cfg.batch_size, cfg.seed, device=str(ctx.device),
                         ctx=ctx)

@@ -22,6 +22,7 @@ from taslora_core.search.config import SearchConfig, SearchError
 from taslora_core.search.constraints import Constraints
 from taslora_core.search.evolution import Record, SearchResult
 from taslora_core.search.latency_verify import latency_source
+from taslora_core.search.messages import describe
 from taslora_core.space import SearchSpace
 
 SETTINGS_JSON = "search.json"
@@ -153,7 +154,7 @@ def write_outputs(run: Path, result: SearchResult, space: SearchSpace, constrain
         "params": best["params"],
         **latency_fields(best, constraints, config),
         "counter": constraints.counter,
-        "constraints": constraints.describe(),
+        "constraints": describe(constraints),
         "space_flops_range": list(span["flops"]),
         "space_params_range": list(span["params"]),
         "evaluations": len(result.history),

@@ -1,14 +1,16 @@
 """Supernet training, MoLE training (and its baselines), supernet import and checkpoint evaluation.
 
-One module per job: `config` (settings, the single source of the CLI defaults), `loop` (the training loop),
-`optim` (optimisers, schedules), `tasks` (what the loop trains), `resume`, `run_files`, `run_setup`, `summary`,
-`supernet_trainer`, `mole_trainer`, `importer`, `eval_run`. Every public name is importable from here.
+One module per job: `config` (settings, the single source of the CLI defaults), `recipes` (the named bundles of
+MoLE settings behind `taslora train --recipe`), `loop` (the training loop), `optim` (optimisers, schedules),
+`tasks` (what the loop trains), `resume`, `run_files`, `run_setup`, `summary`, `supernet_trainer`,
+`mole_trainer`, `importer`, `eval_run`. Every public name is importable from here.
 
 Python API (the `taslora supernet train|import`, `train` and `eval` commands call exactly these):
 
     run = train_supernet(SupernetTrainConfig(space="fmnist", epochs=10))        # -> RunResult(run_dir, summary)
     run = train_mole(MoLETrainConfig(supernet=None, epochs=10))                 # latest supernet of the workdir
     run = train_mole(MoLETrainConfig(mode="finetune"))                          # the full fine-tuning baseline
+    run = train_mole(MoLETrainConfig(recipe="group-hard"))                      # a training recipe (RECIPES)
     path = import_supernet("supernet-tiny.pth", "autoformer-t", workdir)       # official AutoFormer checkpoint
     out = evaluate_run("taslora-runs/mole/<run>", "largest", use_experts=True)  # -> EvalReport
 
@@ -37,6 +39,7 @@ from taslora_core.train.eval_run import EvalReport, evaluate_run, resolve_subnet
 from taslora_core.train.importer import import_supernet
 from taslora_core.train.loop import TRAIN_STATE, LoopConfig, LoopResult, TrainingDiverged, TrainTask
 from taslora_core.train.mole_trainer import default_supernet, train_mole
+from taslora_core.train.recipes import RECIPES, recipe_settings, resolve_recipe
 from taslora_core.train.resume import find_resumable
 from taslora_core.train.run_files import SPLIT_FILE, SUMMARY, TRAIN_CONFIG, RunResult
 from taslora_core.train.summary import summary_subnets
@@ -48,4 +51,5 @@ __all__ = [
     "MODES", "RUNTIME_FIELDS", "train_supernet", "train_mole", "import_supernet", "evaluate_run", "resolve_subnet",
     "default_supernet", "find_resumable", "summary_subnets", "TrainTask", "ModelTask", "SupernetTask",
     "FinetuneTask", "MoLETask", "LoopConfig", "LoopResult", "TRAIN_STATE", "TRAIN_CONFIG", "SPLIT_FILE", "SUMMARY",
+    "RECIPES", "recipe_settings", "resolve_recipe",
 ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from taslora_core.train.recipes import DEFAULT_RECIPE, recipe_help
 from taslora_core.workspace import DEFAULT_WORKDIR
 
 MODES = ("mole", "single-lora", "finetune")
@@ -118,3 +119,26 @@ class MoLETrainConfig(TrainConfig):
         1, "Epochs with the router frozen and the expert LR rising linearly from --warmup-start-lr (paper: 5 of 50).")
     min_lr: float = setting(1e-6, "Expert LR at the end of the cosine (the router's goes to 0).")
     momentum: float = 0.9  # the router's SGD momentum (no option)
+    # the recipe and the settings it bundles (taslora_core.train.recipes); None: the recipe's value
+    recipe: str = setting(DEFAULT_RECIPE, recipe_help())
+    expert_structure: str | None = setting(
+        None, "(recipe) mixture (K experts, each its own U and D; paper) or factorised (a shared D, a shared U and one "
+        "U per heads / MLP-ratio and embed-dim value, weighted by the block's architecture).")
+    routing: str | None = setting(
+        None, "(recipe) learned (the router trains after warm-up; paper), frozen (never trains) or hard (one-hot "
+        "routing to the block's group).")
+    router_init_mass: float | None = setting(
+        None, "(recipe) Group-wise init: the own expert's routing mass at step 0, beta = ln(p (K-1) / (1-p)); "
+        "0 uses --beta (paper).")
+    sampling: str | None = setting(
+        None, "(recipe) uniform (one random subnet per step; paper) or sandwich (largest + smallest + "
+        "--sandwich-random random subnets per step).")
+    sandwich_random: int | None = setting(None, "(recipe) Random subnets per sandwich step (recipe sandwich: 1).")
+    distill: bool | None = setting(
+        None, "(recipe) Sandwich: train all but the largest subnet on the largest's soft logits (KL) instead of the "
+        "labels.", flag="--distill/--no-distill")
+    distill_temperature: float = setting(1.0, "Softmax temperature of the in-place distillation.")
+    mi_weight: float | None = setting(
+        None, "(recipe) Weight of the routing mutual-information term -w (H(E) - H(E|group)) in the loss (paper 0).")
+    lora_plus: float | None = setting(
+        None, "(recipe) LoRA+: learning rate of every up-projection U as a multiple of the experts' LR (paper 1).")

@@ -1,10 +1,15 @@
 """The training loop shared by supernet training, MoLE training and full fine-tuning.
 
 One uniformly sampled subnet per step, the same on every rank: the subnet of step `s` of epoch `e` is drawn from
-`random.Random(f"{seed}:{e}:{s}")`. The global torch/numpy/python RNGs are re-seeded every step from
-(seed, epoch, step, rank) (drop-path masks, mixup), so a run resumed from a mid-epoch checkpoint repeats exactly
-the steps an uninterrupted run would have taken (bit-for-bit on CPU for Fashion-MNIST; for folder data the order
-is exact, the worker-side augmentation draws are not).
+`random.Random(f"{seed}:{e}:{s}")`. With sandwich sampling (`LoopConfig.sampling`) a step trains the largest, the
+smallest, that same subnet and `sandwich_random - 1` more drawn from `random.Random(f"{seed}:{e}:{s}:{k}")`, so
+every recipe sees the same subnet sequence; with `distill` all but the largest learn from the largest's soft
+logits (in-place distillation), and the step's gradient is the mean over its subnets. The loop counts the
+subnet forward and backward passes, so recipes can be compared at equal steps and at equal passes. The global
+torch/numpy/python RNGs are re-seeded every step from (seed, epoch, step, rank) (drop-path masks, mixup), so a
+run resumed from a mid-epoch checkpoint repeats exactly the steps an uninterrupted run would have taken
+(bit-for-bit on CPU for Fashion-MNIST; for folder data the order is exact, the worker-side augmentation draws
+are not).
 
 Checkpoints (`train_state.pt`, written atomically by rank 0 at every epoch end and every `save_every_steps`
 steps) hold only tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` reads them:
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from taslora_core.artifact_read import read_json_artifact
@@ -39,7 +45,7 @@ from taslora_core.distributed import DistContext, all_reduce_grads
 from taslora_core.train.optim import OptimizerSet
 from taslora_core.train.progress import EpochProgress
 from taslora_core.space import SearchSpace
-from taslora_core.subnet import Subnet, sample_subnet
+from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_subnet
 from taslora_core.train.run_files import TRAIN_CONFIG
 
 TRAIN_STATE = "train_state.pt"
@@ -61,6 +67,24 @@ def subnet_rng(seed: int, epoch: int, step: int) -> random.Random:
 def subnet_for_step(space: SearchSpace, seed: int, epoch: int, step: int) -> Subnet:
     """The subnet trained at step `step` of epoch `epoch`."""
     return sample_subnet(space, subnet_rng(seed, epoch, step))
+
+
+def step_subnets(space: SearchSpace, seed: int, epoch: int, step: int, sampling: str = "uniform",
+                 sandwich_random: int = 1) -> list[Subnet]:
+    """The subnets trained at (epoch, step): [the uniform subnet], or with "sandwich" [largest, smallest, the
+    uniform subnet, `sandwich_random - 1` more random ones] (the largest first: it is the distillation teacher)."""
+    subnet = subnet_for_step(space, seed, epoch, step)
+    if sampling == "uniform":
+        return [subnet]
+    if sampling != "sandwich":
+        raise ValueError(f"unknown sampling '{sampling}'; choose uniform or sandwich")
+    extra = [sample_subnet(space, random.Random(f"{seed}:{epoch}:{step}:{k}")) for k in range(1, sandwich_random)]
+    return [largest_subnet(space), smallest_subnet(space), *([subnet] if sandwich_random > 0 else []), *extra]
+
+
+def passes_per_step(cfg: "LoopConfig") -> int:
+    """Subnet forward (and backward) passes of one step."""
+    return 1 if cfg.sampling == "uniform" else 2 + cfg.sandwich_random
 
 
 def seed_step(seed: int, epoch: int, step: int, rank: int) -> None:
@@ -122,6 +146,10 @@ class TrainTask:
         """Validation numbers logged at each epoch end (called on every rank)."""
         return {}
 
+    def auxiliary_loss(self, subnets: list[Subnet]) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """A term the task adds to the step's loss (and the values to log), or None (the default)."""
+        return None
+
 
 def autocast(ctx: DistContext, amp: bool):
     """bf16 autocast on the run's device when `amp`, else a no-op context."""
@@ -130,29 +158,80 @@ def autocast(ctx: DistContext, amp: bool):
     return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
 
 
+@dataclass
+class StepOutcome:
+    """What one optimisation step did: its mean training loss, the subnet passes it ran, logged extras."""
+
+    loss: float
+    forward: int = 1
+    backward: int = 1
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) of the softened distributions, times T^2 (Hinton's scale), mean over the batch."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean",
+                    log_target=True) * (t * t)
+
+
+def _backward_subnets(task: TrainTask, images: torch.Tensor, targets: torch.Tensor, subnets: list[Subnet],
+                      criterion: nn.Module, ctx: DistContext, amp: bool, temperature: float | None) -> torch.Tensor:
+    """Forward and backward every subnet of a multi-subnet step, one at a time (gradients accumulate, each loss
+    divided by their number); the first subnet learns from `targets` and, with `temperature`, is the teacher of
+    the others. Returns the mean loss (detached)."""
+    total = torch.zeros((), device=images.device)
+    teacher = None
+    for i, subnet in enumerate(subnets):
+        with autocast(ctx, amp):
+            logits = task.forward(images, subnet).float()
+        if i == 0 or temperature is None:
+            loss = criterion(logits, targets)
+            if temperature is not None:
+                teacher = logits.detach()
+        else:
+            loss = distill_loss(logits, teacher, temperature)  # type: ignore[arg-type]
+        (loss / len(subnets)).backward()
+        total = total + loss.detach()
+    return total / len(subnets)
+
+
 def train_step(
     task: TrainTask,
     images: torch.Tensor,
     targets: torch.Tensor,
-    subnet: Subnet,
+    subnet: Subnet | list[Subnet],
     criterion: nn.Module,
     ctx: DistContext,
     amp: bool = False,
     clip_grad: float | None = None,
-) -> float:
-    """One optimisation step on `subnet` (learning rates already set by `task.optim.prepare`); returns the mean loss."""
+    distill_temperature: float | None = None,
+) -> StepOutcome:
+    """One optimisation step on `subnet` or on a list of subnets (sandwich; `distill_temperature` distils all
+    but the first from the first); learning rates already set by `task.optim.prepare`. Returns the mean loss
+    over the subnets and the passes run."""
+    subnets = [subnet] if isinstance(subnet, Subnet) else list(subnet)
     task.optim.zero_grad()
-    with autocast(ctx, amp):
-        logits = task.forward(images, subnet)
-    loss = criterion(logits.float(), targets)
-    loss.backward()
+    if len(subnets) == 1:
+        with autocast(ctx, amp):
+            logits = task.forward(images, subnets[0])
+        loss = criterion(logits.float(), targets)
+        loss.backward()
+    else:
+        loss = _backward_subnets(task, images, targets, subnets, criterion, ctx, amp, distill_temperature)
+    extras: dict[str, float] = {}
+    aux = task.auxiliary_loss(subnets)
+    if aux is not None:
+        term, extras = aux
+        if term.requires_grad:  # e.g. not while the router is frozen in warm-up
+            term.backward()
     mean_loss = all_reduce_grads(task.optim.trainable_params(), loss, ctx)
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(f"training loss became {mean_loss}")
     if clip_grad:
         torch.nn.utils.clip_grad_norm_([p for p in task.optim.trainable_params() if p.grad is not None], clip_grad)
     task.optim.step()
-    return mean_loss
+    return StepOutcome(mean_loss, len(subnets), len(subnets), extras)
 
 
 # ---------------------------------------------------------------------- logging
@@ -191,17 +270,23 @@ class LoopConfig:
     amp: bool = False
     clip_grad: float | None = None
     quiet: bool = False
+    sampling: str = "uniform"  # or "sandwich" (module docstring)
+    sandwich_random: int = 1
+    distill: bool = False
+    distill_temperature: float = 1.0
 
 
 @dataclass
 class LoopResult:
-    """What the loop measured."""
+    """What the loop measured (passes: subnet forward / backward passes, e.g. 3 per step for a sandwich of 3)."""
 
     global_step: int = 0
     last_loss: float = float("nan")
     images: int = 0
     train_seconds: float = 0.0
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    forward_passes: int = 0
+    backward_passes: int = 0
 
     @property
     def images_per_s(self) -> float:
@@ -280,6 +365,7 @@ def run_loop(
         train_loader.load_state_dict(resume_state["loader"])
         restore_rng(resume_state["rng"])
         result.global_step = int(resume_state["global_step"])
+        result.forward_passes = result.backward_passes = result.global_step * passes_per_step(cfg)
     metrics = MetricsLog(run_dir / METRICS, ctx.is_main, resume_step=result.global_step if resume_state else None)
     if callback is not None:
         callback("start", {"global_step": result.global_step, "model": task.module})
@@ -296,7 +382,8 @@ def run_loop(
         with EpochProgress(bar_on, epoch, cfg.epochs, steps_per_epoch, step) as bar:
             for images, labels in train_loader:
                 global_step = epoch * steps_per_epoch + step
-                subnet = subnet_for_step(task.space, cfg.seed, epoch, step)
+                subnets = step_subnets(task.space, cfg.seed, epoch, step, cfg.sampling, cfg.sandwich_random)
+                subnet = subnets[2] if cfg.sampling == "sandwich" and cfg.sandwich_random > 0 else subnets[0]
                 seed_step(cfg.seed, epoch, step, ctx.rank)
                 task.optim.prepare(global_step)
                 images = images.to(ctx.device, non_blocking=True)
@@ -305,7 +392,8 @@ def run_loop(
                     images, targets = mixup_fn(images, targets)
                 t0 = time.perf_counter()
                 try:
-                    loss = train_step(task, images, targets, subnet, criterion, ctx, cfg.amp, cfg.clip_grad)
+                    outcome = train_step(task, images, targets, subnets, criterion, ctx, cfg.amp, cfg.clip_grad,
+                                         cfg.distill_temperature if cfg.distill else None)
                 except TrainingDiverged as err:
                     kept = (f"last good checkpoint {state_path} kept" if state_path.exists()
                             else "no checkpoint was written yet")
@@ -314,6 +402,9 @@ def run_loop(
                         f"{kept}; start a new run with a lower learning rate or --clip-grad"
                     ) from None
                 result.train_seconds += time.perf_counter() - t0
+                loss = outcome.loss
+                result.forward_passes += outcome.forward
+                result.backward_passes += outcome.backward
                 n_imgs = images.shape[0] * ctx.world_size
                 result.images += n_imgs
                 window_imgs += n_imgs
@@ -329,7 +420,8 @@ def run_loop(
                     ips = window_imgs / max(now - window_t, 1e-9)
                     window_t, window_imgs = now, 0
                     metrics.write({"type": "step", "epoch": epoch, "step": step, "global_step": result.global_step,
-                                   "loss": loss, "lr": lrs, "images_per_s": ips, "subnet": subnet.to_dict()})
+                                   "loss": loss, "lr": lrs, "images_per_s": ips, "subnet": subnet.to_dict(),
+                                   "forward_passes": result.forward_passes, **outcome.extras})
                 if bar_on:
                     lr_text = " ".join(f"{k} {v:.2e}" for k, v in lrs.items())
                     rate = epoch_imgs / max(time.perf_counter() - t_start, 1e-9)

@@ -1,8 +1,12 @@
 """`train_mole`: train MoLE experts + router on a frozen supernet (TAS-LoRA) or one of its baselines
-(`single-lora`: one expert; `finetune`: full fine-tuning of the supernet, written as a `supernets` run)."""
+(`single-lora`: one expert; `finetune`: full fine-tuning of the supernet, written as a `supernets` run).
+
+The run's recipe (`taslora_core.train.recipes`) is resolved first: its settings fill the config's unset fields,
+and the resolved config is what train_config.json, mole.json and summary.json record."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +27,7 @@ from taslora_core.run_io import is_supernet_dir, resolve_supernet, supernet_dir_
 from taslora_core.train.config import MODES, MoLETrainConfig
 from taslora_core.train.loop import TRAIN_STATE, TrainTask, run_loop, save_train_state
 from taslora_core.train.optim import finetune_optimizers, mole_optimizers
+from taslora_core.train.recipes import PAPER_SETTINGS, resolve_recipe
 from taslora_core.train.resume import open_resume, with_runtime
 from taslora_core.train.run_files import (
     SPLIT_FILE, SUMMARY, TRAIN_CONFIG, RunResult, relative_to_run, run_kind_dir, write_run_config,
@@ -60,8 +65,37 @@ def mole_config(cfg: MoLETrainConfig) -> MoLEConfig:
     if experts is not None and experts < 1:
         raise ValueError(f"--experts must be >= 1, got {experts}")
     router = RouterConfig(kind=cfg.router, include_depth=cfg.router_depth, init=cfg.router_init, beta=cfg.beta,
-                          position_heads=cfg.router_position_heads)
-    return MoLEConfig(num_experts=experts, rank=cfg.rank, router=router, alpha=cfg.lora_alpha)
+                          position_heads=cfg.router_position_heads, init_mass=cfg.router_init_mass or None,
+                          hard=cfg.routing == "hard")
+    return MoLEConfig(num_experts=experts, rank=cfg.rank, router=router, alpha=cfg.lora_alpha,
+                      structure=cfg.expert_structure)
+
+
+def recipe_record(cfg: MoLETrainConfig) -> dict[str, Any]:
+    """The recipe's name and every setting it controls, as the run used them (mole.json, summary.json)."""
+    return {"name": cfg.recipe, "settings": {k: getattr(cfg, k) for k in PAPER_SETTINGS}}
+
+
+def describe_recipe(cfg: MoLETrainConfig, model: MoLEModel) -> str:
+    """One phrase for the log: the experts, the routing and the sampling the run trains with."""
+    if cfg.expert_structure == "factorised":
+        experts = f"factorised experts ({model.num_experts} parts) of rank {cfg.rank}"
+    else:
+        experts = f"K={model.num_experts} experts of rank {cfg.rank}"
+    if cfg.routing == "hard":
+        routing = "hard group routing"
+    elif cfg.expert_structure == "factorised":
+        routing = "parts weighted by the architecture"
+    else:
+        start = (f"own mass {cfg.router_init_mass:g}" if cfg.router_init_mass else f"beta {cfg.beta:g}")
+        routing = f"router {cfg.router} ({cfg.router_init} init, {start}, {cfg.routing})"
+    parts = [f"{experts} (alpha {cfg.lora_alpha:g})", routing]
+    if cfg.sampling == "sandwich":
+        parts.append(f"sandwich: largest + smallest + {cfg.sandwich_random} random per step"
+                     + (f", distilled (T {cfg.distill_temperature:g})" if cfg.distill else ""))
+    if cfg.mi_weight:
+        parts.append(f"routing MI weight {cfg.mi_weight:g}")
+    return ", ".join(parts)
 
 
 def train_mole(
@@ -74,11 +108,13 @@ def train_mole(
     fine-tune the whole supernet (`mode` finetune) into a new `supernets` run; or resume such a run."""
     if cfg.mode not in MODES:
         raise ValueError(f"unknown --mode '{cfg.mode}'; choose one of {', '.join(MODES)}")
+    cfg = resolve_recipe(cfg)
     with training_process(cfg, log) as (ctx, say):
         resume_state = None
         if resume:
             run_dir, doc, resume_state = open_resume(resume, cfg.workdir, cfg.mode, MODES)
-            cfg = with_runtime(MoLETrainConfig.from_dict(doc["config"]), cfg)  # type: ignore[assignment]
+            # a run of an older version records no recipe: it resolves to the paper's settings it used
+            cfg = resolve_recipe(with_runtime(MoLETrainConfig.from_dict(doc["config"]), cfg))  # type: ignore[arg-type]
             # a run moved together with its supernets resolves the recorded path as a finished run does
             supernet_dir, source = supernet_dir_of(run_dir, doc, TRAIN_CONFIG), "recorded in the resumed run"
             want_sha = doc.get("supernet_sha256")
@@ -140,21 +176,28 @@ def train_mole(
             what = f"full fine-tuning of the supernet, lr {cfg.expert_lr:g}"
         else:
             model = MoLEModel(supernet, mcfg).to(ctx.device)
-            optim = mole_optimizers(model.experts, model.router, steps, warmup, cfg.expert_lr, cfg.router_lr,
-                                    cfg.warmup_start_lr, cfg.min_lr, cfg.weight_decay, cfg.momentum)
+            router = model.router if cfg.routing == "learned" else None
+            if router is None:
+                model.router.requires_grad_(False)
+            optim = mole_optimizers(model.experts, router, steps, warmup, cfg.expert_lr, cfg.router_lr,
+                                    cfg.warmup_start_lr, cfg.min_lr, cfg.weight_decay, cfg.momentum, cfg.lora_plus)
             broadcast_tensors(list(model.experts.parameters()) + list(model.router.parameters()), ctx)
-            task = MoLETask(model, optim, loaders.val, eval_subnets(space), ctx, amp)
-            what = (f"{cfg.mode}: K={model.num_experts} experts of rank {cfg.rank} (alpha {cfg.lora_alpha:g}), router {cfg.router} "
-                    f"({cfg.router_init} init, beta {cfg.beta:g}); experts AdamW lr {cfg.expert_lr:g}, "
-                    f"router SGD lr {cfg.router_lr:g} (frozen for {cfg.warmup_epochs} warm-up epoch(s))")
+            task = MoLETask(model, optim, loaders.val, eval_subnets(space), ctx, amp, mi_weight=cfg.mi_weight)
+            what = (f"{cfg.mode}, recipe {cfg.recipe}: {describe_recipe(cfg, model)}; experts AdamW lr {cfg.expert_lr:g}"
+                    + (f" (U x{cfg.lora_plus:g})" if cfg.lora_plus != 1 else "")
+                    + (f", router SGD lr {cfg.router_lr:g} (frozen for {cfg.warmup_epochs} warm-up epoch(s))"
+                       if router is not None else ""))
         say(f"training {cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size} x {ctx.world_size} rank(s), "
             f"{what}, device {ctx.device}, amp {'bf16' if amp else 'off'}")
         extra = {"config": cfg.to_dict(), "space": space.to_dict(), "supernet_dir": str(supernet_dir), "supernet_sha256": sha}
+        loop_cfg = dataclasses.replace(loop_config(cfg, amp), sampling=cfg.sampling, sandwich_random=cfg.sandwich_random,
+                                       distill=bool(cfg.distill), distill_temperature=cfg.distill_temperature)
         result = run_loop(task, loaders.train, D.make_train_loss(dc), D.make_mixup(dc, bundle.num_classes), ctx,
-                          loop_config(cfg, amp), run_dir, extra, resume_state, say, callback)
+                          loop_cfg, run_dir, extra, resume_state, say, callback)
 
         summary: dict[str, Any] = {"kind": cfg.mode, "run": run_dir.name, "space": space.name,
-                                   "supernet_dir": str(supernet_dir), **common_summary(cfg, result, bundle)}
+                                   "supernet_dir": str(supernet_dir), "recipe": recipe_record(cfg),
+                                   **common_summary(cfg, result, bundle)}
         if cfg.mode == "finetune":
             original = load_supernet(supernet_dir, ctx.device)
             base_task = SupernetTask(original, None, loaders.val, [], ctx, amp)
@@ -173,6 +216,7 @@ def train_mole(
                 })
             else:
                 save_mole(run_dir, task.model, extra={  # type: ignore[attr-defined]
-                    "supernet_dir": relative_to_run(supernet_dir, run_dir, Path(cfg.workdir)), "supernet_sha256": sha, **common,
+                    "supernet_dir": relative_to_run(supernet_dir, run_dir, Path(cfg.workdir)), "supernet_sha256": sha,
+                    "recipe": recipe_record(cfg), **common,
                 })
         return RunResult(run_dir, summary)

@@ -11,7 +11,8 @@ sampled more finely.
   (timm's `warmup_prefix=False`, as AutoFormer's `create_scheduler`).
 - MoLE (`tas-lora-method.md` s4): experts AdamW, LR rising linearly from `warmup_start_lr` to `expert_lr` during
   the warm-up epochs, then cosine to `min_lr`; router SGD (momentum 0.9), frozen during warm-up
-  (`requires_grad=False`, never stepped), then cosine from `router_lr` to 0 over the remaining steps.
+  (`requires_grad=False`, never stepped), then cosine from `router_lr` to 0 over the remaining steps. LoRA+ (a
+  recipe setting) gives the up-projections their own AdamW group at a multiple of the experts' LR.
 - Full fine-tuning baseline: the supernet's parameters with the supernet's AdamW groups and the experts' schedule.
 """
 
@@ -109,9 +110,9 @@ class OptimizerSet:
                 item.optimizer.step()
 
     def lrs(self) -> dict[str, float]:
-        """Current learning rate of each optimiser (0 while it is frozen)."""
+        """Current learning rate of each optimiser's first group (0 while it is frozen)."""
         return {
-            item.name: (float(item.optimizer.param_groups[-1]["lr"]) if item.active(self._step) else 0.0)
+            item.name: (float(item.optimizer.param_groups[0]["lr"]) if item.active(self._step) else 0.0)
             for item in self.items
         }
 
@@ -163,7 +164,7 @@ def supernet_optimizers(
 
 def mole_optimizers(
     experts: nn.Module,
-    router: nn.Module,
+    router: nn.Module | None,
     total_steps: int,
     warmup_steps: int,
     expert_lr: float = 5e-4,
@@ -172,18 +173,31 @@ def mole_optimizers(
     min_lr: float = 1e-6,
     weight_decay: float = 0.05,
     momentum: float = 0.9,
+    lora_plus: float = 1.0,
 ) -> OptimizerSet:
-    """The paper's two optimisers: experts AdamW with linear warm-up then cosine; router SGD, frozen in warm-up."""
-    e_params = list(experts.parameters())
-    r_params = list(router.parameters())
-    e_opt = torch.optim.AdamW(e_params, lr=expert_lr, eps=1e-8, weight_decay=weight_decay)
+    """The paper's two optimisers: experts AdamW with linear warm-up then cosine; router SGD, frozen in warm-up.
+
+    `router=None` trains no router (a frozen, hard or factor routing). `lora_plus` != 1 (LoRA+) puts the experts'
+    up-projections U (`experts.up_params()`) in a second AdamW group whose learning rate is `lora_plus` times the
+    experts' at every step of the warm-up and cosine.
+    """
+    if lora_plus == 1.0:
+        e_params = list(experts.parameters())
+        e_opt = torch.optim.AdamW(e_params, lr=expert_lr, eps=1e-8, weight_decay=weight_decay)
+    else:
+        down, up = list(experts.down_params()), list(experts.up_params())  # type: ignore[operator]
+        e_params = down + up
+        # timm's schedulers multiply a group's scheduled LR by its `lr_scale`: the ratio holds at every step
+        e_opt = torch.optim.AdamW([{"params": down}, {"params": up, "lr_scale": lora_plus}], lr=expert_lr,
+                                  eps=1e-8, weight_decay=weight_decay)
     e_sched = _cosine(e_opt, total_steps, warmup_steps, warmup_start_lr, min_lr, prefix=True)
-    r_opt = torch.optim.SGD(r_params, lr=router_lr, momentum=momentum)
-    r_sched = _cosine(r_opt, total_steps - warmup_steps, 0, 0.0, 0.0, prefix=False)
-    return OptimizerSet([
-        ScheduledOptimizer("experts", e_opt, e_sched, e_params, start_step=0),
-        ScheduledOptimizer("router", r_opt, r_sched, r_params, start_step=warmup_steps),
-    ])
+    items = [ScheduledOptimizer("experts", e_opt, e_sched, e_params, start_step=0)]
+    if router is not None:
+        r_params = list(router.parameters())
+        r_opt = torch.optim.SGD(r_params, lr=router_lr, momentum=momentum)
+        r_sched = _cosine(r_opt, total_steps - warmup_steps, 0, 0.0, 0.0, prefix=False)
+        items.append(ScheduledOptimizer("router", r_opt, r_sched, r_params, start_step=warmup_steps))
+    return OptimizerSet(items)
 
 
 def finetune_optimizers(

@@ -36,6 +36,7 @@ def common_summary(cfg: TrainConfig, result: LoopResult, bundle: D.DataBundle) -
         "epochs": cfg.epochs, "global_steps": result.global_step, "batch_size": cfg.batch_size,
         "train_images": len(bundle.train), "final_train_loss": result.last_loss,
         "train_images_per_s": result.images_per_s, "train_seconds": result.train_seconds,
+        "forward_passes": result.forward_passes, "backward_passes": result.backward_passes,
         # wall clock of the epochs (data, logging and checkpoints included; evaluation excluded)
         "epoch_images_per_s": (sum(r["images_per_s"] * r["epoch_seconds"] for r in result.epochs)
                                / max(sum(r["epoch_seconds"] for r in result.epochs), 1e-9)),

@@ -12,6 +12,7 @@ from taslora_core.checkpoint import CheckpointError
 from taslora_core.distributed import DistContext
 from taslora_core.evaluate import EvalResult, evaluate
 from taslora_core.mole import MoLEModel
+from taslora_core.router import routing_mutual_information
 from taslora_core.subnet import Subnet
 from taslora_core.supernet import Supernet
 from taslora_core.train.loop import TrainTask, autocast
@@ -70,14 +71,29 @@ class FinetuneTask(SupernetTask):
 
 
 class MoLETask(ModelTask):
-    """Train experts + router of a MoLE model on its frozen supernet."""
+    """Train experts + router of a MoLE model on its frozen supernet; with `mi_weight` > 0 the loss also gets
+    -mi_weight * I(expert; group) of the step's routing (`router.routing_mutual_information`)."""
 
     kind = "mole"
 
     def __init__(self, model: MoLEModel, optim: OptimizerSet | None, val_loader: Any,
-                 eval_subnets: list[tuple[str, Subnet]], ctx: DistContext, amp: bool) -> None:
+                 eval_subnets: list[tuple[str, Subnet]], ctx: DistContext, amp: bool, mi_weight: float = 0.0) -> None:
         super().__init__(model, model.supernet, model, optim, val_loader, eval_subnets, ctx, amp)
         self.model = model
+        self.mi_weight = mi_weight
+
+    def routing_mi(self, subnets: list[Subnet]) -> torch.Tensor:
+        """I(expert; group) in nats over the blocks of `subnets` (the router run once per subnet)."""
+        probs = torch.cat([self.model.routing(sn) for sn in subnets])
+        groups = torch.tensor([g for sn in subnets for g in self.model.router.block_groups(sn)])
+        return routing_mutual_information(probs.float(), groups, len(self.model.router.groups))
+
+    def auxiliary_loss(self, subnets: list[Subnet]) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """-mi_weight * the routing MI of the step's subnets (None when the weight is 0)."""
+        if self.mi_weight <= 0:
+            return None
+        mi = self.routing_mi(subnets)
+        return -self.mi_weight * mi, {"routing_mi": float(mi.detach())}
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The experts' and the router's tensors."""

@@ -157,7 +157,8 @@ def latency_side_by_side(certified: dict[str, Any] | None, here: dict[str, Any])
         if not res:
             return "-"
         lo, hi = res["ratio_ci"]
-        return f"{res['verdict']}: B/A {res['ratio']:.4f} (CI {lo:.4f}..{hi:.4f}, {res['pairs']} pairs)"
+        faster = "; faster, not overhead" if res.get("direction") == "faster" else ""
+        return f"{res['verdict']}: B/A {res['ratio']:.4f} (CI {lo:.4f}..{hi:.4f}, {res['pairs']} pairs{faster})"
 
     before = (certified or {}).get("batches") or {}
     rows = [(b, cell(before.get(b)), cell(res)) for b, res in here["batches"].items()]

@@ -10,10 +10,12 @@ holds:
   on real test images and on a deterministic probe batch, against the tolerance stated for its precision; the
   probe's inputs are a formula of (seed, shape) and its reference logits are stored, so ``taslora verify`` can
   re-check parity without the training checkpoint;
-- ``latency``: the equivalence test (:mod:`taslora_deploy.certificate.latency`) or ``null`` when not measured;
-- ``verdict``: ``certified`` (structure identical, parity within tolerance, latency equivalent),
-  ``structure-certified, latency inconclusive``, ``structure-certified, latency not measured`` or ``failed``
-  (structure differs, parity breaks or latency is different), with the ``reasons``;
+- ``latency``: the latency test (:mod:`taslora_deploy.certificate.latency`: the one-sided rule, its alpha-spending
+  schedule, every look, the two-sided interval, which bound decided) or ``null`` when not measured;
+- ``verdict``: ``certified`` (structure identical, parity within tolerance, latency equivalent: not slower beyond
+  the margin), ``structure-certified, latency inconclusive``, ``structure-certified, latency not measured`` or
+  ``failed`` (structure differs, parity breaks or latency is different: slower beyond the margin), with the
+  ``reasons`` as data: ``[{"kind": "structure" | "parity" | "latency", "detail": "..."}]``;
 - ``digest``: sha256 of the canonical JSON of everything else; the ONNX file carries it in its ``metadata_props``
   (:func:`metadata_props`) with the verdict, subnet, FLOPs/params and precision.
 """
@@ -35,15 +37,17 @@ from taslora_deploy.certificate.equivalence import DIFFERENT, EQUIVALENT
 from taslora_deploy.certificate.structure import json_digest
 
 __all__ = ["CERTIFICATE_FORMAT", "CERTIFIED", "LATENCY_INCONCLUSIVE", "LATENCY_NOT_MEASURED", "FAILED", "VERDICTS",
-           "METADATA_PREFIX", "Tolerance", "precision_tolerance", "probe_inputs", "parity_record", "overall_verdict", "build_certificate",
-           "certificate_digest", "write_certificate", "read_certificate", "metadata_props"]
+           "REASON_KINDS", "METADATA_PREFIX", "Tolerance", "precision_tolerance", "probe_inputs", "parity_record",
+           "overall_verdict", "reason_lines", "build_certificate", "certificate_digest", "write_certificate",
+           "read_certificate", "metadata_props"]
 
-CERTIFICATE_FORMAT, CERTIFICATE_VERSION = "taslora-certificate", 1
+CERTIFICATE_FORMAT, CERTIFICATE_VERSION = "taslora-certificate", 2  # 2: one-sided latency rule, reasons as data
 CERTIFIED = "certified"
 LATENCY_INCONCLUSIVE = "structure-certified, latency inconclusive"
 LATENCY_NOT_MEASURED = "structure-certified, latency not measured"
 FAILED = "failed"
 VERDICTS = (CERTIFIED, LATENCY_INCONCLUSIVE, LATENCY_NOT_MEASURED, FAILED)
+REASON_KINDS = ("structure", "parity", "latency")
 METADATA_PREFIX = "taslora."
 PROBE_BATCH = 2
 _FIX = "re-export with `taslora export`, or restore the shipped folder"
@@ -111,27 +115,37 @@ def parity_record(outputs: dict[str, np.ndarray], references: dict[str, np.ndarr
     return record
 
 
-def overall_verdict(structure: dict[str, Any], parity: dict[str, Any], latency: dict[str, Any] | None) -> tuple[str, list[str]]:
-    """(verdict, reasons): failed on any evidence (structure differs, parity breaks, latency different); otherwise
-    certified when latency is equivalent, else which part of latency is missing."""
+def overall_verdict(structure: dict[str, Any], parity: dict[str, Any],
+                    latency: dict[str, Any] | None) -> tuple[str, list[dict[str, str]]]:
+    """(verdict, reasons): failed on any evidence (structure differs, parity breaks, latency slower beyond the
+    margin); otherwise certified when latency is equivalent, else which part of latency is missing. Each reason is
+    ``{"kind": "structure" | "parity" | "latency", "detail": one line}``."""
     reasons = []
     if not structure.get("identical"):
         diffs = structure.get("differences") or ["not compared"]
-        reasons.append(f"structure differs from the no-LoRA subnet ({diffs[0]}{'; ...' if len(diffs) > 1 else ''})")
+        reasons.append({"kind": "structure", "detail": f"differs from the no-LoRA subnet ({diffs[0]}"
+                                                       f"{'; ...' if len(diffs) > 1 else ''})"})
     if not parity.get("ok"):
         tol = parity.get("tolerance") or {}
-        reasons.append(f"parity: {tol.get('metric')} {parity.get(tol.get('metric'), float('nan')):.3g} exceeds "
-                       f"{tol.get('value')} against the {parity.get('reference', 'reference')}")
+        reasons.append({"kind": "parity", "detail": f"{tol.get('metric')} "
+                        f"{parity.get(tol.get('metric'), float('nan')):.3g} exceeds {tol.get('value')} against the "
+                        f"{parity.get('reference', 'reference')}"})
     lat = None if latency is None else latency.get("verdict")
     if lat == DIFFERENT:
         slow = [f"batch {b}: {r.get('direction')} by {abs(r['ratio'] - 1) * 100:.1f}%"
                 for b, r in (latency.get("batches") or {}).items() if r.get("verdict") == DIFFERENT]
-        reasons.append(f"latency is different from the no-LoRA subnet ({', '.join(slow)})")
+        reasons.append({"kind": "latency", "detail": f"slower than the no-LoRA subnet beyond the margin "
+                                                     f"({', '.join(slow)})"})
     if reasons:
         return FAILED, reasons
     if lat == EQUIVALENT:
         return CERTIFIED, []
     return (LATENCY_NOT_MEASURED, []) if lat is None else (LATENCY_INCONCLUSIVE, [])
+
+
+def reason_lines(reasons: list[dict[str, str]]) -> list[str]:
+    """The reasons as one line each ("parity: max_abs_diff 0.5 exceeds ..."), for reports and logs."""
+    return [f"{r['kind']}: {r['detail']}" for r in reasons]
 
 
 def certificate_digest(doc: dict[str, Any]) -> str:

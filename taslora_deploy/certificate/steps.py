@@ -4,8 +4,9 @@ Run by :func:`taslora_deploy.pipeline.run_export` after the ONNX and precision s
 
 - ``zero_overhead_structure``: the main artifact (``model.onnx``; ``model.safetensors`` without --onnx) against the
   same subnet without LoRA (:mod:`taslora_deploy.certificate.structure`); fails when they differ;
-- ``zero_overhead_latency``: the equivalence test (:mod:`taslora_deploy.certificate.latency`); fails only when the
-  verdict is *different* and ``--latency-check strict``; *inconclusive* is a warning with the command to re-run;
+- ``zero_overhead_latency``: the latency test (:mod:`taslora_deploy.certificate.latency`); fails only when the
+  verdict is *different* (the folded model slower beyond the margin) and ``--latency-check strict``;
+  *inconclusive* is a warning with the command to re-run; a folded model measured *faster* passes with a note;
 - ``unmerged_vs_folded``: the folded model against the MoLE model with router and LoRA branches at run time;
 - ``certificate``: ``certificate.json`` for the main artifact and ``certificate_<p>.json`` for every precision twin
   (structure against the no-LoRA twin made the same way, parity against the run-time MoLE model at the twin's
@@ -29,7 +30,8 @@ from taslora_core.complexity import flops
 from taslora_deploy.artifacts import (MODEL_CONFIG, MODEL_ONNX, MODEL_WEIGHTS, PRECISION_CERTIFICATE, PRECISION_ONNX,
                                       baseline_twin)
 from taslora_deploy.certificate.document import (FAILED, PROBE_BATCH, build_certificate, metadata_props,
-                                                 parity_record, precision_tolerance, probe_inputs, write_certificate)
+                                                 parity_record, precision_tolerance, probe_inputs, reason_lines,
+                                                 write_certificate)
 from taslora_deploy.certificate.equivalence import DIFFERENT, EQUIVALENT, INCONCLUSIVE
 
 __all__ = ["CertificateInputs", "certificate_steps", "latency_legacy_keys"]
@@ -144,10 +146,13 @@ def _judge_latency(steps: Any, latency: dict[str, Any], options: Any, out: Path,
     lines = "; ".join(f"batch {b}: {verdict_line(r)}" for b, r in latency["batches"].items())
     if latency["verdict"] == DIFFERENT and options.latency_mode == "strict":
         steps.reject("zero_overhead_latency", {**record, "ok": False},
-                     f"folded/baseline latency is different ({lines}); the folded model's speed differs from the "
+                     f"folded/baseline latency is different ({lines}); the folded model is slower than the "
                      f"same subnet without LoRA beyond the {100 * options.latency_margin:g}% margin")
         return
     steps.record("zero_overhead_latency", record)
+    for b, r in latency["batches"].items():
+        if r.get("note"):
+            log(f"note: batch {b}: {r['note']}")
     if latency["verdict"] == DIFFERENT:
         log(f"warning: folded/baseline latency is different ({lines}); recorded only (--latency-check report)")
     elif latency["verdict"] == INCONCLUSIVE:
@@ -237,9 +242,10 @@ def _certificates(steps: Any, inp: CertificateInputs, main: tuple[str, str, str 
                 from taslora_deploy.onnx_export import stamp_metadata
 
                 stamp_metadata(inp.out / artifact, metadata_props(doc))
+            lines = reason_lines(doc["reasons"])
             summary[precision] = {"file": name, "artifact": artifact, "verdict": doc["verdict"], "digest": doc["digest"],
-                                  "reasons": doc["reasons"]}
-            log(f"wrote {inp.out / name}: {doc['verdict']}" + (f" ({'; '.join(doc['reasons'])})" if doc["reasons"] else ""))
+                                  "reasons": lines}
+            log(f"wrote {inp.out / name}: {doc['verdict']}" + (f" ({'; '.join(lines)})" if lines else ""))
             counted.extend(f"{name}: {r}" for r in _counted(precision, doc, options))
         _add_to_config(inp.out, summary)
 
@@ -260,13 +266,9 @@ def _counted(precision: str, doc: dict[str, Any], options: Any) -> list[str]:
     twins (the fp32 ones fail their own steps); latency only under --latency-check strict."""
     if doc["verdict"] != FAILED:
         return []
-    out = []
-    for reason in doc["reasons"]:
-        if reason.startswith("parity"):
-            out.append(reason)
-        elif precision != "fp32" and (reason.startswith("structure") or options.latency_mode == "strict"):
-            out.append(reason)
-    return out
+    counted = [r for r in doc["reasons"] if r["kind"] == "parity" or (precision != "fp32" and (
+        r["kind"] == "structure" or (r["kind"] == "latency" and options.latency_mode == "strict")))]
+    return reason_lines(counted)
 
 
 def _add_to_config(out: Path, summary: dict[str, dict[str, Any]]) -> None:

@@ -1,4 +1,5 @@
-"""Save and load a standalone ViT: `model.safetensors` + `config.json` (space, subnet, input shape, extras)."""
+"""Save and load a standalone ViT: `model.safetensors` + `config.json` (space, subnet, input shape, how to feed it
+(`pretrained_cfg`, see taslora_deploy.preprocessing), extras)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from taslora_core.space import SearchSpace
 from taslora_core.state_check import CheckpointError, load_state_strict
 from taslora_core.subnet import Subnet
 from taslora_deploy.artifacts import MODEL_CONFIG, MODEL_WEIGHTS
+from taslora_deploy.preprocessing import CONFIG_KEY, Preprocessing
 from taslora_deploy.standalone.model import StandaloneViT
 
 __all__ = ["MODEL_CONFIG", "MODEL_WEIGHTS", "load_standalone", "save_standalone"]
@@ -20,8 +22,10 @@ __all__ = ["MODEL_CONFIG", "MODEL_WEIGHTS", "load_standalone", "save_standalone"
 STANDALONE_FORMAT = "taslora-standalone"
 
 
-def save_standalone(directory: str | Path, model: StandaloneViT, extra: dict[str, Any] | None = None) -> Path:
-    """Write `model.safetensors` + `config.json` (space, subnet, and `extra` such as routing weights)."""
+def save_standalone(directory: str | Path, model: StandaloneViT, extra: dict[str, Any] | None = None,
+                    preprocessing: Preprocessing | None = None) -> Path:
+    """Write `model.safetensors` + `config.json` (space, subnet, `preprocessing` under "pretrained_cfg" when given,
+    and `extra` such as routing weights). Folders saved without `preprocessing` still load."""
     directory = Path(directory)
     atomic_save_safetensors(directory / MODEL_WEIGHTS, model.state_dict(), metadata={"format": STANDALONE_FORMAT})
     config = {
@@ -29,6 +33,7 @@ def save_standalone(directory: str | Path, model: StandaloneViT, extra: dict[str
         "space": model.space.to_dict(),
         "subnet": model.subnet.to_dict(),
         "input_shape": list(model.input_shape),
+        **({CONFIG_KEY: preprocessing.to_dict()} if preprocessing is not None else {}),
         **(extra or {}),
     }
     atomic_write_json(directory / MODEL_CONFIG, config)

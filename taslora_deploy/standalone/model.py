@@ -15,7 +15,7 @@ from torch import nn
 from taslora_core.slicing import Deltas, block_dims
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
-from taslora_core.vit import Block, ModuleLayers, PatchEmbed, register_rel_index, vit_features
+from taslora_core.vit import Block, ModuleLayers, PatchEmbed, register_rel_pos, rel_pos_of, vit_features
 
 __all__ = ["StandaloneViT", "materialize"]
 
@@ -39,11 +39,11 @@ class StandaloneViT(nn.Module):
         )
         self.norm = nn.LayerNorm(e)
         self.head = nn.Linear(e, space.num_classes)
-        register_rel_index(self, space)
+        register_rel_pos(self, space)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features (B, E)."""
-        return vit_features(x, ModuleLayers(self), self.space, self.block_dims, (self.rel_idx_v, self.rel_idx_h))
+        return vit_features(x, ModuleLayers(self), self.space, self.block_dims, rel_pos_of(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images (B, C, H, W)."""

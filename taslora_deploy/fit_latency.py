@@ -1,5 +1,6 @@
 """`fit_latency_model`: measure a designed set of subnets on a target, fit a latency model per batch size, score it
-on held-out subnets, write latency-model.json (`taslora latency fit`).
+on held-out subnets, write latency-model.json (`taslora latency fit`). The model itself (its file, its prediction)
+is `taslora_core.search.latency_model`'s; this module measures and fits.
 
 Per batch size: the design's subnets (`search.latency_design`: the extremes of every dimension, every block type,
 then balanced mixed subnets) and `holdout` random others are timed on the target by the search's own lookup
@@ -7,13 +8,13 @@ then balanced mixed subnets) and `holdout` random others are timed on the target
 rounds), so the model is fitted on the same numbers the search verifies against. The model's form is chosen by
 leave-one-out cross-validation on the fitting subnets (`search.latency_fit.choose_ridge`); the held-out subnets
 only score it, beside FLOPs as a proxy fitted on the same subnets. ONNX files are exported once per subnet and
-shared by every batch size (and kept with `export_dir`). The measurements also fill the search's latency cache.
+shared by every batch size, kept under the workspace and reused by later fits. The measurements also fill the search's latency cache.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,15 +25,19 @@ import torch
 
 from taslora_core.search.latency_design import design_subnets, heldout_subnets
 from taslora_core.search.latency_fit import accuracy, choose_ridge, cliff_pairs, fit_terms, flops_proxy
-from taslora_core.search.latency_model import LatencyModel, host_name, space_hash, write_latency_model
+from taslora_core.search.latency import check_measure
+from taslora_core.search.latency_model import LatencyModel, host_name, measurement_stem, write_latency_model
 from taslora_core.search.measures import flops_of
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_deploy.latency_lookup import (
-    STATISTICS, LatencyTable, LatencyUnavailable, check_target, default_cache_path, runtime_versions,
+    LatencyTable, LatencyUnavailable, check_target, default_cache_path, runtime_versions,
 )
 
 Progress = Callable[[str], None]
+EXPORT_DIR = "latency-exports"
+"""Where a fit keeps its ONNX files under the workspace (keyed by torch version, space and subnet), reused by
+later fits."""
 
 
 @dataclass
@@ -48,27 +53,32 @@ class FitConfig:
     seed: int = 0
     threads: int | None = 1
     statistic: str = "median"
-    """What each timing keeps of its runs: 'median', or 'min' on a machine shared with other jobs."""
+    """What each timing keeps of its runs: 'median' (the default: on a shared 2-core machine, torch-cpu, 2026-12-07,
+    its held-out share was 97% where 'min' gave 16-19%, docs/results.md) or 'min' (the fastest run)."""
     rounds: int = 3
     warmup: int = 10
-    iters: int = 30
+    iters: int = 5
+    """The least samples per timing; each timing then runs until its statistic is known (+-2% at 95%) or
+    `max_time_s` passed (`timing.time_until_known`)."""
+    max_time_s: float = 0.25
     workdir: Path = Path("taslora-runs")
     out: Path | None = None
     """The model file (one batch size) or a folder (b<batch>/latency-model.json each); default under
     <workdir>/latency-models/."""
     export_dir: Path | None = None
-    """Keep the subnets' ONNX files here (reused by later fits); default: a temporary folder."""
+    """Keep the subnets' ONNX files here (reused by later fits); default: <workdir>/latency-exports."""
 
     def __post_init__(self) -> None:
         self.batches = tuple(dict.fromkeys(int(b) for b in self.batches))
-        if not self.batches or min(self.batches) < 1:
-            raise LatencyUnavailable(f"--batch must be at least 1, got {list(self.batches)}")
+        if not self.batches:
+            raise LatencyUnavailable("--batch needs at least one batch size (e.g. 1 or 1,32)")
+        for b in self.batches:
+            check_measure(b, self.statistic, "--batch", "--statistic")
         if self.samples < 8:
             raise LatencyUnavailable(f"--samples must be at least 8 (a model has 7 shared terms), got {self.samples}")
-        if self.holdout < 0 or self.rounds < 1 or self.iters < 1 or self.warmup < 0:
-            raise LatencyUnavailable("--holdout, --warmup must be >= 0 and --rounds, --iters >= 1")
-        if self.statistic not in STATISTICS:
-            raise LatencyUnavailable(f"unknown --statistic '{self.statistic}'; choose one of {', '.join(STATISTICS)}")
+        if self.holdout < 0 or self.rounds < 1 or self.iters < 2 or self.warmup < 0 or not self.max_time_s > 0:
+            raise LatencyUnavailable("--holdout, --warmup must be >= 0, --rounds >= 1, --iters >= 2 and "
+                                     "--max-time > 0")
         check_target(self.target)
 
 
@@ -112,26 +122,29 @@ def fit_latency_model(supernet: torch.nn.Module, config: FitConfig, progress: Pr
     paths: dict[int, Path] = {}
     models: dict[int, LatencyModel] = {}
     measured, export_s = 0, 0.0
-    with tempfile.TemporaryDirectory(prefix="taslora-latfit-") as tmp:
-        export_dir = config.export_dir or Path(tmp)
-        for batch in config.batches:
-            table = LatencyTable(supernet, config.target, None, config.warmup, config.iters, config.threads,
-                                 batch=batch, export_dir=export_dir, statistic=config.statistic)
-            table.measure_many([*design, *held], config.rounds, config.seed, _reporter(say, batch))
-            measured, export_s = measured + table.measured, export_s + table.export_s
-            _fill_cache(table, config.workdir)
-            model = build_model(space, config, batch, design, held, table.table, table.rounds)
-            paths[batch] = write_latency_model(_out_path(config, space, batch), model)
-            models[batch] = model
-            say(f"batch {batch}: {model.describe()} -> {paths[batch]}")
+    export_dir = config.export_dir or Path(config.workdir) / EXPORT_DIR
+    load_before = _load_average()
+    for batch in config.batches:
+        table = LatencyTable(supernet, config.target, None, config.warmup, config.iters, config.threads,
+                             batch=batch, export_dir=export_dir, statistic=config.statistic,
+                             max_time_s=config.max_time_s)
+        table.measure_many([*design, *held], config.rounds, config.seed, _reporter(say, batch))
+        measured, export_s = measured + table.measured, export_s + table.export_s
+        _fill_cache(table, config.workdir)
+        model = build_model(space, config, batch, design, held, table.table, table.rounds, table.timings)
+        model.info["fit"]["load_average"] = {"before": load_before, "after": _load_average()}
+        paths[batch] = write_latency_model(_out_path(config, space, batch), model)
+        models[batch] = model
+        say(f"batch {batch}: {model.describe()} -> {paths[batch]}")
     return FitResult(paths, models, measured, export_s, time.perf_counter() - start)
 
 
 def build_model(space: SearchSpace, config: FitConfig, batch: int, design: Sequence[Subnet], held: Sequence[Subnet],
-                values: dict[str, float], rounds: dict[str, list[float]] | None = None) -> LatencyModel:
+                values: dict[str, float], rounds: dict[str, list[float]] | None = None,
+                timings: Sequence[tuple[int, bool]] = ()) -> LatencyModel:
     """The model of one batch size from measured `values` ({LatencyTable.key: ms}; `rounds`: the per-round
-    medians): form chosen by cross-validation on `design`, scored on `held` (with the other forms and FLOPs as
-    the proxy alongside)."""
+    values; `timings`: (samples, known) of each timing): form chosen by cross-validation on `design`, scored on
+    `held` (with the other forms and FLOPs as the proxy alongside)."""
     key, rounds = LatencyTable.key, rounds or {}
     y_fit = [values[key(s)] for s in design]
     y_held = [values[key(s)] for s in held]
@@ -147,7 +160,8 @@ def build_model(space: SearchSpace, config: FitConfig, batch: int, design: Seque
     predicted = [terms.predict(space, s) for s in held]
     info: dict[str, Any] = {
         "fit": {"samples": len(design), "heldout": len(held), "rounds": config.rounds, "warmup": config.warmup,
-                "iters": config.iters, "seed": config.seed, "cv_mape": cv, "noise": noise([rounds.get(key(s)) for s in [*design, *held]]),
+                "iters": config.iters, "max_time_s": config.max_time_s, "timings": timing_summary(timings),
+                "seed": config.seed, "cv_mape": cv, "noise": noise([rounds.get(key(s)) for s in [*design, *held]]),
                 "fit_mape": accuracy([terms.predict(space, s) for s in design], y_fit)["mape"]},
         "heldout": accuracy(predicted, y_held) if held else {},
         "flops_proxy": {"counter": counter, "intercept_ms": a, "ms_per_flop": b,
@@ -160,9 +174,21 @@ def build_model(space: SearchSpace, config: FitConfig, batch: int, design: Seque
                          for role, group in (("fit", design), ("heldout", held)) for s in group],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return LatencyModel(target=config.target, batch=batch, space=space, terms=terms, threads=config.threads,
-                        statistic=config.statistic, host=host_name(), runtime=runtime_versions(config.target),
-                        info=info)
+    model = LatencyModel(target=config.target, batch=batch, space=space, terms=terms, threads=config.threads,
+                         statistic=config.statistic, host=host_name(), runtime=runtime_versions(config.target),
+                         info=info)
+    model.info["quality"] = model.quality()
+    return model
+
+
+def timing_summary(timings: Sequence[tuple[int, bool]]) -> dict[str, float | int | None]:
+    """How the timings of a fit went: how many, their samples (median, max) and the share that ended known
+    (+-2% at 95%) rather than at the time cap."""
+    if not timings:
+        return {"timings": 0, "samples_median": None, "samples_max": None, "known_share": None}
+    samples = [n for n, _known in timings]
+    return {"timings": len(timings), "samples_median": float(statistics.median(samples)), "samples_max": max(samples),
+            "known_share": sum(known for _n, known in timings) / len(timings)}
 
 
 def noise(rounds: Sequence[list[float] | None], within: float = 0.10) -> dict[str, float | None]:
@@ -181,6 +207,14 @@ def noise(rounds: Sequence[list[float] | None], within: float = 0.10) -> dict[st
             "repeat_within_10pct": sum(agree) / len(agree)}
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): a fit records how busy the machine was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _fill_cache(table: LatencyTable, workdir: Path) -> None:
     """Add the fit's measurements to the search's latency cache of this target and batch (same host)."""
     path = default_cache_path(workdir, table.target, table.space, table.batch, table.statistic)
@@ -192,9 +226,7 @@ def _fill_cache(table: LatencyTable, workdir: Path) -> None:
 
 def _out_path(config: FitConfig, space: SearchSpace, batch: int) -> Path:
     if config.out is None:
-        stat = "" if config.statistic == "median" else f"-{config.statistic}"
-        name = f"{config.target}-b{batch}{stat}-{host_name()}-{space_hash(space)}"
-        return Path(config.workdir) / "latency-models" / name
+        return Path(config.workdir) / "latency-models" / measurement_stem(config.target, batch, config.statistic, space)
     return Path(config.out) / f"b{batch}" if len(config.batches) > 1 else Path(config.out)
 
 
