@@ -22,8 +22,9 @@ alternates (timm, ours / ours, timm), as many as fill --row-s seconds within [--
 the median of the per-pair ratios, p10-p90 beside it.
 torch and onnxruntime get --threads intra-op threads. `--attention reference` swaps in the attention the library
 used before (tests/test_attention_fast.py::reference_attention: (N, N, head_dim) tables), for before/after
-tables from one source. CUDA rows synchronise the device in every call; without CUDA, `--device cuda` writes
-nothing and says so. Writes <out>/<attention>-<device>.json and .md (default benchmarks/results/vs-timm/).
+tables from one source; `--before <json>` puts an earlier run's ratios beside this run's. CUDA rows synchronise
+the device in every call; without CUDA, `--device cuda` writes nothing and says so. Writes
+<out>/<attention>-<device>.json and .md (default benchmarks/results/vs-timm/).
 """
 
 from __future__ import annotations
@@ -192,14 +193,21 @@ def _ort_rows(name: str, timm: torch.nn.Module, ours: torch.nn.Module, shape: tu
     return rows
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The ratio table and the conditions of one run."""
-    lines = ["| space | path | batch | timm ms | ours ms | ours / timm (p10-p90) | pairs |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+def markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """The ratio table and the conditions of one run; with `before` (an earlier result of this script, e.g. the
+    reference attention) its ratios side by side."""
+    old = {(e["space"], r["path"], r["batch"]): r for e in (before or {}).get("spaces", []) for r in e["rows"]}
+    extra = f" before ({before['attention']}): ours / timm |" if before else ""
+    lines = [f"| space | path | batch | timm ms | ours ms | ours / timm (p10-p90) | pairs |{extra}",
+             "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if before else "")]
     for entry in result["spaces"]:
         for r in entry["rows"]:
+            was = old.get((entry["space"], r["path"], r["batch"]))
+            cell = ""
+            if before:
+                cell = f" {was['ratio']:.3f} ({was['ratio_p10']:.3f}-{was['ratio_p90']:.3f}) |" if was else " - |"
             lines.append(f"| {entry['space']} | {r['path']} | {r['batch']} | {r['timm_ms']:.2f} | {r['ours_ms']:.2f} | "
-                         f"**{r['ratio']:.3f}** ({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) | {r['pairs']} |")
+                         f"**{r['ratio']:.3f}** ({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) | {r['pairs']} |{cell}")
     env, cond = result["environment"], result["conditions"]
     lines += [
         "",
@@ -212,6 +220,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Timing: {result['warmup_s']} s warm-up, then interleaved pairs for about {result['row_s']} s per row "
         f"(at least {result['iters']}, at most {result['max_iters']}; the pairs column).",
     ]
+    if before:
+        lines.append(f"Before: `{before['command']}`, load average before / after {before['conditions']['load_before']}"
+                     f" / {before['conditions']['load_after']}.")
     for entry in result["spaces"]:
         s = entry["subnet"]
         lines.append(f"- {entry['space']}: embed {s['embed_dim']}, depth {s['depth']}, heads {s['num_heads'][0]}, "
@@ -233,6 +244,7 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows")
     parser.add_argument("--re-export", action="store_true", help="export again even if --work holds the files")
+    parser.add_argument("--before", type=Path, help="an earlier JSON of this script: its ratios side by side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "vs-timm")
     parser.add_argument("--work", type=Path, default=ROOT / "reproduction-runs" / "vs-timm",
@@ -260,7 +272,11 @@ def main() -> None:
     stem = f"{args.attention}-{device.type}"
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
-    md = markdown(result)
+    before = json.loads(args.before.read_text()) if args.before else None
+    if before:
+        result["before"] = {"file": str(args.before), "attention": before["attention"],
+                            "command": before["command"], "conditions": before["conditions"]}
+    md = markdown(result, before)
     atomic_write_text(args.out / f"{stem}.md", md)
     print(md)
     print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")

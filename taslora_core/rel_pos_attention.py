@@ -1,10 +1,10 @@
-"""Multi-head attention with AutoFormer's 2-D relative positions, without (N, N, head_dim) tables.
+"""Multi-head attention with AutoFormer's 2-D relative positions, computed from the small tables.
 
 AutoFormer (`autoformer.md` 2.3-2.4) adds to every logit a key term q_i . r_k[i, j] and to every output a value
 term sum_j a_ij r_v[i, j], where r[i, j] = table_v[idx_v[i, j]] + table_h[idx_h[i, j]] comes from two small
 tables (rows: relative distance along the grid's rows / columns, clamped; row 0: every pair with the cls token).
 Its reference code materialises r as (N, N, head_dim) tensors and multiplies them per query; here nothing of
-that size is built.
+that size is built (but for the tiny grids below).
 
 For a patch query i at grid cell (ri, ci) and a patch key j at (rj, cj), only the row pair (ri, rj) picks the
 row of table_v and only the column pair (ci, cj) the row of table_h. With the "window" of a query row,
@@ -25,6 +25,9 @@ up for alignment) gives AutoFormer's attention; the other extra arithmetic is tw
 N x (s + 2) x head_dim per head. An ONNX export writes the same math with MatMul / Softmax, and otherwise uses
 Transpose, Reshape, Concat, Pad, Slice, Add and a Gather of parameter rows, on static shapes but the batch: no
 scatter, no element-wise gather, no data-dependent shape.
+
+Grids of at most PER_QUERY_MAX_TOKENS tokens (fmnist's 4 x 4) are cheaper in the per-query form, whose
+(N, N, head_dim) tables are tiny there; `rel_pos_buffers` picks the form per grid.
 """
 
 from __future__ import annotations
@@ -35,11 +38,19 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from taslora_core.vit_ops import axis_rel_index
+from taslora_core.vit_ops import axis_rel_index, rel_pos_index
 
 __all__ = ["RelPosBuffers", "RelTables", "rel_pos_buffers", "attention"]
 
 _ALIGN = 8  # width multiple of the widened q/k/v: what the fused CUDA kernels want
+
+PER_QUERY_MAX_TOKENS = 32
+"""Grids of up to this many tokens (5 x 5 patches + cls; fmnist's 4 x 4) take the per-query form instead: per
+query, its (N, head_dim) key and value tables (tiny at this size) in matmuls batched over batch x heads. There it
+is the cheaper form. Measured (attention alone, CPU time of one thread): at 17 tokens it is 1.4x faster than the
+windows from batch 64 up and equal at batch 8 (copying q, k, v into their widened form costs more there than the
+whole relative term); at 50 tokens the windows are 3x faster at batch 1 and 1.5x slower at batch 32; at 101 and
+197 tokens the windows are faster at every batch measured (1.7x and 3x at batch 16 and 8)."""
 
 
 class RelTables(NamedTuple):
@@ -57,11 +68,14 @@ class RelPosBuffers(NamedTuple):
     table_index: rows of cat(key_v, key_h, value_v, value_h) forming the windows (see the module docstring),
     2s windows of s + 2 rows for each side, then the value side's two cls rows;
     one_hot: (N, width) per-key columns appended to k and v: [onehot(grid row) | cls | cls | onehot(grid column)
-    | 0 ...], width = 2s + 4 rounded up so that head_dim + width is a multiple of 8.
+    | 0 ...], width = 2s + 4 rounded up so that head_dim + width is a multiple of 8;
+    pair_index: (2, N, N) rows of cat(key_v, key_h) per (query, key) pair for grids of at most
+    PER_QUERY_MAX_TOKENS tokens (`vit_ops.rel_pos_index`), (2, 0, 0) above.
     """
 
     table_index: torch.Tensor
     one_hot: torch.Tensor
+    pair_index: torch.Tensor
 
 
 def rel_pos_buffers(grid: int, max_rel: int, head_dim: int) -> RelPosBuffers:
@@ -80,7 +94,12 @@ def rel_pos_buffers(grid: int, max_rel: int, head_dim: int) -> RelPosBuffers:
     one_hot[1 + patches, patches // s] = 1.0
     one_hot[0, s : s + 2] = 1.0
     one_hot[1 + patches, s + 2 + patches % s] = 1.0
-    return RelPosBuffers(table_index, one_hot)
+    if s * s + 1 <= PER_QUERY_MAX_TOKENS:
+        idx_v, idx_h = rel_pos_index(s, max_rel)
+        pair_index = torch.stack([idx_v, idx_h + rows])
+    else:
+        pair_index = torch.zeros(2, 0, 0, dtype=torch.long)
+    return RelPosBuffers(table_index, one_hot, pair_index)
 
 
 def attention(
@@ -99,9 +118,24 @@ def attention(
         return _attend(q, k, v, None, None, scale)[0].transpose(1, 2).reshape(-1, n, heads * head_dim)
     if buffers is None:
         raise ValueError("relative-position tables need the grid's buffers (rel_pos_buffers)")
-    one_hot = buffers.one_hot.to(qkv.dtype)
-    s, width, w = math.isqrt(n - 1), one_hot.shape[1], math.isqrt(n - 1) + 2
-    windows = torch.cat(tables).to(qkv.dtype).index_select(0, buffers.table_index)
+    table = torch.cat(tables).to(qkv.dtype)  # (4 rows, d): key v, key h, value v, value h
+    if buffers.pair_index.numel():  # a small grid (PER_QUERY_MAX_TOKENS)
+        out = _per_query(q, k, v, table, buffers.pair_index, scale)
+    else:
+        out = _windows(qkv5, q, k, v, table, buffers, scale)
+    return out.reshape(-1, n, heads * head_dim)
+
+
+def _windows(
+    qkv5: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+    buffers: RelPosBuffers, scale: float,
+) -> torch.Tensor:
+    """The window form (module docstring): (B, N, h, d), contiguous."""
+    n, heads, head_dim = qkv5.shape[1], qkv5.shape[3], qkv5.shape[4]
+    one_hot = buffers.one_hot.to(table.dtype)
+    s, width = math.isqrt(n - 1), one_hot.shape[1]
+    w = s + 2
+    windows = table.index_select(0, buffers.table_index)
     key_windows = windows[: 2 * s * w].view(2 * s, w, head_dim)  # (group, window row, d): s by row, s by column
     value_windows = windows[2 * s * w : 4 * s * w].view(2 * s, w, head_dim)
 
@@ -121,8 +155,23 @@ def attention(
     rel = (r[0].permute(1, 0, 3, 2, 4) + r[1].permute(1, 3, 0, 2, 4)).reshape(-1, s * s, heads, head_dim)
     cls_value = windows[4 * s * w :].sum(0)  # table_v[0] + table_h[0]: the cls query's value term
     out = out.transpose(1, 2)  # (B, N, h, d)
-    out = torch.cat([out[:, :1] + cls_value, rel + out[:, 1:]], 1)  # contiguous (B, N, h, d)
-    return out.reshape(-1, n, heads * head_dim)
+    return torch.cat([out[:, :1] + cls_value, rel + out[:, 1:]], 1)
+
+
+def _per_query(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, pair_index: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """The per-query form of small grids: r[i, j] = table_v[idx_v[i, j]] + table_h[idx_h[i, j]] as (N, N, d)
+    tables, q_i . r_k[i] and a_i . r_v[i] as N matmuls batched over batch x heads. (B, N, h, d)."""
+    b, heads, n, head_dim = q.shape
+    half = table.shape[0] // 2  # the value tables follow the key tables
+    rel_k = table[pair_index[0]] + table[pair_index[1]]  # (N, N, d)
+    rel_v = table[pair_index[0] + half] + table[pair_index[1] + half]
+    qr = q.permute(2, 0, 1, 3).reshape(n, -1, head_dim) @ rel_k.transpose(1, 2)  # (N, B*h, N)
+    logits = q @ k.transpose(-2, -1) + qr.view(n, -1, heads, n).permute(1, 2, 0, 3)
+    attn = (logits * scale).softmax(dim=-1)
+    av = attn.permute(2, 0, 1, 3).reshape(n, -1, n) @ rel_v  # (N, B*h, d)
+    return (attn @ v).transpose(1, 2) + av.view(n, -1, heads, head_dim).transpose(0, 1)
 
 
 def _attend(

@@ -71,17 +71,18 @@ class Block(nn.Module):
 
 def register_rel_pos(module: nn.Module, space: SearchSpace) -> None:
     """Register the relative-position constants of the space's grid (`rel_pos_attention.rel_pos_buffers`) as
-    non-persistent buffers `rel_table_index` / `rel_one_hot` (they follow the module's device and dtype)."""
+    non-persistent buffers `rel_table_index`, `rel_one_hot`, `rel_pair_index` (they follow the module's device
+    and dtype)."""
     buffers = rel_pos_attention.rel_pos_buffers(
         space.img_size // space.patch_size, space.max_relative_position, space.head_dim
     )
-    module.register_buffer("rel_table_index", buffers.table_index, persistent=False)
-    module.register_buffer("rel_one_hot", buffers.one_hot, persistent=False)
+    for name, tensor in buffers._asdict().items():
+        module.register_buffer(f"rel_{name}", tensor, persistent=False)
 
 
 def rel_pos_of(module: nn.Module) -> RelPosBuffers:
     """The buffers `register_rel_pos` registered on `module`."""
-    return RelPosBuffers(module.rel_table_index, module.rel_one_hot)
+    return RelPosBuffers(*(getattr(module, f"rel_{name}") for name in RelPosBuffers._fields))
 
 
 # ---------------------------------------------------------------------- where the forward reads its layers

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from taslora_core import SearchSpace, Supernet, rel_pos_attention
-from taslora_core.rel_pos_attention import RelPosBuffers, RelTables, attention, rel_pos_buffers
+from taslora_core.rel_pos_attention import PER_QUERY_MAX_TOKENS, RelPosBuffers, RelTables, attention, rel_pos_buffers
 from taslora_core.subnet import largest_subnet, sample_subnet
 from taslora_core.vit_ops import rel_pos_index
 from taslora_deploy.standalone.model import materialize
@@ -48,7 +48,20 @@ def reference_attention(
     return out.transpose(1, 2).reshape(b, n, heads * head_dim)
 
 
-def _inputs(grid: int, max_rel: int, head_dim: int, heads: int, batch: int, seed: int = 0, requires_grad=False):
+FORMS = ("windows", "per-query")
+
+
+def _buffers(grid: int, max_rel: int, head_dim: int, form: str = "auto") -> RelPosBuffers:
+    """The grid's buffers; form "windows" drops the per-query index, so even a small grid takes the windows."""
+    buffers = rel_pos_buffers(grid, max_rel, head_dim)
+    if form == "windows":
+        return buffers._replace(pair_index=buffers.pair_index[:, :0, :0])
+    assert form == "auto" or buffers.pair_index.numel()  # per-query: only small grids have it
+    return buffers
+
+
+def _inputs(grid: int, max_rel: int, head_dim: int, heads: int, batch: int, seed: int = 0, requires_grad=False,
+            form: str = "auto"):
     g = torch.Generator().manual_seed(seed)
     n, rows = grid * grid + 1, 2 * max_rel + 2
     qkv = torch.randn(batch, n, 3 * heads * head_dim, generator=g)
@@ -57,7 +70,7 @@ def _inputs(grid: int, max_rel: int, head_dim: int, heads: int, batch: int, seed
         qkv.requires_grad_(True)
         for t in tables:
             t.requires_grad_(True)
-    return qkv, tables, rel_pos_buffers(grid, max_rel, head_dim)
+    return qkv, tables, _buffers(grid, max_rel, head_dim, form)
 
 
 # grid, max_rel, head_dim, heads, batch: fmnist (4x4, max_rel 3), autoformer (14x14, 14), clamping grids
@@ -68,9 +81,25 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "grid{}-rel{}-d{}-h{}-b{}".format(*s))
-def test_attention_equals_the_reference(shape):
-    qkv, tables, buffers = _inputs(*shape)
+def _cases(shapes):
+    """(shape, form) pairs: every shape with the windows, small grids also with the per-query form."""
+    return [(shape, form) for shape in shapes for form in FORMS
+            if form == "windows" or shape[0] ** 2 + 1 <= PER_QUERY_MAX_TOKENS]
+
+
+def _case_id(case) -> str:
+    return "grid{}-rel{}-d{}-h{}-b{}".format(*case[0]) + "-" + case[1]
+
+
+def test_the_form_follows_the_grid_size():
+    assert rel_pos_buffers(4, 3, 32).pair_index.shape == (2, 17, 17)  # fmnist: per query
+    assert rel_pos_buffers(14, 14, 64).pair_index.numel() == 0  # 224 / 16: windows
+    assert rel_pos_buffers(14, 14, 64).one_hot.shape == (197, 32)  # 2 * 14 + 4, and 64 + 32 = 96
+
+
+@pytest.mark.parametrize("shape, form", _cases(SHAPES), ids=[_case_id(c) for c in _cases(SHAPES)])
+def test_attention_equals_the_reference(shape, form):
+    qkv, tables, buffers = _inputs(*shape, form=form)
     with torch.no_grad():
         got = attention(qkv, shape[3], shape[2], tables, buffers)
         want = reference_attention(qkv, shape[3], shape[2], tables, buffers)
@@ -78,12 +107,15 @@ def test_attention_equals_the_reference(shape):
     assert (got - want).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 32, 3, 2), (14, 5, 64, 4, 2), (3, 0, 8, 2, 3)], ids=str)
-def test_gradients_equal_the_reference(shape):
-    """Training back-propagates through the fast form: the gradients of qkv and of all four tables agree."""
+GRAD_CASES = _cases([(4, 3, 32, 3, 2), (14, 5, 64, 4, 2), (3, 0, 8, 2, 3)])
+
+
+@pytest.mark.parametrize("shape, form", GRAD_CASES, ids=[_case_id(c) for c in GRAD_CASES])
+def test_gradients_equal_the_reference(shape, form):
+    """Training back-propagates through both forms: the gradients of qkv and of all four tables agree."""
     grads = []
     for fn in (attention, reference_attention):
-        qkv, tables, buffers = _inputs(*shape, seed=3, requires_grad=True)
+        qkv, tables, buffers = _inputs(*shape, seed=3, requires_grad=True, form=form)
         out = fn(qkv, shape[3], shape[2], tables, buffers)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads.append([qkv.grad, *(t.grad for t in tables)])
@@ -93,8 +125,8 @@ def test_gradients_equal_the_reference(shape):
 
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], SHAPES[7]], ids=str)
 def test_the_export_form_equals_the_reference(shape, monkeypatch):
-    """Under ONNX export the fused kernel is written as MatMul / Softmax: the same numbers."""
-    qkv, tables, buffers = _inputs(*shape)
+    """Under ONNX export the fused kernel of the windows is written as MatMul / Softmax: the same numbers."""
+    qkv, tables, buffers = _inputs(*shape, form="windows")
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     with torch.no_grad():
         for t in (tables, None):
@@ -109,11 +141,12 @@ def test_without_relative_positions_it_is_plain_attention():
         attention(qkv, 2, 16, _inputs(4, 3, 16, 2, 3)[1], None)
 
 
-def test_every_table_row_that_autoformer_uses_matters():
-    """The windows read each table row the reference reads (rows 1 and 2*max_rel + 1 only when clamping or
+@pytest.mark.parametrize("form", FORMS)
+def test_every_table_row_that_autoformer_uses_matters(form):
+    """Both forms read each table row the reference reads (rows 1 and 2*max_rel + 1 only when clamping or
     reachable): changing a used row changes the output, changing an unused one does not."""
     grid, max_rel = 4, 1  # distances up to 3, clamped to 1: every row 0..3 is used
-    qkv, tables, buffers = _inputs(grid, max_rel, 8, 2, 2)
+    qkv, tables, buffers = _inputs(grid, max_rel, 8, 2, 2, form=form)
     base = attention(qkv, 2, 8, tables, buffers)
     for t in range(4):
         for row in range(2 * max_rel + 2):
@@ -121,7 +154,7 @@ def test_every_table_row_that_autoformer_uses_matters():
             bumped[t][row] += 1.0
             moved = attention(qkv, 2, 8, RelTables(*bumped), buffers)
             assert (moved - base).abs().max() > 1e-4, (t, row)
-    qkv, tables, buffers = _inputs(3, 4, 8, 2, 2)  # grid 3: distances |d| <= 2, rows 1, 2, 8, 9 unused
+    qkv, tables, buffers = _inputs(3, 4, 8, 2, 2, form=form)  # grid 3: distances |d| <= 2, rows 1, 2, 8, 9 unused
     base = attention(qkv, 2, 8, tables, buffers)
     bumped = [x.clone() for x in tables]
     for x in bumped:
@@ -146,14 +179,15 @@ def _randomised(space: SearchSpace, seed: int) -> Supernet:
 
 SPACES = [
     ("fmnist", {}), ("fmnist-wide", {}), ("fmnist", {"max_relative_position": 1}),  # clamping fires
+    ("fmnist", {"patch_size": 4}),  # a 7 x 7 grid: the windows
     ("autoformer-t", {}), ("autoformer-t", {"max_relative_position": 5}),
 ]
 
 
 @pytest.mark.parametrize("name, changes", SPACES, ids=[f"{n}{c}" for n, c in SPACES])
 def test_logits_equal_the_reference_supernet_and_standalone(name, changes, monkeypatch):
-    """Supernet (random subnet, the largest subnet) and standalone model: logits of the fast attention equal
-    those of the reference attention within 1e-5, float32, batch > 1."""
+    """Supernet (random subnet, the largest subnet) and standalone model: logits of the library's attention
+    equal those of the reference attention within 1e-5, float32, batch > 1."""
     space = _space(name, **changes)
     sup = _randomised(space, seed=len(name))
     big = space.img_size > 32
@@ -170,15 +204,16 @@ def test_logits_equal_the_reference_supernet_and_standalone(name, changes, monke
 def test_the_constants_follow_the_module():
     space = SearchSpace.preset("fmnist")
     model = Supernet(space)
-    assert {"rel_table_index", "rel_one_hot"} <= dict(model.named_buffers()).keys()
+    assert {"rel_table_index", "rel_one_hot", "rel_pair_index"} <= dict(model.named_buffers()).keys()
     assert not any(k.startswith("rel_") for k in model.state_dict())  # not saved: derived from the space
     half = materialize(model, largest_subnet(space)).to(torch.float64)
     assert half.rel_one_hot.dtype == torch.float64 and half.rel_table_index.dtype == torch.long
     assert half(torch.randn(2, 1, 28, 28, dtype=torch.float64)).dtype == torch.float64
 
 
-def test_bfloat16_autocast_keeps_one_dtype():
-    space = SearchSpace.preset("fmnist")
+@pytest.mark.parametrize("patch", [7, 4], ids=["per-query", "windows"])
+def test_bfloat16_autocast_keeps_one_dtype(patch):
+    space = _space("fmnist", patch_size=patch)
     sup = _randomised(space, 0)
     x = torch.randn(2, 1, 28, 28)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -187,13 +222,14 @@ def test_bfloat16_autocast_keeps_one_dtype():
 
 
 def test_onnx_graph_is_static_and_uses_plain_operators(tmp_path):
-    """The exported fmnist model: onnxruntime parity, no scatter / element-wise gather / data-dependent shape
-    operators, and every tensor shape static except the batch."""
+    """The exported fmnist model on a 7 x 7 grid (the windows): onnxruntime parity, no scatter / element-wise
+    gather / data-dependent shape operators, and every tensor shape static except the batch."""
     from taslora_deploy.onnx_export import export_onnx, op_histogram
     from taslora_deploy.ort_parity import ort_session
 
-    space = SearchSpace.preset("fmnist")
+    space = _space("fmnist", patch_size=4)
     model = materialize(_randomised(space, 2), largest_subnet(space))
+    assert model.rel_pair_index.numel() == 0
     path = export_onnx(model, tmp_path / "m.onnx", input_shape=model.input_shape)
     ops = op_histogram(path)
     banned = {"ScatterElements", "ScatterND", "Scatter", "GatherElements", "GatherND", "NonZero", "Loop", "If"}

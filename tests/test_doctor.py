@@ -129,7 +129,7 @@ def test_workspace_lists_the_latest_run_of_each_kind(tmp_path):
         (run / "space.json").write_text("{}")
     (tmp_path / "mole" / "20260103-000000-mole").mkdir(parents=True)  # unfinished: not counted
     (ws,) = doctor._workspace(tmp_path)
-    assert ws.detail == f"{tmp_path}: supernets 2 (latest 20260102-000000-supernet); mole 0; searches 0; exports 0"
+    assert ws.detail == f"{tmp_path}: supernets 2 (latest 20260102-000000-supernet); mole 0; searches 0; specialized 0; exports 0"
 
 
 def test_quickstart_without_data_points_to_the_doctor(monkeypatch, tmp_path):

@@ -262,7 +262,7 @@ def test_specialize_epochs_specialises_every_member_before_its_export(tmp_path):
     test = load_test_batches(DataConfig.fmnist())
     for m in result.members:
         spec = m.specialized
-        assert spec is not None and spec["weights"] == "lora" and spec["steps_run"] == 4 and spec["budget_steps"] == 4
+        assert spec is not None and spec["weights"] == "linear" and spec["steps_run"] == 4 and spec["budget_steps"] == 4
         assert read_specialized(spec["run"]).subnet.to_dict() == m.subnet
         report = json.loads((result.out / m.folder / "report.json").read_text())
         assert report["source"]["specialized"]["run"] == spec["run"]

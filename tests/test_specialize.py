@@ -66,8 +66,8 @@ def _config(ws: dict[str, Path], **kw) -> SpecializeConfig:
 
 @pytest.fixture(scope="module")
 def lora_run(ws):
-    """The default weights (the experts' factors at the fixed routing) on a 12-step budget."""
-    return specialize(_config(ws))
+    """The experts' factors at the fixed routing on a 12-step budget."""
+    return specialize(_config(ws, weights="lora"))
 
 
 def _val_loader(split_path: Path, n: int):
