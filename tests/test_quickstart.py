@@ -130,5 +130,5 @@ def test_quickstart_specializes_what_it_exports(summary):
     over = summary["top1_gain_specialized_over_mole"]
     assert over["mean"] == pytest.approx(summary["top1_specialized"] - summary["top1_with_mole"], abs=1e-9)
     report = _export_report(summary)
-    assert Path(report["specialized"]["run"]).resolve() == Path(summary["files"]["specialize"]).resolve()
+    assert Path(report["source"]["specialized"]["run"]).resolve() == Path(summary["files"]["specialize"]).resolve()
     assert summary["specialize"]["steps_run"] >= 1
