@@ -273,7 +273,7 @@ def test_specialize_epochs_specialises_every_member_before_its_export(tmp_path):
         assert abs(correct / 10000 - m.top1_test) <= 2e-4  # the exported, specialised model's test top-1
     assert {read_specialized(r).subnet.to_dict()["embed_dim"] for r in runs} == {64, 96}
     notes = [line for line in result.md_path.read_text().splitlines() if line.startswith("- member-")]
-    assert len(notes) == 2 and all("specialized (lora, 4 steps" in line for line in notes)
+    assert len(notes) == 2 and all("specialized (linear, 4 steps" in line for line in notes)
     refused = runner.invoke(app, ["export", "--workdir", str(tmp_path), "--family", str(pareto),
                                   "--specialized", str(runs[0])])
     _one_line_exit_2(refused, "--specialized", "--specialize-epochs")
