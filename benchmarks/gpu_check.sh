@@ -50,12 +50,14 @@ if [ "$DRY" = 1 ]; then
   export DEV=cpu TARGET=torch-cpu DRYFLAG=--dry-run TESTS="tests/test_trt.py tests/test_timing.py"
   export BENCH_ARGS="--batch-sizes 1,4 --min-iters 5 --min-time-s 0.05 --warmup-s 0.05 --paired-iters 5"
   export SEARCH_ARGS="--population 4 --iterations 1 --val-subset 200"
-  LIMITS="doctor=180 gpu_tests=300 train_step=300 overhead=300 quickstart=900 latency_search=300 tensorrt=120"
+  export VS_TIMM_ARGS="--space fmnist --no-onnx --iters 3 --max-iters 5 --row-s 0.2 --warmup-s 0.05"
+  LIMITS="doctor=180 gpu_tests=300 train_step=300 vs_timm=300 overhead=300 quickstart=900 latency_search=300 tensorrt=120"
 else
   export DEV=cuda TARGET=torch-cuda DRYFLAG= TESTS=tests
   export BENCH_ARGS="--batch-sizes 1,64 --min-iters 100 --min-time-s 1 --warmup-s 0.5 --paired-iters 200"
   export SEARCH_ARGS="--population 10 --iterations 2 --val-subset 2000"
-  LIMITS="doctor=40 gpu_tests=150 train_step=90 overhead=75 quickstart=150 latency_search=75 tensorrt=120"
+  export VS_TIMM_ARGS="--space autoformer-t --space autoformer-s --iters 20 --max-iters 200 --row-s 3 --warmup-s 0.5"
+  LIMITS="doctor=40 gpu_tests=150 train_step=90 vs_timm=60 overhead=75 quickstart=150 latency_search=75 tensorrt=120"
 fi
 
 limit_of() { local kv; for kv in $LIMITS; do [ "${kv%%=*}" = "$1" ] && { echo "${kv#*=}"; return; }; done; echo 60; }
@@ -85,6 +87,8 @@ taslora() { "$PY" -m taslora_cli.main "$@"; }
 doctor() { taslora doctor --workdir "$R/ws" --json | tee "$R/doctor.json"; }
 gpu_tests() { cd "$ROOT" && "$PY" -m pytest -m "gpu or trt" -q -p no:cacheprovider -o addopts=-ra $TESTS; }
 train_step() { "$PY" "$ROOT/benchmarks/gpu_check_steps.py" train-step --device "$DEV" --out "$R/train_step.json" $DRYFLAG; }
+# ours / timm's ViT of the same size on $DEV: eager batch 1 and 8, training steps (issue 28's rows)
+vs_timm() { "$PY" "$ROOT/benchmarks/bench_vs_timm.py" --device "$DEV" --out "$R/vs_timm" --work "$R/vs_timm_work" $VS_TIMM_ARGS; }
 overhead() {
   "$PY" "$ROOT/benchmarks/gpu_check_steps.py" overhead-models --out "$R/overhead" $DRYFLAG
   # folded vs no-LoRA on torch ($DEV): host wall clock, GPU time from CUDA events, CUDA graphs on and off, paired A/B
@@ -105,12 +109,13 @@ tensorrt() {
   taslora bench "$R/trt/model.plan" "$R/trt/model_fp16.plan" "$R/trt/model.onnx" --device cuda --out "$R/trt" \
     --no-plot $BENCH_ARGS
 }
-export -f taslora doctor gpu_tests train_step overhead quickstart latency_search tensorrt
+export -f taslora doctor gpu_tests train_step vs_timm overhead quickstart latency_search tensorrt
 
 echo "gpu_check: report in $R ($([ "$DRY" = 1 ] && echo 'dry run on the CPU' || echo "device $DEV"), budget ${BUDGET} s)"
 step doctor
 step gpu_tests
 step train_step
+step vs_timm
 step overhead
 step quickstart
 if compgen -G "$R/ws/mole/*/mole.json" > /dev/null; then step latency_search; else skip latency_search "needs the quickstart's MoLE run"; fi
@@ -129,7 +134,7 @@ echo "gpu_check summary ($(( $(date +%s) - START )) s in all; report $R)"
 rc=$?
 # one small file to carry back from a lent machine: the table, every log and the step results
 (cd "$R" && tar czf report.tar.gz --ignore-failed-read summary.md summary.json steps.jsonl launcher.txt ./*.log \
-  doctor.json train_step.json latency_best.json overhead/bench.json overhead/certificate.json trt/bench.json \
+  doctor.json train_step.json vs_timm/fast-*.md latency_best.json overhead/bench.json overhead/certificate.json trt/bench.json \
   ws/quickstart-summary.json 2>/dev/null)
 echo "report archive: $R/report.tar.gz"
 exit $rc

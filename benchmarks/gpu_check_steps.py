@@ -117,6 +117,13 @@ def _key_train_step(report: Path) -> str:
                      f"router+merge {100 * r['router_merge_share']:.1f}%" for r in rows)
 
 
+def _key_vs_timm(report: Path) -> str:
+    result = _json(next((report / "vs_timm").glob("fast-*.json")))
+    return "; ".join(f"{e['space']} {r['path'].split(',')[0].replace('train step', 'train')}"
+                     f"{' (' + r['path'].split(', ')[1] + ')' if ', ' in r['path'] else ''} b{r['batch']} "
+                     f"{r['ratio']:.2f}" for e in result["spaces"] for r in e["rows"][:3])
+
+
 def _key_overhead(report: Path) -> str:
     rows = _json(report / "overhead" / "bench.json")
     parts = []
@@ -157,7 +164,8 @@ def _key_tensorrt(report: Path) -> str:
 
 
 KEYS: dict[str, Callable[[Path], str]] = {
-    "doctor": _key_doctor, "gpu_tests": _key_gpu_tests, "train_step": _key_train_step, "overhead": _key_overhead,
+    "doctor": _key_doctor, "gpu_tests": _key_gpu_tests, "train_step": _key_train_step, "vs_timm": _key_vs_timm,
+    "overhead": _key_overhead,
     "quickstart": _key_quickstart, "latency_search": _key_latency_search, "tensorrt": _key_tensorrt,
 }
 

@@ -48,7 +48,9 @@ def quickstart_cmd(
         raise fail(f"{err}; `taslora doctor` shows what this machine has and lacks") from None
     def verdict(ci: list[float], what: str) -> str:
         low, high = ci
-        return f"{what} help" if low > 0 else f"{what} hurts" if high < 0 else "no difference beyond the interval"
+        del what  # the row names what gained
+        return ("a gain beyond the interval" if low > 0 else "a loss beyond the interval" if high < 0
+                else "no difference beyond the interval")
 
     def gain_cell(gain: dict, what: str, seconds: float | None) -> str:
         low, high = gain["ci95"]
@@ -62,7 +64,7 @@ def quickstart_cmd(
     table.add_row("test top-1, searched subnet, supernet only", f"{s['top1_supernet_only'] * 100:.2f}%")
     table.add_row("test top-1, same subnet with MoLE", f"{s['top1_with_mole'] * 100:.2f}%")
     table.add_row("MoLE gain, paired on the same test images (95% CI); training cost",
-                  gain_cell(s["top1_gain_with_mole"], "experts", s.get("mole_seconds")))
+                  gain_cell(s["top1_gain_with_mole"], "the experts", s.get("mole_seconds")))
     if s.get("top1_specialized") is not None:
         spec = s["specialize"]
         table.add_row("test top-1, specialised (what the export folds)", f"{s['top1_specialized'] * 100:.2f}%")

@@ -188,10 +188,20 @@ def vit_features(
     `dims[b]` are block b's dims (one per block run); `drop_rates[b]` its drop-path rate (None: no drop-path);
     `rel` the grid's relative-position buffers (`rel_pos_of`), used when the space has relative positions.
     """
-    pos_embed = layers.tensor("pos_embed") if space.abs_pos else None
-    h = vit_ops.embed_tokens(layers.conv("patch_embed.proj", x), layers.tensor("cls_token"), pos_embed)
+    h = vit_stem(x, layers, space)
     block_rel = rel if space.relative_position else None
     for b, d in enumerate(dims):
         rate = drop_rates[b] if drop_rates is not None else 0.0
         h = block_forward(h, layers.block(b), d, block_rel, rate, training)
+    return vit_tail(h, layers, space)
+
+
+def vit_stem(x: torch.Tensor, layers: Layers, space: SearchSpace) -> torch.Tensor:
+    """Tokens (B, N, E) of images (B, C, H, W): patch embedding, cls token, absolute positions."""
+    pos_embed = layers.tensor("pos_embed") if space.abs_pos else None
+    return vit_ops.embed_tokens(layers.conv("patch_embed.proj", x), layers.tensor("cls_token"), pos_embed)
+
+
+def vit_tail(h: torch.Tensor, layers: Layers, space: SearchSpace) -> torch.Tensor:
+    """Pooled features (B, E) of the last block's tokens (B, N, E): final norm, then pool."""
     return vit_ops.pool(layers.layer_norm("norm", h), space.global_pool)

@@ -7,8 +7,9 @@ then balanced mixed subnets) and `holdout` random others are timed on the target
 (`latency_lookup.LatencyTable.measure_many`: all runners prepared, then timed in shuffled rounds, median of the
 rounds), so the model is fitted on the same numbers the search verifies against. The model's form is chosen by
 leave-one-out cross-validation on the fitting subnets (`search.latency_fit.choose_ridge`); the held-out subnets
-only score it, beside FLOPs as a proxy fitted on the same subnets. ONNX files are exported once per subnet and
-shared by every batch size, kept under the workspace and reused by later fits. The measurements also fill the search's latency cache.
+only score it, beside FLOPs as a proxy fitted on the same subnets. ONNX files are assembled from exported parts
+(`measure_onnx`: each distinct stem, block shape and tail exported once, then chained in milliseconds into the
+graph a whole export writes), shared by every batch size, kept under the workspace and reused by later fits. The measurements also fill the search's latency cache.
 """
 
 from __future__ import annotations

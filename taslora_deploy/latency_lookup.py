@@ -6,13 +6,15 @@ that is the zero-overhead claim) and timed at one batch size (`batch`, default 1
 
 - ``torch-cpu``: the standalone ViT in torch (inference mode) on the CPU;
 - ``torch-cuda``: the same on the current CUDA device (synchronised per call);
-- ``ort-cpu``: exported with `taslora_deploy.onnx_export.export_onnx` and run by onnxruntime on the CPU;
+- ``ort-cpu``: its ONNX file (the graph `taslora_deploy.onnx_export.export_onnx` writes, assembled from exported
+  parts by `taslora_deploy.measure_onnx`) run by onnxruntime on the CPU;
 - ``trt``: the same ONNX file built into a TensorRT engine (a profile of exactly `batch`) and run on the current
   CUDA device.
 
-An ONNX file depends only on the subnet's shapes, so with `export_dir` each export is kept there and reused (by
-another batch size, by ort-cpu and trt alike); that is what makes fitting a latency model at several batch sizes
-cost one export per subnet (`taslora_deploy.fit_latency`). `measure_many` times a set of subnets the robust
+An ONNX file depends only on the subnet's shapes, so with `export_dir` each file, and each exported part under its
+``parts/``, is kept there and reused (by another batch size, another fit, by ort-cpu and trt alike); a fit then
+exports each distinct part once (stem and tail per embed dim, a block per block shape) instead of each subnet
+whole (`taslora_deploy.fit_latency`). `measure_many` times a set of subnets the robust
 way: all runners are prepared first, then timed in `rounds` shuffled passes (machine drift hits every subnet
 alike) and the median of the per-round medians is kept; the spread between rounds is the measurement noise.
 
@@ -59,6 +61,9 @@ from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_deploy.artifacts import MODEL_ONNX
 from taslora_deploy.timing import interleaved_latency, latency_stats, time_until_known, torch_threads, warm_up
+
+PARTS_DIR = "parts"
+"""Where, under an export dir, the exported parts of measurement files are kept (`measure_onnx`)."""
 
 TARGETS = LATENCY_TARGETS  # the one list of targets (taslora_core.search.objectives)
 CACHE_FORMAT = "taslora-latency-cache"
@@ -161,6 +166,7 @@ class LatencyTable:
         self.measured = 0
         self.export_s = 0.0
         """Seconds spent exporting/building (ONNX, engines) for measurements so far."""
+        self._parts: tempfile.TemporaryDirectory | None = None  # exported parts when there is no export_dir
         if self.cache_path is not None and self.cache_path.exists():
             self.table = self._read_cache(self.cache_path)
 
@@ -344,16 +350,21 @@ class LatencyTable:
         return run, tmp.cleanup
 
     def _onnx_file(self, model: torch.nn.Module, subnet: Subnet, shape: tuple[int, int, int], tmp: Path) -> Path:
-        """The subnet's ONNX file (dynamic batch): exported into `tmp`, or kept in / reused from `export_dir`."""
-        from taslora_deploy.onnx_export import export_onnx
+        """The subnet's ONNX file (dynamic batch), assembled from exported parts (`measure_onnx`: the same graph
+        as a whole export, in milliseconds once its parts are kept): into `tmp`, or kept in / reused from
+        `export_dir` (parts under its ``parts/``; without `export_dir` in a folder that lives as long as the
+        table)."""
+        from taslora_deploy.measure_onnx import assemble_onnx
 
         if self.export_dir is None:
-            return _timed_into(self, lambda: export_onnx(model, tmp / MODEL_ONNX, input_shape=shape))
+            if self._parts is None:
+                self._parts = tempfile.TemporaryDirectory(prefix="taslora-parts-")
+            return _timed_into(self, lambda: assemble_onnx(model, tmp / MODEL_ONNX, self._parts.name))
         name = hashlib.sha256(f"{torch.__version__}|{space_hash(self.space)}|{self.key(subnet)}".encode()).hexdigest()
-        kept = self.export_dir / f"{name[:24]}.onnx"  # export_onnx writes atomically: a kept file is whole
+        kept = self.export_dir / f"{name[:24]}.onnx"  # written atomically: a kept file is whole
         if not kept.is_file():
             kept.parent.mkdir(parents=True, exist_ok=True)
-            _timed_into(self, lambda: export_onnx(model, kept, input_shape=shape))
+            _timed_into(self, lambda: assemble_onnx(model, kept, self.export_dir / PARTS_DIR))
         return kept
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "ParityError",
     "ProviderUnavailableError",
     "export_onnx",
+    "export_part",
     "fold_constant_subgraphs",
     "stamp_metadata",
     "ort_session",
@@ -102,12 +103,33 @@ def export_onnx(
     device, _ = module_device_dtype(export_model)
     export_model = export_model.to(dtype=dtype)
     example = torch.randn((trace_batch, *input_shape), device=device, dtype=torch.float32).to(dtype)
+    _write_onnx(export_model, example, path, INPUT_NAME, OUTPUT_NAME, int(opset), fold_constants,
+                lambda tmp: _verify_exported(tmp, opset=int(opset)))
+    return path
 
+
+def export_part(module: torch.nn.Module, path: str | os.PathLike, example: torch.Tensor, input_name: str,
+                output_name: str, opset: int = 18) -> Path:
+    """Export one piece of a model (e.g. one transformer block on tokens) exactly as :func:`export_onnx` exports
+    whole models (same exporter, dynamic first dim, folding), with the given input and output names; the file is
+    checked by ``onnx.checker`` and written atomically. ``example`` is a traced input with a first dim >= 2."""
+    import onnx
+
+    def check(tmp: Path) -> None:
+        onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+
+    _write_onnx(module.eval(), example, Path(path), input_name, output_name, int(opset), True, check)
+    return Path(path)
+
+
+def _write_onnx(export_model: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
+                output_name: str, opset: int, fold_constants: bool, verify: Any) -> None:
+    """torch.onnx.export (dynamo, dynamic first dim, one file), folding, then ``verify(tmp)``; atomic."""
     kwargs: dict[str, Any] = dict(
         dynamo=True,
         opset_version=int(opset),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        input_names=[input_name],
+        output_names=[output_name],
         dynamic_shapes=({0: BATCH_DIM_NAME},),
         external_data=False,
         verbose=False,  # the dynamo exporter otherwise prints its progress on stdout
@@ -133,12 +155,11 @@ def export_onnx(
                 raise ExportError("exporter wrote external data although external_data=False was requested")
             if fold_constants:
                 fold_constant_subgraphs(tmp)
-            _verify_exported(tmp, opset=int(opset))
+            verify(tmp)
         finally:
             side_data.unlink(missing_ok=True)
 
     atomic_write(path, write)
-    return path
 
 
 def stamp_metadata(path: str | os.PathLike, props: dict[str, str], prefix: str = "taslora.") -> Path:

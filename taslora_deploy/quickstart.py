@@ -60,7 +60,7 @@ class QuickstartPlan:
 FULL = QuickstartPlan(supernet_epochs=6, supernet_warmup=1, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.1,
                       expert_lr=5e-4, lora_alpha=16.0, router_lr=1.0, train_subset=None, val_subset=None, summary_subnets=3,
                       search_population=20, search_iterations=6, search_val_subset=2000, latency_iters=300,
-                      bench_min_time_s=1.0, specialize_steps=600, specialize_eval_every=50)
+                      bench_min_time_s=1.0, specialize_steps=936, specialize_eval_every=50)
 FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.0,
                       expert_lr=2e-3, lora_alpha=16.0, router_lr=1.0, train_subset=3000, val_subset=1000, summary_subnets=0,
                       search_population=6, search_iterations=2, search_val_subset=500, latency_iters=60,

@@ -8,7 +8,11 @@ its "reference" attention). The loop-based oracle of the whole forward is tests/
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -244,3 +248,24 @@ def test_onnx_graph_is_static_and_uses_plain_operators(tmp_path):
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     assert np.abs(got - want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("patch", [7, 4], ids=["per-query", "windows"])
+def test_polygraphy_lint_passes_the_exported_graph(tmp_path, patch):
+    """NVIDIA's Polygraphy (`polygraphy check lint`: ONNX checker, onnxruntime inference, graph lint) finds nothing
+    to report in the exported graph of either attention form."""
+    pytest.importorskip("polygraphy", reason="polygraphy is not installed: pip install -e '.[dev]'")
+    pytest.importorskip("onnx_graphsurgeon", reason="onnx_graphsurgeon is not installed: pip install -e '.[dev]'")
+    from taslora_deploy.onnx_export import export_onnx
+
+    space = _space("fmnist", patch_size=patch)
+    model = materialize(_randomised(space, 3), largest_subnet(space))
+    path = export_onnx(model, tmp_path / "m.onnx", input_shape=model.input_shape)
+    report = tmp_path / "lint.json"
+    cli = [sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())"]
+    res = subprocess.run([*cli, "check", "lint", str(path), "-o", str(report)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "POLYGRAPHY_AUTOINSTALL_DEPS": "0"})
+    assert res.returncode == 0 and "PASSED" in res.stdout + res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
+    lint = json.loads(report.read_text())
+    assert lint["summary"]["passing"] and not lint["summary"]["failing"], lint["summary"]
+    assert not [e for e in lint["lint_entries"] if e.get("level") == "exception"], lint["lint_entries"]

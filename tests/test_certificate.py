@@ -131,7 +131,10 @@ def _noisy(clock: list[float], cost_s: float, sd: float, seed: int, gpu: list[fl
     return run
 
 
-FAST = LatencyTestConfig(batch_sizes=(1,), warmup_s=0.01, first_pairs=100, time_limit_s=2.0, resamples=200)
+FAST = LatencyTestConfig(batch_sizes=(1,), warmup_s=0.01, first_pairs=100, time_limit_s=2.0, resamples=200,
+                         session_sd=0.0)
+"""The fake clock's runners have no session spread, so these tests of the looks and the persistence leave the
+session term out (tests/test_certificate_rule.py covers it)."""
 
 
 def test_identical_models_are_equivalent_once_the_evidence_persists(clock):

@@ -17,7 +17,7 @@ from conftest import TRT_OK, requires_fmnist
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STEPS = ["doctor", "gpu_tests", "train_step", "overhead", "quickstart", "latency_search", "tensorrt"]
+STEPS = ["doctor", "gpu_tests", "train_step", "vs_timm", "overhead", "quickstart", "latency_search", "tensorrt"]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check_steps  # noqa: E402
 
@@ -74,6 +74,7 @@ def test_dry_run_runs_every_step_from_the_source_tree(tmp_path):
         assert (report / f"{name}.log").stat().st_size > 0
     assert "MoLE/plain" in steps["train_step"]["key"] and "router+merge" in steps["train_step"]["key"]
     assert steps["overhead"]["key"].startswith("folded/no-LoRA b1 ")
+    assert steps["vs_timm"]["key"].startswith("fmnist eager inference (standalone) b1 "), steps["vs_timm"]["key"]
     assert steps["quickstart"]["key"].startswith("top-1 ") and steps["latency_search"]["key"].startswith("best: ")
     assert "skipped" in steps["gpu_tests"]["key"] or "deselected" in steps["gpu_tests"]["key"]
     if not TRT_OK:
@@ -98,9 +99,16 @@ def test_key_numbers_and_summary_from_step_files(tmp_path, capsys):
     (r / "ws" / "quickstart-summary.json").write_text(json.dumps({"top1_with_mole": 0.8123, "total_s": 41.2,
                                                                    "latency_ratio_folded_vs_baseline": 1.004}))
     (r / "latency_best.json").write_text(json.dumps({"flops_autoformer": 5.855e6, "latency_ms": 1.234}))
+    (r / "vs_timm").mkdir()
+    (r / "vs_timm" / "fast-cuda.json").write_text(json.dumps({"spaces": [{"space": "autoformer-t", "rows": [
+        {"path": "eager inference, standalone", "batch": 1, "ratio": 1.084},
+        {"path": "train step, supernet sliced", "batch": 8, "ratio": 1.12},
+        {"path": "train step, supernet + MoLE", "batch": 8, "ratio": 1.3},
+        {"path": "train step, standalone", "batch": 8, "ratio": 9.9}]}]}))
     lines = [{"step": "doctor", "status": "ok", "seconds": 3.2, "rc": 0, "reason": "exit 0"},
              {"step": "gpu_tests", "status": "ok", "seconds": 61.0, "rc": 0, "reason": "exit 0"},
              {"step": "train_step", "status": "ok", "seconds": 20, "rc": 0, "reason": "exit 0"},
+             {"step": "vs_timm", "status": "ok", "seconds": 40, "rc": 0, "reason": "exit 0"},
              {"step": "overhead", "status": "ok", "seconds": 30, "rc": 0, "reason": "exit 0"},
              {"step": "quickstart", "status": "ok", "seconds": 45, "rc": 0, "reason": "exit 0"},
              {"step": "latency_search", "status": "timeout", "seconds": 75, "rc": 124, "reason": "exit 124"},
@@ -112,13 +120,15 @@ def test_key_numbers_and_summary_from_step_files(tmp_path, capsys):
         "doctor": "CUDA: cuda:0 NVIDIA H200 (sm 9.0)",
         "gpu_tests": "12 passed, 3 skipped, 400 deselected",
         "train_step": "autoformer-t b64 bf16: MoLE/plain 0.62, router+merge 44.5%",
+        "vs_timm": "autoformer-t eager inference (standalone) b1 1.08; autoformer-t train (supernet sliced) b8 1.12; "
+                   "autoformer-t train (supernet + MoLE) b8 1.30",
         "overhead": "folded/no-LoRA b1 1.002, b1 graph 0.998",
         "quickstart": "top-1 81.23%, total 41 s, folded/no-LoRA 1.004",
         "latency_search": "best: 5.86M FLOPs, 1.234 ms",
         "tensorrt": "tensorrt is not installed",
     }
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["step", "status", "seconds", "key", "number"] and len(table) == 8
+    assert table[0].split() == ["step", "status", "seconds", "key", "number"] and len(table) == 9
     assert "| latency_search | timeout | 75 | best: 5.86M FLOPs, 1.234 ms |" in (r / "summary.md").read_text()
     (r / "latency_best.json").unlink()
     assert gpu_check_steps.key_number("latency_search", r).startswith("(no key number: FileNotFoundError")

@@ -180,9 +180,9 @@ def fake_tensorrt(monkeypatch):
     runner (FakeEngine)."""
     import shutil
 
-    from taslora_deploy import onnx_export, trt_engine
+    from taslora_deploy import measure_onnx, trt_engine
 
-    def export(model, path, input_shape, **_):
+    def export(model, path, parts_dir, **_):
         Path(path).write_text(json.dumps(model.subnet.to_dict()))
         return Path(path)
 
@@ -195,7 +195,7 @@ def fake_tensorrt(monkeypatch):
     monkeypatch.setattr(trt_engine, "tensorrt_status", lambda: (True, "fake TensorRT"))
     monkeypatch.setattr(trt_engine, "build_engine", build)
     monkeypatch.setattr(trt_engine, "TrtRunner", FakeEngine)
-    monkeypatch.setattr(onnx_export, "export_onnx", export)
+    monkeypatch.setattr(measure_onnx, "assemble_onnx", export)
     return FakeEngine
 
 

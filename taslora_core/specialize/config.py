@@ -64,9 +64,9 @@ class SpecializeConfig:
     patience: int | None = setting(
         6, "Stop after N evaluations without a better validation --metric, 0: never (the best state is kept either way).")
     patience_after: float = setting(
-        0.5, "Early stopping only after this share of the budget: fine-tuning first raises the validation loss of "
-        "some subnets (on wide-10k, --weights linear, the searched subnet's stayed above its step-0 value for the "
-        "first 300 steps and --patience 6 stopped it there). The best state is kept either way.")
+        0.5, "Only evaluations after this share of the budget count towards --patience: fine-tuning first raises the "
+        "validation loss of some subnets (on wide-10k, --weights linear, the searched subnet's stayed above its "
+        "step-0 value for the first 300 steps). The best state is kept either way.")
     rank: int | None = setting(
         None, "Rank of the fresh LoRA (single-lora, or lora from a supernet alone; default: the experts' rank, else 8).")
     lora_alpha: float | None = setting(

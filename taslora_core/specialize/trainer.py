@@ -331,7 +331,9 @@ def _run(task: SpecializeTask, setup: _Setup, loaders: Any, bundle: D.DataBundle
                 if improved:
                     progress["best"] = {"step": global_step, "val": val, "state": copy.deepcopy(module.state_dict())}
                     progress["bad_evals"] = 0
-                else:
+                elif global_step > cfg.patience_after * total:
+                    # evaluations before the patience window do not count: stopping at its start on the rise
+                    # that fine-tuning first causes would keep the step-0 state (quickstart, 2026-12-07)
                     progress["bad_evals"] += 1
                 train_loss = sum(window) / len(window)
                 window = []
@@ -339,8 +341,7 @@ def _run(task: SpecializeTask, setup: _Setup, loaders: Any, bundle: D.DataBundle
                 lr = next(iter(task.optim.lrs().values()))
                 metrics.write({"type": "eval", "global_step": global_step, "epoch": epoch, "train_loss": train_loss,
                                "lr": lr, "val": val, "best_step": progress["best"]["step"]})
-                stop = (bool(cfg.patience) and progress["bad_evals"] >= cfg.patience and global_step < total
-                        and global_step >= cfg.patience_after * total)
+                stop = bool(cfg.patience) and progress["bad_evals"] >= cfg.patience and global_step < total
                 progress["stopped_early"] = stop
                 line(f"step {global_step}/{total} (epoch {epoch + 1}): train loss {train_loss:.4f}, lr {lr:.2e}; "
                      f"val top-1 {100 * val['top1']:.2f}% loss {val['loss']:.4f}"

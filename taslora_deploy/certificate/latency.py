@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from taslora_deploy.certificate.equivalence import (DEFAULT_ALPHA, DEFAULT_CONFIDENCE, DEFAULT_MARGIN, DIFFERENT,
+from taslora_deploy.certificate.equivalence import (DEFAULT_ALPHA, DEFAULT_CONFIDENCE, DEFAULT_MARGIN,
+                                                    DEFAULT_SESSION_SD, DIFFERENT,
                                                     EQUIVALENT, INCONCLUSIVE, RULE, LatencyRule, combine_verdicts,
                                                     describe_pairs, judge_look)
 from taslora_deploy.certificate.schedule import LookSchedule
@@ -66,6 +67,8 @@ class LatencyTestConfig:
     min_span_s: float = 1.0  # seconds of timed samples a verdict must span (capped at 40% of the time limit)
     min_sample_s: float = MIN_SAMPLE_S  # the shortest timed sample (autorange)
     persist: bool = True  # a verdict needs the span and both halves of the pairs to agree
+    session_sd: float = DEFAULT_SESSION_SD
+    """Between-session spread of log(B/A) the bounds allow for (`equivalence.LatencyRule.session_sd`)."""
     resamples: int = 1000  # bootstrap resamples of the descriptive intervals (once, at the end)
     seed: int = 0
 
@@ -82,7 +85,7 @@ class LatencyTestConfig:
     @property
     def rule(self) -> LatencyRule:
         """The one-sided rule (margin, error levels, reported interval, persistence)."""
-        return LatencyRule(self.margin, self.alpha, self.fail_alpha, self.confidence, self.persist)
+        return LatencyRule(self.margin, self.alpha, self.fail_alpha, self.confidence, self.persist, self.session_sd)
 
     @property
     def span_needed_s(self) -> float:
