@@ -286,7 +286,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     targets = [float(t) for t in args.targets.split(",") if t]
     settings = EXPORT_TEST if args.settings == "export" else RECHECK_TEST
-    config: LatencyTestConfig = settings.with_options(batch_sizes=(1,), time_limit_s=args.time_s or settings.time_limit_s)
+    config: LatencyTestConfig = settings.with_options(batch_sizes=(1,), time_limit_s=args.time_s)  # None: its own
     torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
 

@@ -46,16 +46,15 @@ def quickstart_cmd(
         s = quickstart(fast, supernet, flops_budget, workdir, seed, log=say, stage=stage, search_events=SearchPrinter())
     except (DataUnavailable, OnnxRuntimeMissing) as err:  # something this machine lacks: the doctor lists it all
         raise fail(f"{err}; `taslora doctor` shows what this machine has and lacks") from None
-    def verdict(ci: list[float], what: str) -> str:
+    def verdict(ci: list[float]) -> str:
         low, high = ci
-        del what  # the row names what gained
         return ("a gain beyond the interval" if low > 0 else "a loss beyond the interval" if high < 0
                 else "no difference beyond the interval")
 
-    def gain_cell(gain: dict, what: str, seconds: float | None) -> str:
+    def gain_cell(gain: dict, seconds: float | None) -> str:
         low, high = gain["ci95"]
         cost = f"; {seconds:.0f} s" if seconds is not None else ""
-        return f"{gain['mean'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}]: {verdict(gain['ci95'], what)}{cost}"
+        return f"{gain['mean'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}]: {verdict(gain['ci95'])}{cost}"
 
     lat = s["latency_ratio_folded_vs_baseline"]
     table = Table(title="taslora quickstart summary" + (" (--fast smoke run)" if fast else ""))
@@ -64,14 +63,14 @@ def quickstart_cmd(
     table.add_row("test top-1, searched subnet, supernet only", f"{s['top1_supernet_only'] * 100:.2f}%")
     table.add_row("test top-1, same subnet with MoLE", f"{s['top1_with_mole'] * 100:.2f}%")
     table.add_row("MoLE gain, paired on the same test images (95% CI); training cost",
-                  gain_cell(s["top1_gain_with_mole"], "the experts", s.get("mole_seconds")))
+                  gain_cell(s["top1_gain_with_mole"], s.get("mole_seconds")))
     if s.get("top1_specialized") is not None:
         spec = s["specialize"]
         table.add_row("test top-1, specialised (what the export folds)", f"{s['top1_specialized'] * 100:.2f}%")
         table.add_row(f"specialize gain over the supernet (95% CI); {spec['steps_run']} steps",
-                      gain_cell(s["top1_gain_specialized"], "specializing", spec.get("seconds")))
+                      gain_cell(s["top1_gain_specialized"], spec.get("seconds")))
         table.add_row("specialize gain over MoLE (95% CI)",
-                      gain_cell(s["top1_gain_specialized_over_mole"], "specializing", None))
+                      gain_cell(s["top1_gain_specialized_over_mole"], None))
     table.add_row("FLOPs (AutoFormer counter) / budget", f"{format_amount(s['flops_autoformer'])} / {flops_budget}")
     table.add_row("params", f"{s['params']:,}")
     table.add_row("fold parity (max |diff|)", f"{s['fold_parity_max_abs']:.2e}")

@@ -276,13 +276,12 @@ class LatencyTable:
             raise LatencyUnavailable("export_ahead needs an export_dir and an ONNX target (ort-cpu, trt)")
         from taslora_deploy.standalone.model import materialize
 
-        shape = (self.space.in_chans, self.space.img_size, self.space.img_size)
         exported = 0
         for i, subnet in enumerate(subnets, 1):
             with tempfile.TemporaryDirectory(prefix="taslora-lat-") as tmp:
                 model = materialize(self.supernet, subnet).float().cpu().eval()
                 spent = self.export_s
-                self._onnx_file(model, subnet, shape, Path(tmp))
+                self._onnx_file(model, subnet, Path(tmp))
                 exported += self.export_s > spent
             if progress is not None:
                 progress("export", i, len(subnets))
@@ -333,7 +332,7 @@ class LatencyTable:
 
         tmp = tempfile.TemporaryDirectory(prefix="taslora-lat-")
         try:
-            path = self._onnx_file(model, subnet, shape, Path(tmp.name))
+            path = self._onnx_file(model, subnet, Path(tmp.name))
             if self.target == "trt":
                 from taslora_deploy.trt_engine import TrtRunner, build_engine
 
@@ -349,7 +348,7 @@ class LatencyTable:
                                      f"for a candidate: {str(err).splitlines()[0]}") from None
         return run, tmp.cleanup
 
-    def _onnx_file(self, model: torch.nn.Module, subnet: Subnet, shape: tuple[int, int, int], tmp: Path) -> Path:
+    def _onnx_file(self, model: torch.nn.Module, subnet: Subnet, tmp: Path) -> Path:
         """The subnet's ONNX file (dynamic batch), assembled from exported parts (`measure_onnx`: the same graph
         as a whole export, in milliseconds once its parts are kept): into `tmp`, or kept in / reused from
         `export_dir` (parts under its ``parts/``; without `export_dir` in a folder that lives as long as the

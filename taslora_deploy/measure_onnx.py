@@ -68,7 +68,7 @@ def part_keys(model: nn.Module) -> list[str]:
     graph depends on (torch version, the space, the part's shapes, the dtype)."""
     space, dtype = model.space, next(model.parameters()).dtype
     base = f"{torch.__version__}|{space_hash(space)}|{dtype}|"
-    embed = model.block_dims[0].embed if model.block_dims else model.head.in_features
+    embed = model.head.in_features
     keys = [f"{base}stem|{embed}"]
     keys += [f"{base}block|{d!r}" for d in model.block_dims]
     keys.append(f"{base}tail|{embed}|{model.head.out_features}")
@@ -156,7 +156,8 @@ def assemble_onnx(model: nn.Module, path: str | os.PathLike, parts_dir: str | os
     import onnx
 
     files = _export_parts(model, Path(parts_dir), opset)
-    chained = _chain([onnx.load(str(f)) for f in files])
+    loaded = {f: onnx.load(str(f)) for f in set(files)}  # a block shape used twice is read once
+    chained = _chain([loaded[f] for f in files])
     onnx.checker.check_model(chained, full_check=True)
     dims = chained.graph.input[0].type.tensor_type.shape.dim
     if not dims or dims[0].dim_param != BATCH_DIM_NAME:
