@@ -18,12 +18,17 @@ machine continues from the repository; the runs themselves go to <runs>/workspac
             reproduction's ablation cells (each run searched, the searched subnet, the headroom panel and the 20
             fixed subnets evaluated per image, routing and expert diagnostics), then the reproduction's report
             (paired intervals, capture ratios, helped/hurt, routing separation) -> confirm.{md,json}
+  ship      the supernet, the best arm's confirmed seed-0 run and its searched subnet -> benchmarks/reproduction-wide/
+            with a manifest that `taslora eval` re-checks
+  ranking   does MoLE choose better subnets? --random-subnets subnets under --flops fine-tuned alone (the truth),
+            Kendall's tau of each estimator (supernet alone, every confirmed arm's seed-0 run) -> ranking.{md,json}
 
     python benchmarks/recipes.py screen --budgets 1          # the 1x screen (then 3, or both at once)
     python benchmarks/recipes.py screen --budgets 1 --lrs 1e-3 2e-4   # every arm at two lower experts' LRs too
     python benchmarks/recipes.py screen --budgets 3 --best-lr-of 1    # 3x: every arm at its best 1x LR
     python benchmarks/recipes.py screen-report
     python benchmarks/recipes.py confirm --budget 3 --seeds 0 1 2
+    python benchmarks/recipes.py ranking --budget 3           # after confirm: its seed-0 runs are the estimators
     python benchmarks/recipes.py screen --supernet benchmarks/reproduction/supernet --epochs 1 --train-subset 500 \\
         --results /tmp/recipes-smoke --runs /tmp/recipes-smoke-runs    # a smoke run on the shipped narrow supernet
 
@@ -50,10 +55,15 @@ import typer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduction as R  # noqa: E402  (the stages, Store and statistics this driver reuses)
 
+from scipy.stats import kendalltau, spearmanr  # noqa: E402
+
 from taslora_core.analysis import sample_distinct  # noqa: E402
+from taslora_core.complexity import flops, format_amount, parse_amount  # noqa: E402
+from taslora_core.subnet import sample_distinct as sample_distinct_under  # noqa: E402
 from taslora_core.run_io import load_checkpoint  # noqa: E402
 from taslora_core.train.recipes import RECIPES  # noqa: E402
 from taslora_core.train.run_files import recorded_epochs  # noqa: E402
+from taslora_deploy.standalone import materialize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "recipes"
@@ -69,6 +79,10 @@ ARMS: dict[str, tuple[str, Callable[[argparse.Namespace], list[str]]]] = {
     # K experts at weights summing to 1: at the same LR its update is ~3x larger; this arm matches it
     "factorised-slow": ("factorised", lambda a: ["--expert-lr", f"{a.expert_lr / 3:g}"]),
     "mi-strong": ("mi", lambda a: ["--mi-weight", "1.0"]),
+    # the sandwich with three random subnets per step (5 passes), for the random panel the 1x sandwich left at ~0
+    # (the other combination, sandwich + LoRA+, is a recipe of its own: its first runs used "--recipe sandwich
+    # --lora-plus 16", the same settings)
+    "sandwich-random3": ("sandwich", lambda a: ["--sandwich-random", "3"]),
 }
 """arm -> (recipe, its extra `taslora train` options given the driver's options; they win over the shared
 ones). One arm per recipe, plus the variants above; combinations are added here."""
@@ -343,6 +357,7 @@ def stage_screen_report(args: argparse.Namespace, store: R.Store) -> str:
                                             "steps": r.get("steps"), "passes": r.get("forward_passes"),
                                             "gains": r.get("gains"), "diverged": bool(r.get("diverged"))}
                                            for r in rows]
+    text += budget_curve(store, names)
     equal = [r for r in store.records("screen") if r.get("arm") == "sandwich"]
     if equal:
         text += ("\nEqual passes: a sandwich step runs 2 + sandwich_random subnet passes (3 by default), so the sandwich "
@@ -364,6 +379,29 @@ def stage_screen_report(args: argparse.Namespace, store: R.Store) -> str:
     return text
 
 
+def budget_curve(store: R.Store, names: list[str]) -> str:
+    """Markdown: every variant screened at three or more budgets, its validation gains and captures per budget (the
+    budget curve of issue 26: is a recipe limited by its budget or by its design?)."""
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in store.records("screen"):
+        if "gains" in r:
+            by_variant.setdefault(r.get("variant", r["arm"]), []).append(r)
+    curves = {v: sorted(rows, key=lambda r: r["budget"]) for v, rows in by_variant.items() if len(rows) >= 3}
+    if not curves:
+        return ""
+    text = ("\n### Budget curve (validation, seed 0)\n\n| arm | budget | steps | passes | panel mean | "
+            + " | ".join(f"{n}: gain (capture)" for n in names) + " | 20 random: top-1 | s |\n|---|"
+            + "---|" * (len(names) + 6) + "\n")
+    for variant, rows in curves.items():
+        for r in rows:
+            g = r["gains"]
+            cells = [_cell(g["targets"][n]["top1"]) + (f" ({g['targets'][n]['capture'][0]:.2f})"
+                                                       if "capture" in g["targets"][n] else "") for n in names]
+            text += (f"| {variant} | {r['budget']}x | {r['steps']} | {r['forward_passes']} | {_cell(g['panel_mean'])} | "
+                     + " | ".join(cells) + f" | {_cell(g['random_mean']['top1'])} | {r['seconds']:.0f} |\n")
+    return text
+
+
 def stage_confirm(args: argparse.Namespace, store: R.Store) -> None:
     """The best two arms and paper x --seeds at --budget on the test split: the reproduction's ablation and report."""
     arms = args.confirm_arms or best_arms(store, args.budget)
@@ -379,9 +417,109 @@ def stage_confirm(args: argparse.Namespace, store: R.Store) -> None:
         (args.results / f"report.{suffix}").replace(args.results / f"confirm.{suffix}")
 
 
+# ---------------------------------------------------------------------- stage: ranking (issue 26, item 4)
+RANKING_SEED = 4321  # the ranking's random subnets (drawn under the search's FLOPs bound; not the fixed panel)
+
+
+def ranking_subnets(args: argparse.Namespace, space) -> list[Any]:
+    """`--random-subnets` distinct random subnets within the searches' FLOPs bound (`--flops`)."""
+    bound = parse_amount(args.flops)
+    return sample_distinct_under(space, args.random_subnets, RANKING_SEED, accept=lambda sn: flops(space, sn) <= bound)
+
+
+def ranking_estimators(args: argparse.Namespace, store: R.Store) -> dict[str, Path]:
+    """method -> checkpoint whose validation top-1 estimates a subnet's accuracy: the supernet alone, and the seed-0
+    run of every confirmed arm at the confirmation budget (its ablation cell) or `--ranking-runs NAME=RUN`."""
+    out = {"supernet": args.supernet}
+    for r in store.records("ablation"):
+        if r["key"].endswith(f"-{args.budget}x-s0") and r.get("ckpt"):
+            out[r["key"][: -len("-s0")]] = Path(r["ckpt"])
+    for item in args.ranking_runs or []:
+        name, _, run = item.partition("=")
+        out[name] = Path(run)
+    return out
+
+
+def kendall(estimate: np.ndarray, truth: np.ndarray, resamples: int = R.BOOTSTRAP, seed: int = 0) -> list[float]:
+    """Kendall's tau-b between an estimate and the truth over subnets, with a 95% bootstrap interval over subnets."""
+    rng = np.random.default_rng(seed)
+    tau = float(kendalltau(estimate, truth).statistic)
+    boot = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(truth), len(truth))
+        t = kendalltau(estimate[i], truth[i]).statistic
+        if np.isfinite(t):
+            boot.append(t)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return [tau, float(lo), float(hi)]
+
+
+def stage_ranking(args: argparse.Namespace, store: R.Store) -> str:
+    """Does MoLE choose better subnets? Each of `--random-subnets` subnets under the search's budget fine-tuned alone
+    for the 1x budget (the truth: its test top-1); each estimator's validation top-1 of it; Kendall's tau between
+    them -> ranking.{md,json}. Every subnet and estimator is a cell of its own store (<results>/ranking/, so the
+    stage can run beside the screen or the confirmation), so it resumes."""
+    confirmed, store = store, R.Store(args.results / "ranking")
+    base = load_checkpoint(args.supernet)
+    space = base.supernet.space
+    subnets = ranking_subnets(args, space)
+    test, val = R.test_batches(args), R.val_batches(args, args.screen_val)
+    for i, sn in enumerate(subnets):
+        key = f"r{i}"
+        if store.find("ranking", key):
+            continue
+        t0 = time.perf_counter()
+        model = R.finetune_standalone(materialize(base.supernet, sn), args)
+        rec = store.add({"stage": "ranking", "key": key, "subnet": sn.to_dict(), "flops": flops(space, sn),
+                         "truth_test_top1": float(R.model_per_image(model, test)[0].mean()),
+                         "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"[ranking] {key} ({format_amount(rec['flops'])} FLOPs): fine-tuned alone {rec['truth_test_top1']:.4f} "
+              f"({rec['seconds']:.0f} s)", flush=True)
+    for name, run in ranking_estimators(args, confirmed).items():
+        if store.find("ranking-estimate", name):
+            continue
+        loaded = load_checkpoint(run)
+        top1 = [float(R.per_image(loaded, sn, val)[0].mean()) for sn in subnets]
+        store.add({"stage": "ranking-estimate", "key": name, "run": str(run), "val_images": val.count, "val_top1": top1})
+        print(f"[ranking] estimator {name}: mean validation top-1 {statistics.fmean(top1):.4f}", flush=True)
+    truth = np.array([store.find("ranking", f"r{i}")["truth_test_top1"] for i in range(len(subnets))])
+    rows = []
+    for est in store.records("ranking-estimate"):
+        estimate = np.asarray(est["val_top1"])
+        tau = kendall(estimate, truth)
+        best = int(np.argmax(estimate))
+        rows.append({"estimator": est["key"], "tau": tau, "spearman": float(spearmanr(estimate, truth).statistic),
+                     "regret": float((truth.max() - truth[best]) * 100), "val_images": est["val_images"]})
+    text = (f"Ranking: {len(subnets)} random subnets under {args.flops} FLOPs (seed {RANKING_SEED}), each fine-tuned "
+            f"alone for the 1x budget ({args.epochs} epochs; truth: its test top-1, {truth.min() * 100:.2f}-"
+            f"{truth.max() * 100:.2f}%). Estimate: the subnet's validation top-1 under each checkpoint. tau = Kendall's "
+            "tau-b with a 95% bootstrap interval over subnets; regret = truth of the best-estimated subnet below the "
+            "best truth (points).\n\n| estimator | Kendall tau | Spearman | regret |\n|---|---|---|---|\n")
+    for r in rows:
+        text += f"| {r['estimator']} | {_cell(r['tau'])} | {r['spearman']:+.2f} | {r['regret']:.2f} |\n"
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "ranking.md").write_text(text)
+    (args.results / "ranking.json").write_text(json.dumps({"subnets": len(subnets), "flops": args.flops,
+                                                           "truth": truth.tolist(), "rows": rows}, indent=2) + "\n")
+    print(text)
+    return text
+
+
+# ---------------------------------------------------------------------- stage: ship (issue 26, item 5)
+SHIP_DIR = ROOT / "benchmarks" / "reproduction-wide"
+
+
+def stage_ship(args: argparse.Namespace, store: R.Store) -> Path:
+    """benchmarks/reproduction-wide/: the supernet, the seed-0 run of `--ship-arm` (default: the screen's best arm)
+    at the confirmation budget, its searched subnet and a manifest `taslora eval` re-checks (tests/test_reproduction.py)."""
+    arm = args.ship_arm or best_arms(store, args.budget)[0]
+    method = method_name(arm, args.budget)
+    return R.ship(store, args.supernet, SHIP_DIR, f"{method}-s0", f"{method}-s0", "fmnist")
+
+
 # ---------------------------------------------------------------------- entry point
 STAGES = {"headroom": stage_headroom, "screen": stage_screen, "screen-report": stage_screen_report,
-          "confirm": stage_confirm}
+          "confirm": stage_confirm, "ranking": stage_ranking, "ship": stage_ship}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -403,6 +541,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Experts' LRs at which the screen runs every arm (default: --expert-lr only); a variant at "
                         "another LR is named <arm>-lr<LR>.")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds of the confirmation.")
+    p.add_argument("--ship-arm", help="Arm whose confirmed seed-0 run `ship` copies (default: the screen's best).")
+    p.add_argument("--ranking-runs", nargs="+", metavar="NAME=RUN",
+                   help="More estimators of the ranking stage (default: the supernet and the confirmed seed-0 runs).")
     p.add_argument("--epochs", type=int, help="1x budget in epochs (default: 10%% of the supernet's epochs).")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha of every arm (the wide-10k sweep's choice).")

@@ -191,7 +191,10 @@ def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str,
             *(["--train-subset", str(args.train_subset)] if args.train_subset else []),
             *(["--data", args.data] if args.data else [])]
     if method != "finetune":
-        argv += ["--lora-alpha", str(hp.get("alpha", args.alpha)), "--router-lr", str(hp.get("router_lr", args.router_lr))]
+        # the paper's methods take the paper's recipe whatever `taslora train`'s default is; a recipe arm's own
+        # --recipe (in `extra`) comes later and wins
+        argv += ["--lora-alpha", str(hp.get("alpha", args.alpha)), "--router-lr", str(hp.get("router_lr", args.router_lr)),
+                 "--recipe", "paper"]
     argv += extra  # last: a method's own options win over the shared ones (the last of a repeated option counts)
     run_command(f"train {name}", argv)
     run = _run_named(workdir, kind, name)
@@ -806,31 +809,37 @@ def _copy_run(src: Path, dst: Path, keep: tuple[str, ...]) -> None:
             shutil.copyfile(src / name, dst / name)  # new file: the umask's permissions, not the source's
 
 
-def stage_ship(args, store: Store) -> Path:
-    """benchmarks/reproduction/{supernet,tas-lora-s0}/ + subnet.json + manifest.json (relative paths)."""
-    rec = store.find("ablation", "tas-lora-s0")
+def ship(store: Store, supernet: Path, dest: Path, cell: str, mole_name: str, data: str) -> Path:
+    """<dest>/{supernet,<mole_name>}/ + subnet.json + manifest.json (relative paths) from the ablation cell `cell`:
+    its MoLE run, the subnet its search found and the test top-1 it measured with and without the experts."""
+    rec = store.find("ablation", cell)
     if rec is None:
-        raise SystemExit("no finished tas-lora seed-0 cell to ship; run the ablation stage first")
-    dest = args.ship_dir
-    sup, mole = dest / "supernet", dest / "tas-lora-s0"
-    _copy_run(args.supernet, sup, ("supernet.safetensors", "space.json", "split.json", "train_config.json",
-                                   "summary.json", "metrics.jsonl"))
-    plot_training_curves({"supernet": training_curve_points(args.supernet)}, sup / "training_curves.png",
+        raise SystemExit(f"no finished ablation cell {cell} to ship; run the stage that trains it first")
+    sup, mole = dest / "supernet", dest / mole_name
+    _copy_run(supernet, sup, ("supernet.safetensors", "space.json", "split.json", "train_config.json",
+                              "summary.json", "metrics.jsonl"))
+    plot_training_curves({"supernet": training_curve_points(supernet)}, sup / "training_curves.png",
                          keys=("train loss", "val loss (largest)", "val loss (smallest)", "val top-1 (largest)"))
     _copy_run(Path(rec["ckpt"]), mole, ("mole.safetensors", "mole.json", "split.json", "train_config.json", "summary.json"))
     meta = json.loads((mole / "mole.json").read_text())
     meta["supernet_dir"] = "../supernet"  # relative: the shipped folder loads wherever it is checked out
     (mole / "mole.json").write_text(json.dumps(meta, indent=2) + "\n")
     (dest / "subnet.json").write_text(json.dumps(Subnet.from_dict(rec["best"]).to_dict(), indent=2) + "\n")
-    manifest = {"supernet_run": "supernet", "mole_run": "tas-lora-s0", "subnet": "subnet.json",
+    root = Path(__file__).resolve().parents[1]
+    shown = dest.resolve().relative_to(root) if dest.resolve().is_relative_to(root) else dest
+    manifest = {"supernet_run": "supernet", "mole_run": mole_name, "subnet": "subnet.json",
                 "top1_with_experts": round(rec["searched_top1"] * 100, 2),
                 "top1_without_experts": round(rec["searched_top1_without_experts"] * 100, 2),
-                "split": "test", "data": "fmnist",
-                "check": "taslora eval --ckpt benchmarks/reproduction/tas-lora-s0 --subnet benchmarks/reproduction/subnet.json "
-                         "--split test [--no-experts]"}
+                "split": "test", "data": data,
+                "check": f"taslora eval --ckpt {shown}/{mole_name} --subnet {shown}/subnet.json --split test [--no-experts]"}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest, indent=2))
     return dest
+
+
+def stage_ship(args, store: Store) -> Path:
+    """benchmarks/reproduction/{supernet,tas-lora-s0}/ + subnet.json + manifest.json (relative paths)."""
+    return ship(store, args.supernet, args.ship_dir, "tas-lora-s0", "tas-lora-s0", "fmnist")
 
 
 # ---------------------------------------------------------------------- entry point

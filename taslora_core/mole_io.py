@@ -49,14 +49,16 @@ def read_mole_config(directory: str | Path) -> dict[str, Any]:
 
 
 def mole_recipe(meta: dict[str, Any]) -> dict[str, Any]:
-    """{"name", "settings"} of the recipe a MoLE record was trained with; `paper` (and its settings) for a record
-    written before recipes existed."""
+    """{"name", "settings"} of the recipe a MoLE record was trained with; `paper` and its structural settings for a
+    record written before recipes existed (its optimisation settings are in its run's train_config.json)."""
     recorded = meta.get(RECIPE_KEY)
     if isinstance(recorded, dict) and isinstance(recorded.get("name"), str):
         return recorded
-    from taslora_core.train.recipes import recipe_settings  # imported here: the training package imports this module
+    # imported here: the training package imports this module
+    from taslora_core.train.recipes import OPTIMISATION_SETTINGS, recipe_settings
 
-    return {"name": "paper", "settings": recipe_settings("paper")}
+    paper = recipe_settings("paper")
+    return {"name": "paper", "settings": {k: v for k, v in paper.items() if k not in OPTIMISATION_SETTINGS}}
 
 
 def load_mole(directory: str | Path, supernet: Supernet) -> MoLEModel:

@@ -41,6 +41,7 @@ class QuickstartPlan:
     supernet_lr: float  # base LR per 512 images (AutoFormer scales 5e-4 so); higher for short CPU runs
     mole_share: float  # MoLE epochs = this share of the supernet's epochs (the paper: 50 of 500), at least 1
     mole_warmup_share: float  # router frozen for this share of the MoLE epochs (the paper: 5 of 50), rounded
+    recipe: str  # `taslora train --recipe`: the quickstart's time budget fits one pass per step (paper)
     expert_lr: float
     lora_alpha: float
     router_lr: float
@@ -58,11 +59,11 @@ class QuickstartPlan:
 
 # MoLE settings: chosen on the held-out validation split by benchmarks/reproduction.py's sweep (README).
 FULL = QuickstartPlan(supernet_epochs=6, supernet_warmup=1, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.1,
-                      expert_lr=5e-4, lora_alpha=16.0, router_lr=1.0, train_subset=None, val_subset=None, summary_subnets=3,
+                      recipe="paper", expert_lr=5e-4, lora_alpha=16.0, router_lr=1.0, train_subset=None, val_subset=None, summary_subnets=3,
                       search_population=20, search_iterations=6, search_val_subset=2000, latency_iters=300,
                       bench_min_time_s=1.0, specialize_steps=936, specialize_eval_every=50)
 FAST = QuickstartPlan(supernet_epochs=1, supernet_warmup=0, supernet_lr=4e-3, mole_share=0.1, mole_warmup_share=0.0,
-                      expert_lr=2e-3, lora_alpha=16.0, router_lr=1.0, train_subset=3000, val_subset=1000, summary_subnets=0,
+                      recipe="paper", expert_lr=2e-3, lora_alpha=16.0, router_lr=1.0, train_subset=3000, val_subset=1000, summary_subnets=0,
                       search_population=6, search_iterations=2, search_val_subset=500, latency_iters=60,
                       bench_min_time_s=0.2, specialize_steps=20, specialize_eval_every=10)
 
@@ -159,7 +160,7 @@ def quickstart(
     mole_epochs = max(1, round(plan.mole_share * recorded_epochs(supernet_dir, plan.supernet_epochs)))
     step("mole", f"train MoLE experts + router, {mole_epochs} epochs")
     mole_dir = train_mole(MoLETrainConfig(
-        supernet=str(supernet_dir), epochs=mole_epochs, warmup_epochs=round(plan.mole_warmup_share * mole_epochs), expert_lr=plan.expert_lr,
+        supernet=str(supernet_dir), epochs=mole_epochs, warmup_epochs=round(plan.mole_warmup_share * mole_epochs), recipe=plan.recipe, expert_lr=plan.expert_lr,
         lora_alpha=plan.lora_alpha, router_lr=plan.router_lr, **common), log=log).run_dir
     done("mole")
     step("search", f"evolutionary search, FLOPs <= {flops_budget}")

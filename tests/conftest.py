@@ -57,8 +57,8 @@ TRAINED_SUPERNET_ARGS = [
     "--space", "fmnist", "--epochs", "2", "--train-subset", "5000", "--batch-size", "64", "--lr", "8e-3",
     "--warmup-epochs", "0", "--drop-path", "0", "--val-subset", "500", "--summary-subnets", "0", "--threads", "2",
 ]
-TRAINED_MOLE_ARGS = [
-    "--epochs", "4", "--warmup-epochs", "1", "--train-subset", "2500", "--batch-size", "32", "--expert-lr", "1e-2",
+TRAINED_MOLE_ARGS = [  # the paper's recipe: one pass per step (its LR 1e-2 was chosen for it)
+    "--recipe", "paper", "--epochs", "4", "--warmup-epochs", "1", "--train-subset", "2500", "--batch-size", "32", "--expert-lr", "1e-2",
     "--drop-path", "0", "--val-subset", "500", "--summary-subnets", "0", "--threads", "2",
 ]
 

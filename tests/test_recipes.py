@@ -9,6 +9,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +27,8 @@ from taslora_core.train import MoLETrainConfig
 from taslora_core.train.loop import distill_loss, step_subnets, subnet_for_step
 from taslora_core.train.mole_trainer import mole_config, recipe_record
 from taslora_core.train.optim import mole_optimizers
-from taslora_core.train.recipes import PAPER_SETTINGS, RECIPES, recipe_settings, resolve_recipe
+from taslora_core.train.recipes import (DEFAULT_RECIPE, OPTIMISATION_SETTINGS, PAPER_SETTINGS, RECIPES, recipe_settings,
+                                        resolve_recipe)
 from taslora_deploy.fold import UnmergedMoLEViT, fold_subnet
 from taslora_deploy.standalone import materialize
 
@@ -43,8 +45,8 @@ def recipe_model(name: str, space: str = "fmnist", seed: int = 0, expert_std: fl
     cfg = resolve_recipe(MoLETrainConfig(recipe=name))
     model = MoLEModel(Supernet(SearchSpace.preset(space)), mole_config(cfg))
     with torch.no_grad():
-        for p in model.experts.parameters():
-            p.normal_(0, expert_std)
+        for p in model.experts.parameters():  # deltas (alpha / r) U D of the same size whatever the recipe's alpha
+            p.normal_(0, expert_std / math.sqrt(cfg.lora_alpha))
         if cfg.routing == "learned":
             model.router.head_weight.normal_(0, 0.5)
     return model.eval()
@@ -238,6 +240,16 @@ def test_recipes_fill_only_unset_settings_and_refuse_bad_combinations() -> None:
         resolve_recipe(MoLETrainConfig(recipe="factorised", routing="learned"))
     with pytest.raises(ValueError, match="--mi-weight"):
         resolve_recipe(MoLETrainConfig(recipe="group-hard", mi_weight=0.1))
+    winner = resolve_recipe(MoLETrainConfig(recipe="sandwich-lora-plus"))  # carries its measured optimisation
+    assert (winner.expert_lr, winner.lora_alpha, winner.router_lr, winner.lora_plus) == (1e-3, 16.0, 1.0, 16.0)
+    assert resolve_recipe(MoLETrainConfig(recipe="sandwich-lora-plus", expert_lr=2e-3)).expert_lr == 2e-3
+    paper = resolve_recipe(MoLETrainConfig(recipe="paper"))
+    assert (paper.expert_lr, paper.lora_alpha, paper.router_lr) == (5e-4, 1.0, 0.1)  # the paper's, as before
+    assert resolve_recipe(MoLETrainConfig()).recipe == DEFAULT_RECIPE  # no --recipe: the default, named
+    for baseline in ("single-lora", "finetune"):  # the baselines keep the paper's recipe whatever the default
+        assert resolve_recipe(MoLETrainConfig(mode=baseline)).recipe == "paper"
+    with pytest.raises(ValueError, match="--expert-lr must be > 0"):
+        resolve_recipe(MoLETrainConfig(expert_lr=0.0))
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -258,7 +270,8 @@ def test_recipe_round_trips_through_mole_json(name: str, tmp_path: Path) -> None
 def test_a_mole_json_without_a_recipe_loads_as_paper() -> None:
     meta = read_mole_config(SHIPPED_MOLE)
     assert "recipe" not in meta and "structure" not in meta["config"]
-    assert mole_recipe(meta) == {"name": "paper", "settings": PAPER_SETTINGS}
+    structural = {k: v for k, v in PAPER_SETTINGS.items() if k not in OPTIMISATION_SETTINGS}
+    assert mole_recipe(meta) == {"name": "paper", "settings": structural}  # its LRs are in its train_config.json
     loaded = load_checkpoint(SHIPPED_MOLE)
     assert loaded.mole.config.structure == "mixture" and not loaded.mole.config.router.hard
 
@@ -280,6 +293,7 @@ PAPER_LOSSES = [0.8262372612953186, 0.6815572381019592, 0.6443041563034058, 0.72
                 0.7082756757736206, 0.586736798286438, 0.6427337527275085, 0.6401386857032776, 0.6452946066856384,
                 0.8123652338981628, 0.6736460328102112, 0.7038555145263672, 0.7235107421875, 0.7026430368423462,
                 0.7048639059066772]
+EXPLICIT_OPTIMISATION = {"lora_alpha": 16.0, "expert_lr": 5e-3, "router_lr": 1.0}  # the options the runs below pass
 TINY_RUN = ["--supernet", SHIPPED_SUPERNET, "--train-subset", "256", "--batch-size", "32", "--val-subset", "64",
             "--summary-subnets", "0", "--log-every", "1", "--threads", "1", "--quiet"]
 
@@ -301,7 +315,7 @@ def test_paper_recipe_reproduces_the_training_before_recipes(tmp_path: Path) -> 
                  "--expert-lr", "5e-3", "--router-lr", "1.0")
     assert _step_losses(run) == pytest.approx(PAPER_LOSSES, rel=1e-5, abs=1e-6)
     meta = read_mole_config(run)
-    assert meta["recipe"] == {"name": "paper", "settings": PAPER_SETTINGS}
+    assert meta["recipe"] == {"name": "paper", "settings": {**PAPER_SETTINGS, **EXPLICIT_OPTIMISATION}}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["forward_passes"] == summary["backward_passes"] == summary["global_steps"] == 16
 
@@ -312,11 +326,11 @@ def test_every_recipe_trains_records_itself_and_folds_exactly(name: str, tmp_pat
     run = _train(tmp_path, "--recipe", name, "--epochs", "2", "--warmup-epochs", "1", "--lora-alpha", "16",
                  "--expert-lr", "5e-3", "--router-lr", "1.0", "--train-subset", "128")
     meta = read_mole_config(run)
-    assert mole_recipe(meta) == {"name": name, "settings": recipe_settings(name)}
+    assert mole_recipe(meta) == {"name": name, "settings": {**recipe_settings(name), **EXPLICIT_OPTIMISATION}}
     assert json.loads((run / "train_config.json").read_text())["config"]["recipe"] == name
     summary = json.loads((run / "summary.json").read_text())
     steps = summary["global_steps"]
-    per_step = 3 if name == "sandwich" else 1  # largest + smallest + 1 random
+    per_step = 3 if recipe_settings(name)["sampling"] == "sandwich" else 1  # largest + smallest + 1 random
     assert summary["forward_passes"] == summary["backward_passes"] == per_step * steps
     loaded = load_checkpoint(run)
     model = loaded.mole.eval()
@@ -396,3 +410,27 @@ def test_screen_variants_ranking_and_best_arms(tmp_path: Path) -> None:
     assert drv.best_arms(store, 1) == ["sandwich", "factorised"]  # paper is the reference, diverged runs never
     args.best_lr_of = 1
     assert drv.variants(args, ["group-hard", "sandwich"], store) == {"sandwich": ("sandwich", 5e-3)}
+
+
+def test_ranking_subnets_stay_under_the_bound_and_kendall_follows_the_order(tmp_path: Path) -> None:
+    from taslora_core.complexity import flops, parse_amount
+
+    drv = _driver()
+    space = SearchSpace.preset("fmnist")
+    args = drv.parse_args(["ranking", "--results", str(tmp_path), "--runs", str(tmp_path / "runs"), "--flops", "5M",
+                           "--random-subnets", "8"])
+    subnets = drv.ranking_subnets(args, space)
+    assert len(subnets) == 8 and len({sn.key() for sn in subnets}) == 8
+    assert all(flops(space, sn) <= parse_amount("5M") for sn in subnets)
+    assert max(flops(space, sn) for sn in sample_distinct_all(space)) > parse_amount("5M")  # the bound bites
+    truth = np.arange(10, dtype=float)
+    assert drv.kendall(truth * 2 + 1, truth, resamples=200) == pytest.approx([1.0, 1.0, 1.0])
+    tau, lo, hi = drv.kendall(-truth, truth, resamples=200)
+    assert tau == pytest.approx(-1.0) and hi == pytest.approx(-1.0)
+    noisy = truth + np.random.default_rng(0).normal(0, 3, 10)
+    tau, lo, hi = drv.kendall(noisy, truth, resamples=500)
+    assert -1.0 < lo < tau < hi <= 1.0
+
+
+def sample_distinct_all(space: SearchSpace) -> list[Subnet]:
+    return [sample_subnet(space, random.Random(i)) for i in range(50)]

@@ -1,4 +1,5 @@
-"""The shipped evidence of the converged reproduction (benchmarks/reproduction/) reproduces its claims.
+"""The shipped evidence of the converged reproductions (benchmarks/reproduction/, and benchmarks/reproduction-wide/
+once issue 26's winner is shipped there) reproduces its claims.
 
 `manifest.json` names a converged supernet run, the seed-0 TAS-LoRA run trained on it and the subnet its search
 found, with the test top-1 claimed with and without the experts. `taslora eval` must give the same numbers to
@@ -14,30 +15,33 @@ import pytest
 
 from conftest import requires_fmnist, run_cli
 
-SHIPPED = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduction"
-MANIFEST = SHIPPED / "manifest.json"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SHIPPED_FOLDERS = [BENCHMARKS / "reproduction",
+                   *[d for d in [BENCHMARKS / "reproduction-wide"] if (d / "manifest.json").exists()]]
 
 
-def _manifest() -> dict:
-    return json.loads(MANIFEST.read_text())
+def _manifest(shipped: Path) -> dict:
+    return json.loads((shipped / "manifest.json").read_text())
 
 
-def test_manifest_names_shipped_runs_by_relative_path() -> None:
-    m = _manifest()
+@pytest.mark.parametrize("shipped", SHIPPED_FOLDERS, ids=lambda d: d.name)
+def test_manifest_names_shipped_runs_by_relative_path(shipped: Path) -> None:
+    m = _manifest(shipped)
     for key in ("supernet_run", "mole_run", "subnet"):
-        assert not Path(m[key]).is_absolute() and (SHIPPED / m[key]).exists(), key
-    assert (SHIPPED / m["supernet_run"] / "supernet.safetensors").is_file()
-    assert (SHIPPED / m["mole_run"] / "mole.safetensors").is_file()
-    mole_meta = json.loads((SHIPPED / m["mole_run"] / "mole.json").read_text())
-    assert (SHIPPED / m["mole_run"] / mole_meta["supernet_dir"]).resolve() == (SHIPPED / m["supernet_run"]).resolve()
+        assert not Path(m[key]).is_absolute() and (shipped / m[key]).exists(), key
+    assert (shipped / m["supernet_run"] / "supernet.safetensors").is_file()
+    assert (shipped / m["mole_run"] / "mole.safetensors").is_file()
+    mole_meta = json.loads((shipped / m["mole_run"] / "mole.json").read_text())
+    assert (shipped / m["mole_run"] / mole_meta["supernet_dir"]).resolve() == (shipped / m["supernet_run"]).resolve()
     assert 0 < m["top1_without_experts"] <= 100 and 0 < m["top1_with_experts"] <= 100
 
 
 @requires_fmnist
+@pytest.mark.parametrize("shipped", SHIPPED_FOLDERS, ids=lambda d: d.name)
 @pytest.mark.parametrize("experts", [True, False], ids=["with-experts", "without-experts"])
-def test_manifest_claim_reproduces_with_taslora_eval(experts: bool) -> None:
-    m = _manifest()
-    args = ["eval", "--ckpt", str(SHIPPED / m["mole_run"]), "--subnet", str(SHIPPED / m["subnet"]), "--split", "test",
+def test_manifest_claim_reproduces_with_taslora_eval(shipped: Path, experts: bool) -> None:
+    m = _manifest(shipped)
+    args = ["eval", "--ckpt", str(shipped / m["mole_run"]), "--subnet", str(shipped / m["subnet"]), "--split", "test",
             "--json", *([] if experts else ["--no-experts"])]
     result = run_cli(args)
     assert result.exit_code == 0, result.output

@@ -122,8 +122,8 @@ def test_mole_training_changes_only_experts_and_router_after_warmup(trained_work
 
     cfg = MoLETrainConfig(
         workdir=str(tmp_path), supernet=str(sdir), epochs=2, warmup_epochs=1, train_subset=256, batch_size=32,
-        expert_lr=1e-3, warmup_start_lr=1e-5, val_subset=64, summary_subnets=0, log_every=1, quiet=True,
-    )
+        recipe="paper", expert_lr=1e-3, warmup_start_lr=1e-5, val_subset=64, summary_subnets=0, log_every=1, quiet=True,
+    )  # the paper's recipe: its router LR (0.1) is checked below
     run = train_mole(cfg, callback=snap)
     original = load_supernet(sdir).state_dict()
     for name in ("epoch0", "epoch1"):
@@ -189,8 +189,8 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(trained_wor
 
     monkeypatch.setattr(MoLETask, "forward", forward_nan_at_step_3)
     res = run_cli(["train", "--supernet", trained_workspace["supernet_dir"], "--epochs", "1", "--train-subset", "256",
-                   "--batch-size", "32", "--save-every-steps", "2", "--val-subset", "64",
-                   "--quiet", "--workdir", tmp_path])
+                   "--batch-size", "32", "--save-every-steps", "2", "--val-subset", "64", "--recipe", "paper",
+                   "--quiet", "--workdir", tmp_path])  # paper: one forward per step, so forward 4 is step 4
     assert res.exit_code == 3
     line = _one_line_error(res)
     assert "nan" in line.lower() and "global step 4" in line and "checkpoint" in line

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taslora_core.train.recipes import DEFAULT_RECIPE, recipe_help
+from taslora_core.train.recipes import recipe_help
 from taslora_core.workspace import DEFAULT_WORKDIR
 
 MODES = ("mole", "single-lora", "finetune")
@@ -102,8 +102,8 @@ class MoLETrainConfig(TrainConfig):
         "supernets run).")
     experts: int | None = setting(None, "Experts K per layer (default: one per architecture group).")
     rank: int = setting(8, "LoRA rank r of every expert.")
-    lora_alpha: float = setting(
-        1.0, "LoRA scale numerator: an expert adds (alpha / rank) U D (paper: 1, i.e. U D / r).")
+    lora_alpha: float | None = setting(
+        None, "(recipe) LoRA scale numerator: an expert adds (alpha / rank) U D (paper: 1, i.e. U D / r).")
     router: str = setting("lstm", "Router core: lstm, gru or mlp (block-wise, no recurrence).")
     router_init: str = setting("group", "group (group-wise init, TAS-LoRA) or random.")
     router_depth: bool = setting(
@@ -112,15 +112,15 @@ class MoLETrainConfig(TrainConfig):
         False, "One router head per (group, block position) instead of one per group shared by every position.",
         flag="--router-position-heads/--no-router-position-heads")
     beta: float = setting(3.0, "Group-wise init: bias of a group's own expert.")
-    expert_lr: float = setting(5e-4, "Experts' AdamW LR (also the LR of --mode finetune).")
-    router_lr: float = setting(0.1, "Router's SGD LR (momentum 0.9).")
+    expert_lr: float | None = setting(None, "(recipe) Experts' AdamW LR (also the LR of --mode finetune; paper 5e-4).")
+    router_lr: float | None = setting(None, "(recipe) Router's SGD LR (momentum 0.9; paper 0.1).")
     warmup_start_lr: float = setting(1e-5, "Expert LR at the start of warm-up.")
     warmup_epochs: int = setting(
         1, "Epochs with the router frozen and the expert LR rising linearly from --warmup-start-lr (paper: 5 of 50).")
     min_lr: float = setting(1e-6, "Expert LR at the end of the cosine (the router's goes to 0).")
     momentum: float = 0.9  # the router's SGD momentum (no option)
     # the recipe and the settings it bundles (taslora_core.train.recipes); None: the recipe's value
-    recipe: str = setting(DEFAULT_RECIPE, recipe_help())
+    recipe: str | None = setting(None, recipe_help())
     expert_structure: str | None = setting(
         None, "(recipe) mixture (K experts, each its own U and D; paper) or factorised (a shared D, a shared U and one "
         "U per heads / MLP-ratio and embed-dim value, weighted by the block's architecture).")

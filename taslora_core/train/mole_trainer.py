@@ -59,8 +59,6 @@ def mole_config(cfg: MoLETrainConfig) -> MoLEConfig:
         raise ValueError(f"unknown --router-init '{cfg.router_init}'; choose one of {', '.join(ROUTER_INITS)}")
     if cfg.rank < 1:
         raise ValueError(f"--rank must be >= 1, got {cfg.rank}")
-    if not cfg.lora_alpha > 0:
-        raise ValueError(f"--lora-alpha must be > 0, got {cfg.lora_alpha}")
     experts = 1 if cfg.mode == "single-lora" else cfg.experts
     if experts is not None and experts < 1:
         raise ValueError(f"--experts must be >= 1, got {experts}")
@@ -113,8 +111,10 @@ def train_mole(
         resume_state = None
         if resume:
             run_dir, doc, resume_state = open_resume(resume, cfg.workdir, cfg.mode, MODES)
-            # a run of an older version records no recipe: it resolves to the paper's settings it used
-            cfg = resolve_recipe(with_runtime(MoLETrainConfig.from_dict(doc["config"]), cfg))  # type: ignore[arg-type]
+            # a run of an older version records no recipe: it resolves to the paper's settings it used, whatever
+            # today's default recipe is
+            recorded_cfg = {"recipe": "paper", **doc["config"]}
+            cfg = resolve_recipe(with_runtime(MoLETrainConfig.from_dict(recorded_cfg), cfg))  # type: ignore[arg-type]
             # a run moved together with its supernets resolves the recorded path as a finished run does
             supernet_dir, source = supernet_dir_of(run_dir, doc, TRAIN_CONFIG), "recorded in the resumed run"
             want_sha = doc.get("supernet_sha256")

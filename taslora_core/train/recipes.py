@@ -18,6 +18,12 @@ values it used. Every recipe keeps the experts exactly foldable into the sliced 
   subnets. A step costs 2 + sandwich_random forward/backward passes (the run reports its passes).
 - ``mi``: the paper plus a routing mutual-information term -mi_weight * (H(E) - H(E | group)) in the loss.
 - ``lora-plus``: the paper with LoRA+'s learning rates: every up-projection U (LoRA's B) at 16x the experts' LR.
+- ``sandwich-lora-plus``: sandwich sampling with in-place distillation and LoRA+'s learning rates, at the
+  optimisation settings it was measured with (issue 26's screen on the wide-10k supernet: LoRA alpha 16, experts'
+  LR 1e-3 with U at 16x, router LR 1).
+
+The optimisation settings (experts' LR, LoRA alpha, router LR) are recipe-controlled too: a recipe that names them
+carries the values it was measured with; every other recipe uses the paper's (5e-4, 1, 0.1).
 """
 
 from __future__ import annotations
@@ -39,8 +45,14 @@ PAPER_SETTINGS: dict[str, Any] = {
     "distill": False,
     "mi_weight": 0.0,
     "lora_plus": 1.0,
+    "expert_lr": 5e-4,
+    "lora_alpha": 1.0,
+    "router_lr": 0.1,
 }
 """The recipe-controlled settings and the paper's values (what a run without a recipe used)."""
+OPTIMISATION_SETTINGS = ("expert_lr", "lora_alpha", "router_lr")
+"""The recipe-controlled settings that are optimisation settings (recipe-controlled since issue 26; a run written
+before then recorded them in its train_config.json only)."""
 
 RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "paper": ({}, "the TAS-LoRA paper"),
@@ -53,10 +65,19 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
                  "largest + smallest + random subnets per step, in-place distillation"),
     "mi": ({"mi_weight": 0.1}, "routing mutual-information term, weight 0.1"),
     "lora-plus": ({"lora_plus": 16.0}, "U's learning rate 16x D's"),
+    "sandwich-lora-plus": ({"sampling": "sandwich", "distill": True, "lora_plus": 16.0, "expert_lr": 1e-3,
+                            "lora_alpha": 16.0, "router_lr": 1.0},
+                           "sandwich + LoRA+ at the settings the wide-10k screen measured"),
 }
 """name -> (settings that differ from the paper's, one-line description)."""
 
-DEFAULT_RECIPE = "paper"
+DEFAULT_RECIPE = "sandwich-lora-plus"
+"""The recipe of `taslora train --mode mole` without --recipe; the single-lora and finetune baselines take `paper`."""
+
+
+def default_recipe(mode: str) -> str:
+    """The recipe a run of `mode` takes without --recipe."""
+    return DEFAULT_RECIPE if mode == "mole" else "paper"
 
 
 def recipe_names() -> str:
@@ -70,7 +91,8 @@ def recipe_help() -> str:
     for name, (settings, what) in RECIPES.items():
         changes = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in settings.items())
         parts.append(f"{name} ({what}{': ' + changes if changes else ''})")
-    return "Training recipe (a bundle of the settings marked 'recipe'): " + "; ".join(parts) + "."
+    return ("Training recipe (a bundle of the settings marked 'recipe'; default: " + DEFAULT_RECIPE + " for --mode "
+            "mole, paper for the single-lora and finetune baselines): " + "; ".join(parts) + ".")
 
 
 def recipe_settings(name: str) -> dict[str, Any]:
@@ -81,11 +103,13 @@ def recipe_settings(name: str) -> dict[str, Any]:
 
 
 def resolve_recipe(cfg: Any) -> Any:
-    """`cfg` (a MoLETrainConfig) with every recipe-controlled field that is None set to the recipe's value; raises
-    ValueError (one line: the problem and the fix) for an unknown recipe or a combination that cannot train."""
-    settings = recipe_settings(cfg.recipe)
+    """`cfg` (a MoLETrainConfig) with its recipe named (`default_recipe` of its mode when None) and every
+    recipe-controlled field that is None set to the recipe's value; raises ValueError (one line: the problem and
+    the fix) for an unknown recipe or a combination that cannot train."""
+    name = cfg.recipe or default_recipe(cfg.mode)
+    settings = recipe_settings(name)
     filled = {k: v for k, v in settings.items() if getattr(cfg, k) is None}
-    out = dataclasses.replace(cfg, **filled)
+    out = dataclasses.replace(cfg, recipe=name, **filled)
     check_settings(out)
     return out
 
@@ -102,6 +126,9 @@ def check_settings(cfg: Any) -> None:
         raise ValueError(f"--sandwich-random must be >= 0, got {cfg.sandwich_random}")
     if cfg.mi_weight < 0:
         raise ValueError(f"--mi-weight must be >= 0, got {cfg.mi_weight}")
+    for name, value in (("--expert-lr", cfg.expert_lr), ("--lora-alpha", cfg.lora_alpha), ("--router-lr", cfg.router_lr)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value:g}")
     if not cfg.lora_plus > 0:
         raise ValueError(f"--lora-plus must be > 0 (1: one LR for U and D), got {cfg.lora_plus}")
     if not cfg.distill_temperature > 0:
