@@ -57,10 +57,9 @@ import reproduction as R  # noqa: E402  (the stages, Store and statistics this d
 
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
-from taslora_core.analysis import sample_distinct  # noqa: E402
 from taslora_core.complexity import flops, format_amount, parse_amount  # noqa: E402
-from taslora_core.subnet import sample_distinct as sample_distinct_under  # noqa: E402
 from taslora_core.run_io import load_checkpoint  # noqa: E402
+from taslora_core.subnet import sample_distinct  # noqa: E402
 from taslora_core.train.recipes import RECIPES  # noqa: E402
 from taslora_core.train.run_files import recorded_epochs  # noqa: E402
 from taslora_deploy.standalone import materialize  # noqa: E402
@@ -160,7 +159,7 @@ def screen_panel(args: argparse.Namespace, base) -> tuple[list[tuple[str, Any]],
     """The headroom panel (searched, smallest, random0, random1) and the 20 fixed random subnets (random0 and
     random1 are the first two of them)."""
     targets = R.headroom_targets(args, base)
-    fixed = sample_distinct(base.supernet.space, args.random_subnets, seed=R.FIXED_SEED)
+    fixed = sample_distinct(base.supernet.space, args.random_subnets, R.FIXED_SEED)
     return targets, fixed
 
 
@@ -424,7 +423,7 @@ RANKING_SEED = 4321  # the ranking's random subnets (drawn under the search's FL
 def ranking_subnets(args: argparse.Namespace, space) -> list[Any]:
     """`--random-subnets` distinct random subnets within the searches' FLOPs bound (`--flops`)."""
     bound = parse_amount(args.flops)
-    return sample_distinct_under(space, args.random_subnets, RANKING_SEED, accept=lambda sn: flops(space, sn) <= bound)
+    return sample_distinct(space, args.random_subnets, RANKING_SEED, accept=lambda sn: flops(space, sn) <= bound)
 
 
 def ranking_estimators(args: argparse.Namespace, store: R.Store) -> dict[str, Path]:

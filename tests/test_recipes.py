@@ -25,7 +25,7 @@ from taslora_core.subnet import Subnet, largest_subnet, sample_subnet, smallest_
 from taslora_core.supernet import Supernet
 from taslora_core.train import MoLETrainConfig
 from taslora_core.train.loop import distill_loss, step_subnets, subnet_for_step
-from taslora_core.train.mole_trainer import mole_config, recipe_record
+from taslora_core.train.mole_trainer import mole_config, recipe_record, recorded_config
 from taslora_core.train.optim import mole_optimizers
 from taslora_core.train.recipes import (DEFAULT_RECIPE, OPTIMISATION_SETTINGS, PAPER_SETTINGS, RECIPES, recipe_settings,
                                         resolve_recipe)
@@ -250,6 +250,10 @@ def test_recipes_fill_only_unset_settings_and_refuse_bad_combinations() -> None:
         assert resolve_recipe(MoLETrainConfig(mode=baseline)).recipe == "paper"
     with pytest.raises(ValueError, match="--expert-lr must be > 0"):
         resolve_recipe(MoLETrainConfig(expert_lr=0.0))
+    # a resumed run of a version before recipes (no "recipe" recorded) goes on with the paper's recipe
+    old_run = {k: v for k, v in MoLETrainConfig(recipe="paper", expert_lr=5e-3).to_dict().items() if k != "recipe"}
+    assert resolve_recipe(recorded_config(old_run)).recipe == "paper"
+    assert recorded_config({**old_run, "recipe": "sandwich"}).recipe == "sandwich"
 
 
 @pytest.mark.parametrize("name", list(RECIPES))

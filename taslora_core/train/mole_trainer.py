@@ -69,6 +69,12 @@ def mole_config(cfg: MoLETrainConfig) -> MoLEConfig:
                       structure=cfg.expert_structure)
 
 
+def recorded_config(recorded: dict[str, Any]) -> MoLETrainConfig:
+    """The config a run recorded in its train_config.json; a run of an older version records no recipe and gets
+    `paper`, the recipe it trained with, whatever today's default recipe is."""
+    return MoLETrainConfig.from_dict({"recipe": "paper", **recorded})  # type: ignore[return-value]
+
+
 def recipe_record(cfg: MoLETrainConfig) -> dict[str, Any]:
     """The recipe's name and every setting it controls, as the run used them (mole.json, summary.json)."""
     return {"name": cfg.recipe, "settings": {k: getattr(cfg, k) for k in PAPER_SETTINGS}}
@@ -111,10 +117,7 @@ def train_mole(
         resume_state = None
         if resume:
             run_dir, doc, resume_state = open_resume(resume, cfg.workdir, cfg.mode, MODES)
-            # a run of an older version records no recipe: it resolves to the paper's settings it used, whatever
-            # today's default recipe is
-            recorded_cfg = {"recipe": "paper", **doc["config"]}
-            cfg = resolve_recipe(with_runtime(MoLETrainConfig.from_dict(recorded_cfg), cfg))  # type: ignore[arg-type]
+            cfg = resolve_recipe(with_runtime(recorded_config(doc["config"]), cfg))  # type: ignore[arg-type]
             # a run moved together with its supernets resolves the recorded path as a finished run does
             supernet_dir, source = supernet_dir_of(run_dir, doc, TRAIN_CONFIG), "recorded in the resumed run"
             want_sha = doc.get("supernet_sha256")
