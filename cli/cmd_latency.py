@@ -39,6 +39,8 @@ def _quality_line(batch: int, model) -> str:
     if timings.get("timings"):
         text += (f"; {timings['timings']} timings of {timings['samples_median']:.0f} samples (median), "
                  f"{100 * timings['known_share']:.0f}% known within +-2% before the {model.info['fit']['max_time_s']:g} s cap")
+    if model.info["fit"].get("unconfirmed"):
+        text += f"; {model.info['fit']['unconfirmed']} subnet(s) unconfirmed after {model.info['fit']['max_rounds']} passes"
     load = model.info["fit"].get("load_average") or {}
     if load.get("before") is not None:
         text += f"; load average {load['before']:.1f} -> {load['after']:.1f}"
@@ -71,14 +73,21 @@ def fit_cmd(
         "--statistic", help="What each timing keeps of its runs: median (the default; the more repeatable of the "
         "two in the measurements of docs/results.md) or min (the fastest run). Searches verify the same way.")] = "median",
     rounds: Annotated[int, typer.Option(
-        "--rounds", help="Timing passes over all subnets in a shuffled order; the median of the passes is "
-        "kept and their spread reported as the noise.")] = 3,
+        "--rounds", help="Timing passes over all subnets in a shuffled order; their spread is reported as the "
+        "noise.")] = 3,
+    max_rounds: Annotated[Optional[int], typer.Option(
+        "--max-rounds", help="Most passes per subnet: one whose fastest pass no other confirms within +5% is timed "
+        "again until one does (a burst of other work only slows passes); the median of the confirmed passes is "
+        "kept. Default: 2 x --rounds + 1.")] = None,
     iters: Annotated[int, typer.Option(
         "--iters", help="Least timed samples per subnet and pass; each timing then runs until its statistic is "
         "known within +-2% (95%) or --max-time passed.")] = 5,
     max_time: Annotated[float, typer.Option(
         "--max-time", help="Most seconds of timing per subnet and pass (longer: steadier numbers on a noisy "
         "machine).")] = 0.25,
+    paired: Annotated[bool, typer.Option(
+        "--paired/--unpaired", help="Time each subnet in interleaved pairs with one reference subnet and keep the "
+        "ratio (holds beside another process whose phases change the machine's speed), or each alone.")] = True,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before each timing.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the mixed and held-out subnets.")] = 0,
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
@@ -97,7 +106,7 @@ def fit_cmd(
     from taslora_deploy.fit_latency import FitConfig, fit_latency_model, measured_supernet
 
     config = FitConfig(target=target, batches=_batches(batch), samples=samples, holdout=holdout, seed=seed,
-                       threads=threads, statistic=statistic, rounds=rounds, warmup=warmup, iters=iters,
+                       threads=threads, statistic=statistic, rounds=rounds, max_rounds=max_rounds, paired=paired, warmup=warmup, iters=iters,
                        max_time_s=max_time,
                        workdir=workdir, out=out, export_dir=onnx_dir)
     supernet, source = measured_supernet(space, ckpt, workdir, seed)

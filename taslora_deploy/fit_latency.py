@@ -4,8 +4,8 @@ is `taslora_core.search.latency_model`'s; this module measures and fits.
 
 Per batch size: the design's subnets (`search.latency_design`: the extremes of every dimension, every block type,
 then balanced mixed subnets) and `holdout` random others are timed on the target by the search's own lookup
-(`latency_lookup.LatencyTable.measure_many`: all runners prepared, then timed in shuffled rounds, median of the
-rounds), so the model is fitted on the same numbers the search verifies against. The model's form is chosen by
+(`latency_lookup.LatencyTable.measure_many`: all runners prepared, then timed in shuffled rounds, a subnet whose
+fastest round no other confirms timed again, the median of the confirmed rounds kept), so the model is fitted on the same numbers the search verifies against. The model's form is chosen by
 leave-one-out cross-validation on the fitting subnets (`search.latency_fit.choose_ridge`); the held-out subnets
 only score it, beside FLOPs as a proxy fitted on the same subnets. ONNX files are assembled from exported parts
 (`measure_onnx`: each distinct stem, block shape and tail exported once, then chained in milliseconds into the
@@ -57,6 +57,12 @@ class FitConfig:
     """What each timing keeps of its runs: 'median' (the default: on a shared 2-core machine, torch-cpu, 2026-12-07,
     its held-out share was 97% where 'min' gave 16-19%, docs/results.md) or 'min' (the fastest run)."""
     rounds: int = 3
+    max_rounds: int | None = None
+    """Most passes per subnet: after `rounds`, a subnet whose fastest pass is not confirmed by another within +5%
+    is timed again until it is (`latency_lookup.confirmed_value`); default 2 * rounds + 1."""
+    paired: bool = True
+    """Time each subnet in interleaved pairs with one reference subnet and keep the ratio
+    (`LatencyTable.measure_many`): it holds beside another process whose phases change the machine's speed."""
     warmup: int = 10
     iters: int = 5
     """The least samples per timing; each timing then runs until its statistic is known (+-2% at 95%) or
@@ -77,9 +83,12 @@ class FitConfig:
             check_measure(b, self.statistic, "--batch", "--statistic")
         if self.samples < 8:
             raise LatencyUnavailable(f"--samples must be at least 8 (a model has 7 shared terms), got {self.samples}")
-        if self.holdout < 0 or self.rounds < 1 or self.iters < 2 or self.warmup < 0 or not self.max_time_s > 0:
-            raise LatencyUnavailable("--holdout, --warmup must be >= 0, --rounds >= 1, --iters >= 2 and "
-                                     "--max-time > 0")
+        if self.max_rounds is None:
+            self.max_rounds = 2 * self.rounds + 1
+        if (self.holdout < 0 or self.rounds < 1 or self.max_rounds < self.rounds or self.iters < 2 or self.warmup < 0
+                or not self.max_time_s > 0):
+            raise LatencyUnavailable("--holdout, --warmup must be >= 0, --rounds >= 1, --max-rounds >= --rounds, "
+                                     "--iters >= 2 and --max-time > 0")
         check_target(self.target)
 
 
@@ -129,10 +138,13 @@ def fit_latency_model(supernet: torch.nn.Module, config: FitConfig, progress: Pr
         table = LatencyTable(supernet, config.target, None, config.warmup, config.iters, config.threads,
                              batch=batch, export_dir=export_dir, statistic=config.statistic,
                              max_time_s=config.max_time_s)
-        table.measure_many([*design, *held], config.rounds, config.seed, _reporter(say, batch))
+        table.measure_many([*design, *held], config.rounds, config.seed, _reporter(say, batch), config.max_rounds,
+                           config.paired)
         measured, export_s = measured + table.measured, export_s + table.export_s
         _fill_cache(table, config.workdir)
         model = build_model(space, config, batch, design, held, table.table, table.rounds, table.timings)
+        model.info["fit"]["unconfirmed"] = table.unsettled
+        model.info["fit"]["reference"] = table.reference
         model.info["fit"]["load_average"] = {"before": load_before, "after": _load_average()}
         paths[batch] = write_latency_model(_out_path(config, space, batch), model)
         models[batch] = model
@@ -160,7 +172,8 @@ def build_model(space: SearchSpace, config: FitConfig, batch: int, design: Seque
     proxy = [a + b * flops_of(space, s, counter) for s in held]
     predicted = [terms.predict(space, s) for s in held]
     info: dict[str, Any] = {
-        "fit": {"samples": len(design), "heldout": len(held), "rounds": config.rounds, "warmup": config.warmup,
+        "fit": {"samples": len(design), "heldout": len(held), "rounds": config.rounds,
+                "max_rounds": config.max_rounds, "warmup": config.warmup,
                 "iters": config.iters, "max_time_s": config.max_time_s, "timings": timing_summary(timings),
                 "seed": config.seed, "cv_mape": cv, "noise": noise([rounds.get(key(s)) for s in [*design, *held]]),
                 "fit_mape": accuracy([terms.predict(space, s) for s in design], y_fit)["mape"]},
@@ -235,6 +248,8 @@ def _reporter(say: Progress, batch: int) -> Callable[[str, int, int], None]:
     """measure_many's progress as a line every ~10% of each stage."""
 
     def report(stage: str, done: int, total: int) -> None:
+        if stage == "retime":  # counted in the fit's summary (timings, unconfirmed)
+            return
         if done == total or done % max(total // 10, 1) == 0:
             say(f"  batch {batch}: {'prepared' if stage == 'prepare' else 'timed'} {done}/{total}")
 

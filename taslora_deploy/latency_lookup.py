@@ -16,7 +16,13 @@ An ONNX file depends only on the subnet's shapes, so with `export_dir` each file
 exports each distinct part once (stem and tail per embed dim, a block per block shape) instead of each subnet
 whole (`taslora_deploy.fit_latency`). `measure_many` times a set of subnets the robust
 way: all runners are prepared first, then timed in `rounds` shuffled passes (machine drift hits every subnet
-alike) and the median of the per-round medians is kept; the spread between rounds is the measurement noise.
+alike), and a subnet whose fastest pass no other pass confirms (within +5%) is timed again in further passes, up
+to `max_rounds`; the value kept is the median of the passes within +5% of the fastest confirmed one
+(`confirmed_value`: a busy machine only ever adds time, so passes slowed by a burst of other work are dropped,
+while a lone fast pass is not trusted). By default each pass is paired: the subnet is timed in interleaved pairs
+with one reference subnet and the ratio kept (`timing.ratio_until_known`), so a machine whose speed changes from
+second to second (beside another process) changes both sides alike; values are ratios times the reference's own
+latency over the whole call. The spread between passes is the measurement noise.
 
 The value is the `statistic` of timed runs after `warmup` runs, timed until it is known (`taslora_deploy.timing.
 time_until_known`: calls per sample autoranged, samples until the statistic's 95% interval is within +-2%, at
@@ -60,7 +66,9 @@ from taslora_core.search.objectives import LATENCY_TARGETS
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_deploy.artifacts import MODEL_ONNX
-from taslora_deploy.timing import interleaved_latency, latency_stats, time_until_known, torch_threads, warm_up
+from taslora_deploy.timing import (
+    interleaved_latency, latency_stats, ratio_until_known, time_until_known, torch_threads, warm_up,
+)
 
 PARTS_DIR = "parts"
 """Where, under an export dir, the exported parts of measurement files are kept (`measure_onnx`)."""
@@ -69,6 +77,8 @@ TARGETS = LATENCY_TARGETS  # the one list of targets (taslora_core.search.object
 CACHE_FORMAT = "taslora-latency-cache"
 PREPARE_CHUNK = 32
 """Subnets whose runners (an ONNX session, an engine) are held at once by `measure_many`."""
+CONFIRM_WITHIN = 0.05
+"""Two timing passes of a subnet within this fraction of each other confirm its latency (`confirmed_value`)."""
 
 Cleanup = Callable[[], None] | None
 
@@ -142,6 +152,29 @@ def _version(module: str) -> str | None:
         return None
 
 
+def confirmed_value(passes: Sequence[float], within: float = CONFIRM_WITHIN) -> tuple[float, bool]:
+    """(latency, settled) from one subnet's per-pass values: the median of the passes within +`within` of the
+    fastest pass that another pass confirms (is within +`within` of it). Other work on the machine only adds time,
+    so passes slowed by a burst of it are left out, and a lone fast pass is not trusted. `settled`: the fastest
+    pass itself is confirmed (no faster value is left unexplained); with no confirmed pass, the median of all."""
+    if not passes:
+        raise ValueError("confirmed_value needs at least one pass")
+    xs = sorted(float(v) for v in passes)
+    for i, fastest in enumerate(xs[:-1]):
+        if xs[i + 1] <= fastest * (1 + within):
+            return float(statistics.median([v for v in xs[i:] if v <= fastest * (1 + within)])), i == 0
+    return float(statistics.median(xs)), False
+
+
+def median_flops_subnet(space: SearchSpace, subnets: Sequence[Subnet]) -> Subnet:
+    """The subnet of median FLOPs (AutoFormer's counter; the lower middle of an even count, ties by key): the
+    reference `measure_many` times every subnet against, as close as the set allows to all of them."""
+    from taslora_core.search.measures import flops_of
+
+    ranked = sorted(subnets, key=lambda s: (flops_of(space, s, "autoformer"), LatencyTable.key(s)))
+    return ranked[(len(ranked) - 1) // 2]
+
+
 class LatencyTable:
     """Callable subnet -> median latency in ms of one `batch` on `target`, measured once per subnet and cached."""
 
@@ -162,7 +195,11 @@ class LatencyTable:
         """(samples, known before a cap) of every timing so far (`timing.time_until_known`)."""
         self.table: dict[str, float] = {}
         self.rounds: dict[str, list[float]] = {}
-        """Per-round medians (ms) of the subnets `measure_many` timed, for the noise report."""
+        """Per-pass values (ms) of the subnets `measure_many` timed, for the noise report."""
+        self.unsettled = 0
+        """Subnets `measure_many` left with an unconfirmed fastest pass at its pass cap."""
+        self.reference: dict[str, Any] | None = None
+        """The reference subnet of `measure_many`'s paired passes and its latency (ms), pairs and spread."""
         self.measured = 0
         self.export_s = 0.0
         """Seconds spent exporting/building (ONNX, engines) for measurements so far."""
@@ -234,39 +271,70 @@ class LatencyTable:
                 cleanup()
 
     def measure_many(self, subnets: Sequence[Subnet], rounds: int = 3, seed: int = 0,
-                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, float]:
+                     progress: Callable[[str, int, int], None] | None = None,
+                     max_rounds: int | None = None, paired: bool = True) -> dict[str, float]:
         """Measure every subnet not in the table yet: runners prepared first (in chunks of PREPARE_CHUNK subnets
-        drawn in a shuffled order), then timed in `rounds` passes in a shuffled order; the value kept is the
-        median of the per-round medians
-        (per-round values in `self.rounds`). `progress(stage, done, total)` reports 'prepare'/'time' steps.
-        Returns {key: ms} of all `subnets` (cached ones included). Single process only."""
+        drawn in a shuffled order), then timed in `rounds` passes in a shuffled order, then the subnets whose
+        fastest pass is not confirmed by another (`confirmed_value`) timed again, pass after pass, until it is
+        or `max_rounds` passes were taken (default 2 * rounds + 1). `paired` (the default): each pass times the
+        subnet in interleaved pairs with one reference subnet (the median-FLOPs one of `subnets`, its runner held
+        for the whole call; `timing.ratio_until_known`) and keeps the ratio, which a machine whose speed changes
+        from second to second (another process's phases) leaves intact; values are the ratios times the
+        reference's own `statistic` over all its pairs (`self.reference`). The value kept is `confirmed_value`'s;
+        the per-pass values are in `self.rounds` and `self.unsettled` counts the subnets still unconfirmed at
+        the cap. `progress(stage, done, total)` reports 'prepare'/'time'/'retime' steps. Returns {key: ms} of
+        all `subnets` (cached ones included). Single process only."""
+        rounds = max(int(rounds), 1)
+        max_rounds = max(int(max_rounds if max_rounds is not None else 2 * rounds + 1), rounds)
         todo = list({self.key(s): s for s in subnets if self.key(s) not in self.table}.values())
         rng = random.Random(seed)
         rng.shuffle(todo)  # each chunk mixes the subnets: drift between chunks hits none of them more than others
-        done = 0
-        for start in range(0, len(todo), PREPARE_CHUNK):
-            chunk = todo[start:start + PREPARE_CHUNK]
-            prepared: list[tuple[Subnet, Any, Cleanup]] = []
-            try:
-                for subnet in chunk:
-                    prepared.append((subnet, *self._runner(subnet)))
-                    if progress is not None:
-                        progress("prepare", start + len(prepared), len(todo))
-                per_round: dict[str, list[float]] = {self.key(s): [] for s in chunk}
-                for _ in range(max(int(rounds), 1)):
-                    for subnet, run, _cleanup in rng.sample(prepared, len(prepared)):
-                        per_round[self.key(subnet)].append(self._time(run))
-                        done += 1
+        reference = median_flops_subnet(self.space, todo) if paired and todo else None
+        ref_run, ref_cleanup = self._runner(reference) if reference is not None else (None, None)
+        ref_times: list[float] = []
+        passes: dict[str, list[float]] = {}
+        done = retimed = 0
+        try:
+            for start in range(0, len(todo), PREPARE_CHUNK):
+                chunk = todo[start:start + PREPARE_CHUNK]
+                prepared: list[tuple[Subnet, Any, Cleanup]] = []
+                try:
+                    for subnet in chunk:
+                        prepared.append((subnet, *self._runner(subnet)))
                         if progress is not None:
-                            progress("time", done, len(todo) * max(int(rounds), 1))
-            finally:
-                for _subnet, _run, cleanup in prepared:
-                    if cleanup is not None:
-                        cleanup()
-            for k, values in per_round.items():
-                self.rounds[k] = values
-                self.table[k] = float(statistics.median(values))
-                self.measured += 1
+                            progress("prepare", start + len(prepared), len(todo))
+                    for subnet in chunk:
+                        passes[self.key(subnet)] = []
+                    for n in range(max_rounds):
+                        due = prepared if n < rounds else [
+                            p for p in prepared if not confirmed_value(passes[self.key(p[0])])[1]]
+                        for subnet, run, _cleanup in rng.sample(due, len(due)):
+                            passes[self.key(subnet)].append(
+                                self._time(run) if ref_run is None else self._ratio(ref_run, run, ref_times))
+                            if n < rounds:
+                                done += 1
+                            else:
+                                retimed += 1
+                            if progress is not None:
+                                progress(*(("time", done, len(todo) * rounds) if n < rounds else ("retime", retimed, 0)))
+                finally:
+                    for _subnet, _run, cleanup in prepared:
+                        if cleanup is not None:
+                            cleanup()
+        finally:
+            if ref_cleanup is not None:
+                ref_cleanup()
+        scale = 1.0
+        if reference is not None:
+            stats = latency_stats(ref_times, batch=self.batch)
+            scale = stats[f"{self.statistic}_ms"]
+            self.reference = {"subnet": reference.to_dict(), "ms": scale, "pairs": len(ref_times),
+                              "p10_ms": stats["p10_ms"], "p90_ms": stats["p90_ms"]}
+        for k, values in passes.items():
+            self.rounds[k] = [v * scale for v in values]
+            self.table[k], settled = confirmed_value(self.rounds[k])
+            self.unsettled += not settled
+            self.measured += 1
         return {self.key(s): self.table[self.key(s)] for s in subnets}
 
     def export_ahead(self, subnets: Sequence[Subnet], progress: Callable[[str, int, int], None] | None = None) -> int:
@@ -297,6 +365,18 @@ class LatencyTable:
                                       min_samples=max(int(self.iters), 2))
         self.timings.append((timing.samples, timing.stopped == "known"))
         return latency_stats(timing.times, batch=self.batch)[f"{self.statistic}_ms"]
+
+    def _ratio(self, reference: Any, run: Any, reference_times: list[float]) -> float:
+        """The median ratio run / reference of interleaved pairs (`timing.ratio_until_known`, this table's
+        threads, warm-up, least samples and caps); the reference's seconds per call are added to
+        `reference_times`, the timing to `self.timings`."""
+        with torch_threads(self.threads if self.target == "torch-cpu" else None):
+            warm_up([reference, run], min_calls=self.warmup)
+            timing = ratio_until_known(reference, run, self.rel_half_width, self.max_time_s,
+                                       min_samples=max(int(self.iters), 2))
+        self.timings.append((timing.samples, timing.stopped == "known"))
+        reference_times.extend(timing.reference.tolist())  # type: ignore[union-attr]
+        return timing.ratio
 
     def compare(self, slower: Subnet, faster: Subnet, warmup_s: float = 0.3, iters: int = 60) -> dict[str, float]:
         """Re-time two subnets interleaved (AB, BA, ...; `timing.interleaved_latency`, the zero-overhead check's

@@ -19,6 +19,8 @@ Every timed loop here follows the same rules:
 - :func:`time_until_known` times one runner for a budget instead of a fixed count: autorange, then samples until
   the statistic's own 95% interval (distribution-free, from order statistics) is within +-``rel_half_width`` or
   a cap (seconds, samples) is reached (latency lookups, `latency fit`, search verification);
+  :func:`ratio_until_known` does the same for the per-pair ratio of a runner against a reference (`latency fit`'s
+  passes: a ratio survives a machine whose speed changes between seconds, a single time does not);
 - :func:`sequential_pairs` adds pairs until a decision rule is satisfied at one of a planned list of looks, the
   planned pairs are measured or a time limit passes (the latency test of :mod:`taslora_deploy.certificate.latency`);
 - the per-pair ratio ``tb[i] / ta[i]`` is formed in one place (:func:`pair_log_ratios`), and
@@ -42,7 +44,7 @@ import torch
 __all__ = ["Runner", "MIN_SAMPLE_S", "synchronize", "torch_threads", "warm_up", "autorange", "sample_timer",
            "pair_autorange", "time_calls", "time_calls_events", "time_pairs", "time_pairs_events", "balanced_order",
            "SequentialPairs", "sequential_pairs", "latency_stats", "interleaved_latency", "pair_log_ratios",
-           "pair_ratio_stats", "KnownTiming", "statistic_half_width", "time_until_known"]
+           "pair_ratio_stats", "KnownTiming", "statistic_half_width", "time_until_known", "ratio_until_known"]
 
 Runner = Callable[[], Any]
 """One inference per call; returns when its work is finished."""
@@ -192,20 +194,60 @@ def statistic_half_width(times_s: Sequence[float] | np.ndarray, statistic: str) 
 
 @dataclass
 class KnownTiming:
-    """What :func:`time_until_known` measured: seconds per call of each sample, calls per sample (``inner``), why
-    it stopped ("known", "time cap" or "sample cap"), the interval's relative half-width then, and the seconds
-    the samples took (autorange excluded)."""
+    """What :func:`time_until_known` or :func:`ratio_until_known` measured: seconds per call of each sample,
+    calls per sample (``inner``), why it stopped ("known", "time cap" or "sample cap"), the interval's relative
+    half-width then, and the seconds the samples took (autorange excluded). A paired timing also holds the
+    reference's seconds per call of each pair (``reference``); its statistic is then the ratio's."""
 
     times: np.ndarray
     inner: int
     stopped: str
     half_width: float
     seconds: float
+    reference: np.ndarray | None = None
 
     @property
     def samples(self) -> int:
-        """How many samples were timed."""
+        """How many samples (pairs, when paired) were timed."""
         return int(self.times.size)
+
+    @property
+    def ratio(self) -> float:
+        """Median of the per-pair ratios run / reference (:func:`pair_log_ratios`); paired timings only."""
+        if self.reference is None:
+            raise ValueError("ratio needs a paired timing (ratio_until_known)")
+        return float(np.exp(np.median(pair_log_ratios(self.reference, self.times))))
+
+
+def _sample_until_known(take: Callable[[], float], statistic: str, rel_half_width: float, max_time_s: float,
+                        max_samples: int, min_samples: int) -> tuple[np.ndarray, str, float, float]:
+    """(samples, why it stopped, half-width, seconds): call ``take`` for one sample each until the ``statistic``
+    of the samples is known within +-``rel_half_width`` (:func:`statistic_half_width`, after ``min_samples``) or
+    a cap is reached; gc paused. The one stopping rule of :func:`time_until_known` and :func:`ratio_until_known`."""
+    if statistic not in STOP_QUANTILE:
+        raise ValueError(f"statistic must be one of {', '.join(STOP_QUANTILE)}, got {statistic!r}")
+    if min_samples < 2 or max_samples < min_samples or rel_half_width <= 0:
+        raise ValueError("need 2 <= min_samples <= max_samples and rel_half_width > 0")
+    perf = time.perf_counter
+    values: list[float] = []
+    half, stopped = math.inf, ""
+    with _gc_paused():
+        start = perf()
+        while not stopped:
+            values.append(take())
+            n = len(values)
+            if n >= min_samples and (n < 64 or n % 8 == 0):  # sorting each sample is cheap up to here
+                half = statistic_half_width(values, statistic)
+                if half <= rel_half_width:
+                    stopped = "known"
+            if not stopped and n >= max_samples:
+                stopped = "sample cap"
+            elif not stopped and n >= min_samples and perf() - start >= max_time_s:
+                stopped = "time cap"
+        seconds = perf() - start
+    if stopped != "known":
+        half = statistic_half_width(values, statistic)
+    return np.asarray(values, dtype=np.float64), stopped, half, seconds
 
 
 def time_until_known(run: Runner, statistic: str = "min", rel_half_width: float = 0.02, max_time_s: float = 0.25,
@@ -217,29 +259,36 @@ def time_until_known(run: Runner, statistic: str = "min", rel_half_width: float 
     are always taken). A quiet machine stops after a few milliseconds; a noisy one runs to a cap and says so."""
     if statistic not in STOP_QUANTILE:
         raise ValueError(f"statistic must be one of {', '.join(STOP_QUANTILE)}, got {statistic!r}")
-    if min_samples < 2 or max_samples < min_samples or rel_half_width <= 0:
-        raise ValueError("need 2 <= min_samples <= max_samples and rel_half_width > 0")
     inner, _ = autorange(sample_timer(run), min_sample_s)
-    perf = time.perf_counter
-    times: list[float] = []
-    half, stopped = math.inf, ""
-    with _gc_paused():
-        start = perf()
-        while not stopped:
-            times.append(_timed(run, inner))
-            n = len(times)
-            if n >= min_samples and (n < 64 or n % 8 == 0):  # sorting each sample is cheap up to here
-                half = statistic_half_width(times, statistic)
-                if half <= rel_half_width:
-                    stopped = "known"
-            if not stopped and n >= max_samples:
-                stopped = "sample cap"
-            elif not stopped and n >= min_samples and perf() - start >= max_time_s:
-                stopped = "time cap"
-        seconds = perf() - start
-    if stopped != "known":
-        half = statistic_half_width(times, statistic)
-    return KnownTiming(np.asarray(times, dtype=np.float64), inner, stopped, half, seconds)
+    times, stopped, half, seconds = _sample_until_known(lambda: _timed(run, inner), statistic, rel_half_width,
+                                                        max_time_s, max_samples, min_samples)
+    return KnownTiming(times, inner, stopped, half, seconds)
+
+
+def ratio_until_known(reference: Runner, run: Runner, rel_half_width: float = 0.02, max_time_s: float = 0.25,
+                      max_samples: int = 2000, min_samples: int = 5,
+                      min_sample_s: float = MIN_SAMPLE_S) -> KnownTiming:
+    """Time ``run`` against ``reference`` in interleaved pairs (AB, BA, AB, ...; :func:`pair_autorange` calls per
+    sample) until the median of the per-pair ratios run / reference is known within +-``rel_half_width`` (95%)
+    or a cap is reached, like :func:`time_until_known`. A machine whose speed changes from one second to the next
+    (another process's phases) changes both sides of a pair alike, so the ratio holds where either time alone
+    does not. ``times``/``reference``: seconds per call of each side; :attr:`KnownTiming.ratio` the statistic."""
+    inner, _ = pair_autorange(reference, run, min_sample_s=min_sample_s)
+    ref_times: list[float] = []
+
+    def pair() -> float:
+        first_ref = len(ref_times) % 2 == 0
+        if first_ref:
+            ref_times.append(_timed(reference, inner))
+        took = _timed(run, inner)
+        if not first_ref:
+            ref_times.append(_timed(reference, inner))
+        return took / max(ref_times[-1], _TINY_S)
+
+    ratios, stopped, half, seconds = _sample_until_known(pair, "median", rel_half_width, max_time_s, max_samples,
+                                                         min_samples)
+    reference_s = np.asarray(ref_times, dtype=np.float64)
+    return KnownTiming(ratios * reference_s, inner, stopped, half, seconds, reference=reference_s)
 
 
 def _cuda_timing_event() -> Any:

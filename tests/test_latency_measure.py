@@ -1,5 +1,6 @@
-"""Measuring until the number is known (`taslora_deploy.timing.time_until_known`) on a clock that moves only when
-the runner runs: it stops early when the samples agree, runs to a cap when they do not, and records the count."""
+"""Measuring until the number is known (`taslora_deploy.timing.time_until_known`, `ratio_until_known`) on a clock
+that moves only when the runner runs: it stops early when the samples agree, runs to a cap when they do not, and
+records the count; a ratio against a reference survives a machine whose speed changes, a single time does not."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from taslora_deploy.timing import statistic_half_width, time_until_known
+from taslora_deploy.timing import ratio_until_known, statistic_half_width, time_until_known
 
 
 @pytest.fixture
@@ -94,3 +95,51 @@ def test_rejects_bad_arguments(clock):
         time_until_known(lambda: None, "mean")
     with pytest.raises(ValueError):
         time_until_known(lambda: None, min_samples=1)
+
+
+class _PhasedMachine:
+    """A machine that runs `slow` times slower every other `phase` calls (another process's phases, slower than
+    one pair of calls): runners made by `runner` advance the clock by their cost at the current speed."""
+
+    def __init__(self, clock: list[float], phase: int = 6, slow: float = 1.8) -> None:
+        self.clock, self.phase, self.slow, self.calls = clock, phase, slow, 0
+
+    def runner(self, base_s: float):
+        def run():
+            self.clock[0] += base_s * (self.slow if (self.calls // self.phase) % 2 else 1.0)
+            self.calls += 1
+
+        return run
+
+
+def test_ratio_against_a_reference_repeats_where_a_single_time_does_not(clock):
+    """Phases of 40 calls: each timing is known within itself, but a single time depends on the phase it landed
+    in (the between-pass spread of `latency fit`), while the ratio against a reference timed in pairs does not."""
+    machine = _PhasedMachine(clock, phase=40)
+    alone = [time_until_known(machine.runner(1e-3), "median", max_time_s=10.0, min_samples=5) for _ in range(8)]
+    medians = [float(np.median(t.times)) for t in alone]
+    assert all(t.stopped == "known" for t in alone) and max(medians) / min(medians) == pytest.approx(1.8)
+    paired = [ratio_until_known(machine.runner(5e-4), machine.runner(1e-3), max_time_s=10.0, min_samples=5)
+              for _ in range(8)]
+    assert all(t.stopped == "known" and t.ratio == pytest.approx(2.0, rel=0.02) for t in paired)
+    references = np.concatenate([t.reference for t in paired])  # type: ignore[misc]
+    assert set(np.round(references * 1e4, 6)) == {5.0, 9.0}  # the reference saw both speeds
+    assert all(t.reference.shape == t.times.shape for t in paired)  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="paired"):
+        _ = alone[0].ratio
+
+
+def test_ratio_pairs_alternate_who_goes_first(clock):
+    calls: list[str] = []
+
+    def named(name: str, cost: float):
+        def run():
+            calls.append(name)
+            clock[0] += cost
+
+        return run
+
+    timing = ratio_until_known(named("ref", 1e-3), named("run", 3e-3), min_samples=4, max_time_s=10.0)
+    assert timing.inner == 1 and timing.samples == 4 and timing.ratio == pytest.approx(3.0)
+    timed = calls[-8:]  # after pair_autorange's probes
+    assert timed == ["ref", "run", "run", "ref", "ref", "run", "run", "ref"]

@@ -116,8 +116,7 @@ class LatencyModel:
         noise = dict((self.info.get("fit") or {}).get("noise") or {})
         p50, p90 = noise.get("round_spread_median"), noise.get("round_spread_p90")
         measured = "" if p50 is None else f"; round-to-round noise p50 {100 * p50:.0f}% / p90 {100 * p90:.0f}%"
-        change = ["longer timing (--max-time 1)", *([] if self.statistic == "min" else ["--statistic min"]),
-                  "a quieter machine"]
+        change = ["more passes (--rounds 5)", "a quieter machine"]
         return (f"latency model unreliable: {100 * float(share):.0f}% of held-out subnets within +-10% (below "
                 f"{100 * TRUSTED_SHARE:.0f}%){measured}; refit (`taslora latency fit`) with {', '.join(change)}")
 
