@@ -32,7 +32,7 @@ from taslora_core.search.measures import flops_of
 from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_deploy.latency_lookup import (
-    LatencyTable, LatencyUnavailable, check_target, default_cache_path, runtime_versions,
+    LatencyTable, LatencyUnavailable, check_target, default_cache_path, default_max_rounds, runtime_versions,
 )
 
 Progress = Callable[[str], None]
@@ -84,7 +84,7 @@ class FitConfig:
         if self.samples < 8:
             raise LatencyUnavailable(f"--samples must be at least 8 (a model has 7 shared terms), got {self.samples}")
         if self.max_rounds is None:
-            self.max_rounds = 2 * self.rounds + 1
+            self.max_rounds = default_max_rounds(self.rounds)
         if (self.holdout < 0 or self.rounds < 1 or self.max_rounds < self.rounds or self.iters < 2 or self.warmup < 0
                 or not self.max_time_s > 0):
             raise LatencyUnavailable("--holdout, --warmup must be >= 0, --rounds >= 1, --max-rounds >= --rounds, "
@@ -248,8 +248,6 @@ def _reporter(say: Progress, batch: int) -> Callable[[str, int, int], None]:
     """measure_many's progress as a line every ~10% of each stage."""
 
     def report(stage: str, done: int, total: int) -> None:
-        if stage == "retime":  # counted in the fit's summary (timings, unconfirmed)
-            return
         if done == total or done % max(total // 10, 1) == 0:
             say(f"  batch {batch}: {'prepared' if stage == 'prepare' else 'timed'} {done}/{total}")
 

@@ -67,7 +67,7 @@ from taslora_core.space import SearchSpace
 from taslora_core.subnet import Subnet
 from taslora_deploy.artifacts import MODEL_ONNX
 from taslora_deploy.timing import (
-    interleaved_latency, latency_stats, ratio_until_known, time_until_known, torch_threads, warm_up,
+    KnownTiming, interleaved_latency, latency_stats, ratio_until_known, time_until_known, torch_threads, warm_up,
 )
 
 PARTS_DIR = "parts"
@@ -79,6 +79,11 @@ PREPARE_CHUNK = 32
 """Subnets whose runners (an ONNX session, an engine) are held at once by `measure_many`."""
 CONFIRM_WITHIN = 0.05
 """Two timing passes of a subnet within this fraction of each other confirm its latency (`confirmed_value`)."""
+
+
+def default_max_rounds(rounds: int) -> int:
+    """The most passes `measure_many` takes per subnet by default: twice the planned ones, plus one."""
+    return 2 * int(rounds) + 1
 
 Cleanup = Callable[[], None] | None
 
@@ -282,10 +287,11 @@ class LatencyTable:
         from second to second (another process's phases) leaves intact; values are the ratios times the
         reference's own `statistic` over all its pairs (`self.reference`). The value kept is `confirmed_value`'s;
         the per-pass values are in `self.rounds` and `self.unsettled` counts the subnets still unconfirmed at
-        the cap. `progress(stage, done, total)` reports 'prepare'/'time'/'retime' steps. Returns {key: ms} of
-        all `subnets` (cached ones included). Single process only."""
+        the cap. `progress(stage, done, total)` reports 'prepare' and 'time' steps (the planned passes; re-timed
+        ones are counted in `self.timings`). Returns {key: ms} of all `subnets` (cached ones included). Single
+        process only."""
         rounds = max(int(rounds), 1)
-        max_rounds = max(int(max_rounds if max_rounds is not None else 2 * rounds + 1), rounds)
+        max_rounds = max(int(max_rounds if max_rounds is not None else default_max_rounds(rounds)), rounds)
         todo = list({self.key(s): s for s in subnets if self.key(s) not in self.table}.values())
         rng = random.Random(seed)
         rng.shuffle(todo)  # each chunk mixes the subnets: drift between chunks hits none of them more than others
@@ -293,7 +299,7 @@ class LatencyTable:
         ref_run, ref_cleanup = self._runner(reference) if reference is not None else (None, None)
         ref_times: list[float] = []
         passes: dict[str, list[float]] = {}
-        done = retimed = 0
+        done = 0
         try:
             for start in range(0, len(todo), PREPARE_CHUNK):
                 chunk = todo[start:start + PREPARE_CHUNK]
@@ -313,10 +319,8 @@ class LatencyTable:
                                 self._time(run) if ref_run is None else self._ratio(ref_run, run, ref_times))
                             if n < rounds:
                                 done += 1
-                            else:
-                                retimed += 1
-                            if progress is not None:
-                                progress(*(("time", done, len(todo) * rounds) if n < rounds else ("retime", retimed, 0)))
+                                if progress is not None:
+                                    progress("time", done, len(todo) * rounds)
                 finally:
                     for _subnet, _run, cleanup in prepared:
                         if cleanup is not None:
@@ -359,24 +363,27 @@ class LatencyTable:
         """The `statistic` (ms per call) of a runner after `warmup` calls, with this table's threads, timed until
         known (`timing.time_until_known`: +-`rel_half_width` at 95%, at least `iters` samples, at most `max_time_s`
         seconds); the sample count and whether a cap ended it are added to `self.timings`."""
-        with torch_threads(self.threads if self.target == "torch-cpu" else None):
-            warm_up([run], min_calls=self.warmup)
-            timing = time_until_known(run, self.statistic, self.rel_half_width, self.max_time_s,
-                                      min_samples=max(int(self.iters), 2))
-        self.timings.append((timing.samples, timing.stopped == "known"))
+        timing = self._known([run], lambda: time_until_known(run, self.statistic, self.rel_half_width,
+                                                             self.max_time_s, min_samples=max(int(self.iters), 2)))
         return latency_stats(timing.times, batch=self.batch)[f"{self.statistic}_ms"]
 
     def _ratio(self, reference: Any, run: Any, reference_times: list[float]) -> float:
         """The median ratio run / reference of interleaved pairs (`timing.ratio_until_known`, this table's
         threads, warm-up, least samples and caps); the reference's seconds per call are added to
         `reference_times`, the timing to `self.timings`."""
-        with torch_threads(self.threads if self.target == "torch-cpu" else None):
-            warm_up([reference, run], min_calls=self.warmup)
-            timing = ratio_until_known(reference, run, self.rel_half_width, self.max_time_s,
-                                       min_samples=max(int(self.iters), 2))
-        self.timings.append((timing.samples, timing.stopped == "known"))
+        timing = self._known([reference, run], lambda: ratio_until_known(
+            reference, run, self.rel_half_width, self.max_time_s, min_samples=max(int(self.iters), 2)))
         reference_times.extend(timing.reference.tolist())  # type: ignore[union-attr]
         return timing.ratio
+
+    def _known(self, runners: list[Any], measure: Callable[[], KnownTiming]) -> KnownTiming:
+        """`measure()` after `warmup` calls of each of `runners`, with this table's threads; its sample count and
+        whether a cap ended it are added to `self.timings`."""
+        with torch_threads(self.threads if self.target == "torch-cpu" else None):
+            warm_up(runners, min_calls=self.warmup)
+            timing = measure()
+        self.timings.append((timing.samples, timing.stopped == "known"))
+        return timing
 
     def compare(self, slower: Subnet, faster: Subnet, warmup_s: float = 0.3, iters: int = 60) -> dict[str, float]:
         """Re-time two subnets interleaved (AB, BA, ...; `timing.interleaved_latency`, the zero-overhead check's

@@ -219,15 +219,20 @@ class KnownTiming:
         return float(np.exp(np.median(pair_log_ratios(self.reference, self.times))))
 
 
-def _sample_until_known(take: Callable[[], float], statistic: str, rel_half_width: float, max_time_s: float,
-                        max_samples: int, min_samples: int) -> tuple[np.ndarray, str, float, float]:
-    """(samples, why it stopped, half-width, seconds): call ``take`` for one sample each until the ``statistic``
-    of the samples is known within +-``rel_half_width`` (:func:`statistic_half_width`, after ``min_samples``) or
-    a cap is reached; gc paused. The one stopping rule of :func:`time_until_known` and :func:`ratio_until_known`."""
+def _check_stopping(statistic: str, rel_half_width: float, max_samples: int, min_samples: int) -> None:
+    """Raise ValueError for arguments :func:`_sample_until_known` cannot stop on (checked before any call runs)."""
     if statistic not in STOP_QUANTILE:
         raise ValueError(f"statistic must be one of {', '.join(STOP_QUANTILE)}, got {statistic!r}")
     if min_samples < 2 or max_samples < min_samples or rel_half_width <= 0:
         raise ValueError("need 2 <= min_samples <= max_samples and rel_half_width > 0")
+
+
+def _sample_until_known(take: Callable[[], float], statistic: str, rel_half_width: float, max_time_s: float,
+                        max_samples: int, min_samples: int) -> tuple[np.ndarray, str, float, float]:
+    """(samples, why it stopped, half-width, seconds): call ``take`` for one sample each until the ``statistic``
+    of the samples is known within +-``rel_half_width`` (:func:`statistic_half_width`, after ``min_samples``) or
+    a cap is reached; gc paused. The one stopping rule of :func:`time_until_known` and :func:`ratio_until_known`
+    (arguments checked by :func:`_check_stopping`)."""
     perf = time.perf_counter
     values: list[float] = []
     half, stopped = math.inf, ""
@@ -257,8 +262,7 @@ def time_until_known(run: Runner, statistic: str = "min", rel_half_width: float 
     (gc paused) until :func:`statistic_half_width` is at most ``rel_half_width`` (after ``min_samples``), or
     ``max_samples`` samples or ``max_time_s`` seconds of sampling are reached (at least ``min_samples`` samples
     are always taken). A quiet machine stops after a few milliseconds; a noisy one runs to a cap and says so."""
-    if statistic not in STOP_QUANTILE:
-        raise ValueError(f"statistic must be one of {', '.join(STOP_QUANTILE)}, got {statistic!r}")
+    _check_stopping(statistic, rel_half_width, max_samples, min_samples)
     inner, _ = autorange(sample_timer(run), min_sample_s)
     times, stopped, half, seconds = _sample_until_known(lambda: _timed(run, inner), statistic, rel_half_width,
                                                         max_time_s, max_samples, min_samples)
@@ -273,22 +277,24 @@ def ratio_until_known(reference: Runner, run: Runner, rel_half_width: float = 0.
     or a cap is reached, like :func:`time_until_known`. A machine whose speed changes from one second to the next
     (another process's phases) changes both sides of a pair alike, so the ratio holds where either time alone
     does not. ``times``/``reference``: seconds per call of each side; :attr:`KnownTiming.ratio` the statistic."""
+    _check_stopping("median", rel_half_width, max_samples, min_samples)
     inner, _ = pair_autorange(reference, run, min_sample_s=min_sample_s)
     ref_times: list[float] = []
+    run_times: list[float] = []
 
     def pair() -> float:
-        first_ref = len(ref_times) % 2 == 0
-        if first_ref:
+        if len(ref_times) % 2 == 0:  # AB, BA, AB, ...
             ref_times.append(_timed(reference, inner))
-        took = _timed(run, inner)
-        if not first_ref:
+            run_times.append(_timed(run, inner))
+        else:
+            run_times.append(_timed(run, inner))
             ref_times.append(_timed(reference, inner))
-        return took / max(ref_times[-1], _TINY_S)
+        return run_times[-1] / max(ref_times[-1], _TINY_S)
 
-    ratios, stopped, half, seconds = _sample_until_known(pair, "median", rel_half_width, max_time_s, max_samples,
-                                                         min_samples)
-    reference_s = np.asarray(ref_times, dtype=np.float64)
-    return KnownTiming(ratios * reference_s, inner, stopped, half, seconds, reference=reference_s)
+    _ratios, stopped, half, seconds = _sample_until_known(pair, "median", rel_half_width, max_time_s, max_samples,
+                                                          min_samples)
+    return KnownTiming(np.asarray(run_times, dtype=np.float64), inner, stopped, half, seconds,
+                       reference=np.asarray(ref_times, dtype=np.float64))
 
 
 def _cuda_timing_event() -> Any:

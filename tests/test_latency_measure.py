@@ -91,10 +91,14 @@ def test_min_is_known_sooner_than_the_median_under_a_heavy_tail(clock):
 
 
 def test_rejects_bad_arguments(clock):
+    calls: list[int] = []
     with pytest.raises(ValueError):
-        time_until_known(lambda: None, "mean")
+        time_until_known(lambda: calls.append(1), "mean")
     with pytest.raises(ValueError):
-        time_until_known(lambda: None, min_samples=1)
+        time_until_known(lambda: calls.append(1), min_samples=1)
+    with pytest.raises(ValueError):
+        ratio_until_known(lambda: calls.append(1), lambda: calls.append(1), min_samples=1)
+    assert calls == []  # refused before anything runs
 
 
 class _PhasedMachine:
@@ -127,6 +131,11 @@ def test_ratio_against_a_reference_repeats_where_a_single_time_does_not(clock):
     assert all(t.reference.shape == t.times.shape for t in paired)  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="paired"):
         _ = alone[0].ratio
+    # phases of 3 pairs, shorter than a timing: each ratio is taken against the reference of its own pair
+    fast = _PhasedMachine(clock, phase=6)
+    within = ratio_until_known(fast.runner(5e-4), fast.runner(1e-3), max_time_s=10.0, min_samples=30)
+    assert within.stopped == "known" and within.samples == 30  # the stopping rule sees the same per-pair ratios
+    assert within.ratio == pytest.approx(2.0, rel=1e-6) and set(np.round(within.reference * 1e4, 6)) == {5.0, 9.0}
 
 
 def test_ratio_pairs_alternate_who_goes_first(clock):
