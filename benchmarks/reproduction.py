@@ -176,12 +176,24 @@ def _run_named(workdir: Path, kind: str, name: str) -> Path | None:
     return found[-1] if found else None
 
 
+def _killed_named(workdir: Path, kind: str, name: str) -> Path | None:
+    """The newest unfinished run called `name` that saved a training state (a killed run to resume), if any."""
+    found = [r.path for r in runs(workdir, kind, finished_only=False)
+             if r.name.endswith(f"-{name}") and not (r.path / "summary.json").exists()
+             and (r.path / "train_state.pt").exists()]
+    return found[-1] if found else None
+
+
 def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str, Any]) -> Path:
     """Train one method (or reuse a finished run of the same name); returns its run folder."""
     kind, extra = METHODS[method]
     done = _run_named(workdir, kind, name)
     if done is not None:
         return done
+    killed = _killed_named(workdir, kind, name)
+    if killed is not None:  # the run's own settings continue it (train_config.json)
+        run_command(f"train {name} (resumed)", ["train", "--resume", str(killed), "--workdir", str(workdir), "--quiet"])
+        return _finished_named(workdir, kind, name)
     lr = args.finetune_lr if method == "finetune" else hp.get("expert_lr", args.expert_lr)
     epochs = args.epochs * EPOCH_FACTOR.get(method, 1)
     argv = ["train", "--supernet", str(args.supernet), "--epochs", str(epochs), "--expert-lr", str(lr),
@@ -197,6 +209,10 @@ def _train(args, workdir: Path, method: str, seed: int, name: str, hp: dict[str,
                  "--recipe", "paper"]
     argv += extra  # last: a method's own options win over the shared ones (the last of a repeated option counts)
     run_command(f"train {name}", argv)
+    return _finished_named(workdir, kind, name)
+
+
+def _finished_named(workdir: Path, kind: str, name: str) -> Path:
     run = _run_named(workdir, kind, name)
     if run is None:
         raise SystemExit(f"training {name} finished without a run folder in {workdir}")

@@ -71,7 +71,7 @@ class Block(nn.Module):
 
 def register_rel_pos(module: nn.Module, space: SearchSpace) -> None:
     """Register the relative-position constants of the space's grid (`rel_pos_attention.rel_pos_buffers`) as
-    non-persistent buffers `rel_table_index`, `rel_one_hot`, `rel_pair_index` (they follow the module's device
+    non-persistent buffers `rel_one_hot`, `rel_key_index`, `rel_value_index`, `rel_pair_index` (they follow the module's device
     and dtype)."""
     buffers = rel_pos_attention.rel_pos_buffers(
         space.img_size // space.patch_size, space.max_relative_position, space.head_dim

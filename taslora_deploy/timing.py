@@ -12,7 +12,9 @@ Every timed loop here follows the same rules:
   :data:`MIN_SAMPLE_S` on the clock used), so a model of a few microseconds is not timed at the clock's grain;
 - on CUDA, :func:`time_calls_events` also records a ``torch.cuda.Event`` pair on the runner's stream around each
   call: host latency (wall clock, what a caller waits) and GPU compute time (events) side by side, trtexec-style;
-- the garbage collector is paused while timing, so a collection does not land in one sample;
+- the garbage collector is paused while timing, so a collection does not land in one sample, and from the first
+  warm-up on glibc's malloc keeps freed blocks (:func:`taslora_core.heap.keep_freed_memory`), so that runners
+  alternating in one process do not page-fault their temporaries in on every call;
 - A/B comparisons interleave the two runners and alternate which goes first in each pair, so that drift of
   the machine (clock, load, caches) hits both sides alike; the ratio is taken per pair. The order can also be
   drawn at random in balanced blocks (:func:`balanced_order`), so no periodic disturbance can line up with it;
@@ -40,6 +42,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from taslora_core.heap import keep_freed_memory
 
 __all__ = ["Runner", "MIN_SAMPLE_S", "synchronize", "torch_threads", "warm_up", "autorange", "sample_timer",
            "pair_autorange", "time_calls", "time_calls_events", "time_pairs", "time_pairs_events", "balanced_order",
@@ -76,6 +80,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 @contextmanager
 def _gc_paused(collect: bool = False) -> Iterator[None]:
+    keep_freed_memory()
     was_enabled = gc.isenabled()
     if collect:  # costs up to ~0.5 s with torch loaded on a busy machine: only before long A/B runs
         gc.collect()
@@ -89,6 +94,7 @@ def _gc_paused(collect: bool = False) -> Iterator[None]:
 
 def warm_up(runners: Sequence[Runner], seconds: float = 0.0, min_calls: int = 1) -> int:
     """Call the runners in turn, at least ``min_calls`` rounds and until ``seconds`` passed; returns the rounds."""
+    keep_freed_memory()
     perf = time.perf_counter
     end = perf() + max(float(seconds), 0.0)
     rounds = 0

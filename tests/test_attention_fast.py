@@ -52,13 +52,13 @@ def reference_attention(
     return out.transpose(1, 2).reshape(b, n, heads * head_dim)
 
 
-FORMS = ("windows", "per-query")
+FORMS = ("bins", "per-query")
 
 
 def _buffers(grid: int, max_rel: int, head_dim: int, form: str = "auto") -> RelPosBuffers:
-    """The grid's buffers; form "windows" drops the per-query index, so even a small grid takes the windows."""
+    """The grid's buffers; form "bins" drops the per-query index, so even a small grid takes the bins form."""
     buffers = rel_pos_buffers(grid, max_rel, head_dim)
-    if form == "windows":
+    if form == "bins":
         return buffers._replace(pair_index=buffers.pair_index[:, :0, :0])
     assert form == "auto" or buffers.pair_index.numel()  # per-query: only small grids have it
     return buffers
@@ -86,9 +86,9 @@ SHAPES = [
 
 
 def _cases(shapes):
-    """(shape, form) pairs: every shape with the windows, small grids also with the per-query form."""
+    """(shape, form) pairs: every shape in the bins form, small grids also in the per-query form."""
     return [(shape, form) for shape in shapes for form in FORMS
-            if form == "windows" or shape[0] ** 2 + 1 <= PER_QUERY_MAX_TOKENS]
+            if form == "bins" or shape[0] ** 2 + 1 <= PER_QUERY_MAX_TOKENS]
 
 
 def _case_id(case) -> str:
@@ -97,7 +97,7 @@ def _case_id(case) -> str:
 
 def test_the_form_follows_the_grid_size():
     assert rel_pos_buffers(4, 3, 32).pair_index.shape == (2, 17, 17)  # fmnist: per query
-    assert rel_pos_buffers(14, 14, 64).pair_index.numel() == 0  # 224 / 16: windows
+    assert rel_pos_buffers(14, 14, 64).pair_index.numel() == 0  # 224 / 16: bins
     assert rel_pos_buffers(14, 14, 64).one_hot.shape == (197, 32)  # 2 * 14 + 4, and 64 + 32 = 96
 
 
@@ -129,8 +129,8 @@ def test_gradients_equal_the_reference(shape, form):
 
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], SHAPES[7]], ids=str)
 def test_the_export_form_equals_the_reference(shape, monkeypatch):
-    """Under ONNX export the fused kernel of the windows is written as MatMul / Softmax: the same numbers."""
-    qkv, tables, buffers = _inputs(*shape, form="windows")
+    """Under ONNX export the fused kernel of the bins form is written as MatMul / Softmax: the same numbers."""
+    qkv, tables, buffers = _inputs(*shape, form="bins")
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     with torch.no_grad():
         for t in (tables, None):
@@ -183,7 +183,7 @@ def _randomised(space: SearchSpace, seed: int) -> Supernet:
 
 SPACES = [
     ("fmnist", {}), ("fmnist-wide", {}), ("fmnist", {"max_relative_position": 1}),  # clamping fires
-    ("fmnist", {"patch_size": 4}),  # a 7 x 7 grid: the windows
+    ("fmnist", {"patch_size": 4}),  # a 7 x 7 grid: the bins form
     ("autoformer-t", {}), ("autoformer-t", {"max_relative_position": 5}),
 ]
 
@@ -208,14 +208,14 @@ def test_logits_equal_the_reference_supernet_and_standalone(name, changes, monke
 def test_the_constants_follow_the_module():
     space = SearchSpace.preset("fmnist")
     model = Supernet(space)
-    assert {"rel_table_index", "rel_one_hot", "rel_pair_index"} <= dict(model.named_buffers()).keys()
+    assert {"rel_one_hot", "rel_key_index", "rel_value_index", "rel_pair_index"} <= dict(model.named_buffers()).keys()
     assert not any(k.startswith("rel_") for k in model.state_dict())  # not saved: derived from the space
     half = materialize(model, largest_subnet(space)).to(torch.float64)
-    assert half.rel_one_hot.dtype == torch.float64 and half.rel_table_index.dtype == torch.long
+    assert half.rel_one_hot.dtype == torch.float64 and half.rel_key_index.dtype == torch.long
     assert half(torch.randn(2, 1, 28, 28, dtype=torch.float64)).dtype == torch.float64
 
 
-@pytest.mark.parametrize("patch", [7, 4], ids=["per-query", "windows"])
+@pytest.mark.parametrize("patch", [7, 4], ids=["per-query", "bins"])
 def test_bfloat16_autocast_keeps_one_dtype(patch):
     space = _space("fmnist", patch_size=patch)
     sup = _randomised(space, 0)
@@ -226,8 +226,9 @@ def test_bfloat16_autocast_keeps_one_dtype(patch):
 
 
 def test_onnx_graph_is_static_and_uses_plain_operators(tmp_path):
-    """The exported fmnist model on a 7 x 7 grid (the windows): onnxruntime parity, no scatter / element-wise
-    gather / data-dependent shape operators, and every tensor shape static except the batch."""
+    """The exported fmnist model on a 7 x 7 grid (the bins form): onnxruntime parity, no scatter or
+    data-dependent shape operators (the element gathers read constant, non-negative indices, which TensorRT's ONNX
+    parser supports), and every tensor shape static except the batch."""
     from taslora_deploy.onnx_export import export_onnx, op_histogram
     from taslora_deploy.ort_parity import ort_session
 
@@ -236,8 +237,21 @@ def test_onnx_graph_is_static_and_uses_plain_operators(tmp_path):
     assert model.rel_pair_index.numel() == 0
     path = export_onnx(model, tmp_path / "m.onnx", input_shape=model.input_shape)
     ops = op_histogram(path)
-    banned = {"ScatterElements", "ScatterND", "Scatter", "GatherElements", "GatherND", "NonZero", "Loop", "If"}
+    banned = {"ScatterElements", "ScatterND", "Scatter", "GatherND", "NonZero", "Loop", "If"}
     assert not banned & ops.keys(), ops
+    assert ops.get("GatherElements") == 2 * len(model.blocks), ops  # the key and the value side of each block
+    model_proto = onnx.load(str(path))
+    constants = {init.name for init in model_proto.graph.initializer}
+    constants |= {out for node in model_proto.graph.node if node.op_type == "Constant" for out in node.output}
+    produced = {out: node for node in model_proto.graph.node for out in node.output}
+    for node in model_proto.graph.node:
+        if node.op_type == "GatherElements":  # indices: a constant, at most expanded over the batch and heads
+            source = produced.get(node.input[1])
+            while source is not None and source.op_type in {"Expand", "Reshape", "Unsqueeze", "Cast", "Identity"}:
+                if source.input[0] in constants:
+                    break
+                source = produced.get(source.input[0])
+            assert source is None or source.input[0] in constants or source.op_type == "Constant", node.name
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
     for info in [*graph.value_info, *graph.output]:
         dims = info.type.tensor_type.shape.dim
@@ -250,7 +264,7 @@ def test_onnx_graph_is_static_and_uses_plain_operators(tmp_path):
     assert np.abs(got - want).max() <= 1e-4
 
 
-@pytest.mark.parametrize("patch", [7, 4], ids=["per-query", "windows"])
+@pytest.mark.parametrize("patch", [7, 4], ids=["per-query", "bins"])
 def test_polygraphy_lint_passes_the_exported_graph(tmp_path, patch):
     """NVIDIA's Polygraphy (`polygraphy check lint`: ONNX checker, onnxruntime inference, graph lint) finds nothing
     to report in the exported graph of either attention form."""

@@ -194,6 +194,35 @@ def test_supernet_stage_resumes_a_killed_run_and_reuses_a_finished_one(tmp_path:
     assert argv[argv.index("--train-subset") + 1] == "10000" and argv[argv.index("--epochs") + 1] == "120"
 
 
+def test_a_killed_method_run_is_resumed_not_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell's training killed after a checkpoint continues from it (`train --resume`), a finished one is reused,
+    and only a name without either starts a new run."""
+    rep = _load("reproduction")
+    workdir = tmp_path / "workspace"
+    calls: list[list[str]] = []
+    killed = workdir / "mole" / "20260101-000000-abl-paper-30x-s0"
+    other = workdir / "mole" / "20260101-000001-abl-paper-3x-s0"  # another cell's killed run: not this one's
+
+    def fake_command(title: str, argv: list[str]) -> None:
+        calls.append(argv)
+        run = Path(argv[argv.index("--resume") + 1]) if "--resume" in argv else workdir / "mole" / "20260102-000000-abl-new-s0"
+        run.mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "mole.json", "mole.safetensors"):
+            (run / name).write_text("{}")
+
+    monkeypatch.setattr(rep, "run_command", fake_command)
+    args = rep.parse_args(["ablation", "--out", str(tmp_path), "--epochs", "3"])
+    for run in (killed, other):
+        run.mkdir(parents=True)
+        (run / "train_state.pt").write_bytes(b"state")
+    hp = {"alpha": 16, "router_lr": 1e-3, "warmup": 1}
+    assert rep._train(args, workdir, "tas-lora", 0, "abl-paper-30x-s0", hp) == killed
+    assert calls[-1] == ["train", "--resume", str(killed), "--workdir", str(workdir), "--quiet"]
+    assert rep._train(args, workdir, "tas-lora", 0, "abl-paper-30x-s0", hp) == killed and len(calls) == 1
+    rep._train(args, workdir, "tas-lora", 0, "abl-new-s0", hp)
+    assert "--resume" not in calls[-1] and calls[-1][calls[-1].index("--name") + 1] == "abl-new-s0"
+
+
 def test_headroom_map_rows_come_from_each_regimes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hm = _load("headroom_map")
     monkeypatch.setattr(hm, "RUNS", tmp_path / "runs")

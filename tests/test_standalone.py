@@ -54,7 +54,7 @@ def test_layers_have_exact_subnet_shapes_and_load_strictly():
     assert tuple(blk.attn.qkv.weight.shape) == (768, 192)
     assert tuple(blk.attn.proj.weight.shape) == (192, 256)
     assert tuple(model.blocks[2].fc1.weight.shape) == (576, 192)  # ratio 3.0
-    assert model.rel_one_hot.shape[0] == 197 and "rel_table_index" in dict(model.named_buffers())
+    assert model.rel_one_hot.shape[0] == 197 and "rel_key_index" in dict(model.named_buffers())
     fresh = StandaloneViT(sup.space, sub)
     fresh.load_state_dict(model.state_dict(), strict=True)
     bad = dict(model.state_dict())
