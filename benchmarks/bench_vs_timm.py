@@ -22,7 +22,9 @@ alternates (timm, ours / ours, timm), as many as fill --row-s seconds within [--
 the median of the per-pair ratios, p10-p90 beside it.
 torch and onnxruntime get --threads intra-op threads. `--attention reference` swaps in the attention the library
 used before (tests/test_attention_fast.py::reference_attention: (N, N, head_dim) tables), for before/after
-tables from one source; `--before <json>` puts an earlier run's ratios beside this run's. CUDA rows synchronise
+tables from one source; `--attention none` leaves the relative positions
+out (the same models, plain fused attention): what the rest of the model costs against timm's. `--before <json>`
+(repeatable) puts an earlier run's ratios beside this run's. CUDA rows synchronise
 the device in every call; without CUDA, `--device cuda` writes nothing and says so. Writes
 <out>/<attention>-<device>.json and .md (default benchmarks/results/vs-timm/).
 """
@@ -50,6 +52,7 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 from taslora_core import rel_pos_attention  # noqa: E402
 from taslora_core.atomic import atomic_write_text  # noqa: E402
+from taslora_core.heap import keep_freed_memory  # noqa: E402
 from taslora_core.mole import MoLEConfig, MoLEModel  # noqa: E402
 from taslora_core.space import SearchSpace  # noqa: E402
 from taslora_core.subnet import Subnet, largest_subnet  # noqa: E402
@@ -193,36 +196,39 @@ def _ort_rows(name: str, timm: torch.nn.Module, ours: torch.nn.Module, shape: tu
     return rows
 
 
-def markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
-    """The ratio table and the conditions of one run; with `before` (an earlier result of this script, e.g. the
-    reference attention) its ratios side by side."""
-    old = {(e["space"], r["path"], r["batch"]): r for e in (before or {}).get("spaces", []) for r in e["rows"]}
-    extra = f" before ({before['attention']}): ours / timm |" if before else ""
+def markdown(result: dict[str, Any], befores: list[tuple[str, dict[str, Any]]] | None = None) -> str:
+    """The ratio table and the conditions of one run; with `befores` ((label, an earlier result of this script),
+    e.g. the reference attention) their ratios side by side, one column each."""
+    befores = befores or []
+    olds = [{(e["space"], r["path"], r["batch"]): r for e in before["spaces"] for r in e["rows"]} for _, before in befores]
+    extra = "".join(f" before ({label}): ours / timm |" for label, _ in befores)
     lines = [f"| space | path | batch | timm ms | ours ms | ours / timm (p10-p90) | pairs |{extra}",
-             "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if before else "")]
+             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(befores)]
     for entry in result["spaces"]:
         for r in entry["rows"]:
-            was = old.get((entry["space"], r["path"], r["batch"]))
-            cell = ""
-            if before:
-                cell = f" {was['ratio']:.3f} ({was['ratio_p10']:.3f}-{was['ratio_p90']:.3f}) |" if was else " - |"
+            cells = ""
+            for old in olds:
+                was = old.get((entry["space"], r["path"], r["batch"]))
+                cells += f" {was['ratio']:.3f} ({was['ratio_p10']:.3f}-{was['ratio_p90']:.3f}) |" if was else " - |"
             lines.append(f"| {entry['space']} | {r['path']} | {r['batch']} | {r['timm_ms']:.2f} | {r['ours_ms']:.2f} | "
-                         f"**{r['ratio']:.3f}** ({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) | {r['pairs']} |{cell}")
+                         f"**{r['ratio']:.3f}** ({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) | {r['pairs']} |{cells}")
     env, cond = result["environment"], result["conditions"]
     lines += [
         "",
         f"Command: `{result['command']}`",
         f"Attention: {result['attention']}. Device: {env['device_name']} ({env['cpu_count']} logical CPUs), "
         f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, timm {result['timm']}; {result['threads']} torch / "
-        f"onnxruntime intra-op threads; OMP_WAIT_POLICY={cond['omp_wait_policy']}.",
+        f"onnxruntime intra-op threads; OMP_WAIT_POLICY={cond['omp_wait_policy']}; glibc malloc thresholds fixed "
+        f"(taslora_core.heap, as every timing loop does): {cond.get('malloc_kept', False)}.",
         f"Load average (1, 5, 15 min) before: {cond['load_before']}, after: {cond['load_after']} — the machine is "
         "shared: pairs are interleaved so that its drift hits both sides, and the ratio is the median per-pair ratio.",
         f"Timing: {result['warmup_s']} s warm-up, then interleaved pairs for about {result['row_s']} s per row "
         f"(at least {result['iters']}, at most {result['max_iters']}; the pairs column).",
     ]
-    if before:
-        lines.append(f"Before: `{before['command']}`, load average before / after {before['conditions']['load_before']}"
-                     f" / {before['conditions']['load_after']}.")
+    for label, before in befores:
+        lines.append(f"Before ({label}): `{before['command']}`, load average before / after "
+                     f"{before['conditions']['load_before']} / {before['conditions']['load_after']}; glibc malloc "
+                     f"thresholds fixed: {before['conditions'].get('malloc_kept', False)}.")
     for entry in result["spaces"]:
         s = entry["subnet"]
         lines.append(f"- {entry['space']}: embed {s['embed_dim']}, depth {s['depth']}, heads {s['num_heads'][0]}, "
@@ -235,8 +241,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", action="append", choices=SPACES, help="repeatable; default: all three")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--attention", choices=("fast", "reference"), default="fast",
-                        help="reference: the former (N, N, head_dim) attention, for the 'before' table")
+    parser.add_argument("--attention", choices=("fast", "reference", "none"), default="fast",
+                        help="reference: the former (N, N, head_dim) attention, for the 'before' table; none: "
+                             "relative positions left out (plain fused attention), what the rest of the model costs")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--iters", type=int, default=20, help="interleaved pairs per row, at least")
     parser.add_argument("--max-iters", type=int, default=400, help="interleaved pairs per row, at most")
@@ -244,7 +251,9 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows")
     parser.add_argument("--re-export", action="store_true", help="export again even if --work holds the files")
-    parser.add_argument("--before", type=Path, help="an earlier JSON of this script: its ratios side by side")
+    parser.add_argument("--before", type=Path, action="append",
+                        help="an earlier JSON of this script: its ratios side by side, labelled by its file name "
+                             "(repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "vs-timm")
     parser.add_argument("--work", type=Path, default=ROOT / "reproduction-runs" / "vs-timm",
@@ -256,6 +265,10 @@ def main() -> None:
         return
     if args.attention == "reference":
         rel_pos_attention.attention = reference_attention()
+    elif args.attention == "none":
+        with_tables = rel_pos_attention.attention
+        rel_pos_attention.attention = lambda qkv, heads, head_dim, tables, buffers: with_tables(
+            qkv, heads, head_dim, None, None)
     command = " ".join([".venv/bin/python benchmarks/bench_vs_timm.py", *sys.argv[1:]])
     load_before = [round(x, 2) for x in os.getloadavg()]
     with torch_threads(args.threads):
@@ -266,17 +279,16 @@ def main() -> None:
         "iters": args.iters, "max_iters": args.max_iters, "row_s": args.row_s, "warmup_s": args.warmup_s,
         "timm": timm_package.__version__, "environment": env,
         "conditions": {"load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
-                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "malloc_kept": keep_freed_memory()},
         "spaces": spaces,
     }
     stem = f"{args.attention}-{device.type}"
     args.out.mkdir(parents=True, exist_ok=True)
+    befores = [(path.stem, json.loads(path.read_text())) for path in args.before or []]
+    result["before"] = [{"file": str(path), "attention": before["attention"], "command": before["command"],
+                         "conditions": before["conditions"]} for path, (_, before) in zip(args.before or [], befores)]
     atomic_write_text(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
-    before = json.loads(args.before.read_text()) if args.before else None
-    if before:
-        result["before"] = {"file": str(args.before), "attention": before["attention"],
-                            "command": before["command"], "conditions": before["conditions"]}
-    md = markdown(result, before)
+    md = markdown(result, befores)
     atomic_write_text(args.out / f"{stem}.md", md)
     print(md)
     print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")

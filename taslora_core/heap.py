@@ -2,11 +2,12 @@
 
 glibc's malloc serves blocks above a threshold with mmap and returns them to the system when freed, and trims
 the heap's top when much of it is free; it moves both thresholds by what it last freed. Two models that
-alternate in one process (an A/B timing) keep moving them, and then each forward pass can fault all its
-activations in afresh. Measured (AutoFormer-T's largest subnet and timm's ViT of its size, batch 8, one thread,
-alternating forward passes, 2026-12-07): in 2 of 7 runs 20-57 thousand minor page faults per forward of ours and
-21-34 thousand of timm's, and then 10-40% longer forwards; with the thresholds fixed by `keep_freed_memory`, no
-fault in any run. A model timed alone did not fault either way.
+alternate in one process (an A/B timing) keep moving them, and then each forward pass can fault its activations
+in afresh. Measured (`benchmarks/bench_page_faults.py --runs 10`: AutoFormer-T's largest subnet and timm's ViT of
+its size, batch 8, one thread, 8 alternating pairs per process, 2026-12-07): malloc as it comes, 3 of 5 processes
+had 18.7-35.2 thousand minor page faults per forward of timm's model and 0.5-19.9 thousand of ours (70-140 MB of
+fresh pages per forward); with `keep_freed_memory`, at most 185 in every process. A model timed alone did not
+fault.
 """
 
 from __future__ import annotations
