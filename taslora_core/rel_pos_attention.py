@@ -90,30 +90,27 @@ def rel_pos_buffers(grid: int, max_rel: int, head_dim: int) -> RelPosBuffers:
     n, width = s * s + 1, math.ceil((head_dim + 2 * s + 4) / _ALIGN) * _ALIGN - head_dim
     cls_v, cls_h, ones, zeros = s, s + 1, 2 * s + 2, 2 * s + 3  # columns past the grid rows' one-hots
     patches = torch.arange(s * s)
-    r, c = patches // s, patches % s
     one_hot = torch.zeros(n, width)
-    one_hot[1 + patches, r] = 1.0
+    one_hot[1 + patches, patches // s] = 1.0
     one_hot[0, [cls_v, cls_h]] = 1.0
-    one_hot[1 + patches, s + 2 + c] = 1.0
+    one_hot[1 + patches, s + 2 + patches % s] = 1.0
     one_hot[:, ones] = 1.0
 
-    axis = axis_rel_index(s, max_rel)  # (s, s): table row of (query row, key row); the same rule per column
-    # A's last column (2R), from the key table's zero row, fills the cls query's row (its key term is a softmax
-    # shift) and the ones/zeros/alignment columns
-    key_index = torch.full((n, width), 2 * rows, dtype=torch.long)
-    key_index[1:, :s] = axis[r]
-    key_index[1:, cls_v], key_index[1:, cls_h] = 0, rows
-    key_index[1:, s + 2 : 2 * s + 2] = rows + axis[c]
-    with torch.device("cpu"):  # read as numbers, also where the supernet is built on the meta device
-        axis_rows = axis_rel_index(s, max_rel).tolist()
+    # Per query, as plain numbers (also where the supernet is built on the meta device): the column of A behind
+    # each extra q column, and the sums' columns in each relative bin. A's last column (2R), from the key table's
+    # zero row, fills the cls query's row (its key term is a softmax shift) and the ones/zeros/alignment columns.
+    with torch.device("cpu"):
+        axis = axis_rel_index(s, max_rel).tolist()  # [query row][key row] -> table row; the same rule per column
+    key_index = [[2 * rows] * width]
     bins: list[list[list[int]]] = [[[] for _ in range(2 * rows)] for _ in range(n)]
     bins[0][0], bins[0][rows] = [ones], [ones]
     for i in range(1, n):
         ri, ci = (i - 1) // s, (i - 1) % s
+        key_index.append([*axis[ri], 0, rows, *(rows + t for t in axis[ci])] + [2 * rows] * (width - 2 * s - 2))
         bins[i][0], bins[i][rows] = [cls_v], [cls_h]
         for k in range(s):
-            bins[i][axis_rows[ri][k]].append(k)
-            bins[i][rows + axis_rows[ci][k]].append(s + 2 + k)
+            bins[i][axis[ri][k]].append(k)
+            bins[i][rows + axis[ci][k]].append(s + 2 + k)
     m = max(len(cols) for query in bins for cols in query)
     value_index = torch.tensor([[[cols[j] if j < len(cols) else zeros for cols in query] for j in range(m)]
                                 for query in bins], dtype=torch.long)  # (N, m, 2R)
@@ -122,7 +119,7 @@ def rel_pos_buffers(grid: int, max_rel: int, head_dim: int) -> RelPosBuffers:
         pair_index = torch.stack([idx_v, idx_h + rows])
     else:
         pair_index = torch.zeros(2, 0, 0, dtype=torch.long)
-    return RelPosBuffers(one_hot, key_index, value_index.flatten(1), pair_index)
+    return RelPosBuffers(one_hot, torch.tensor(key_index, dtype=torch.long), value_index.flatten(1), pair_index)
 
 
 def attention(
