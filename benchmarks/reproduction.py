@@ -50,7 +50,7 @@ from taslora_core.run_io import load_checkpoint
 from taslora_core.slicing import LINEAR_LAYERS, LINEAR_PATHS, block_dims, weight
 from taslora_core.subnet import Subnet, smallest_subnet
 from taslora_core.train.run_files import recorded_epochs
-from taslora_core.workspace import runs
+from taslora_core.workspace import is_finished, runs
 from taslora_deploy.standalone import materialize
 
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -171,16 +171,20 @@ class Store:
             return {k: data[k] for k in data.files}
 
 
+def _named_runs(workdir: Path, kind: str, name: str) -> list[Path]:
+    """The run folders called `name`, oldest first, finished or not."""
+    return [r.path for r in runs(workdir, kind, finished_only=False) if r.name.endswith(f"-{name}")]
+
+
 def _run_named(workdir: Path, kind: str, name: str) -> Path | None:
-    found = [r.path for r in runs(workdir, kind) if r.name.endswith(f"-{name}") and (r.path / "summary.json").exists()]
+    found = [p for p in _named_runs(workdir, kind, name) if is_finished(kind, p) and (p / "summary.json").exists()]
     return found[-1] if found else None
 
 
 def _killed_named(workdir: Path, kind: str, name: str) -> Path | None:
     """The newest unfinished run called `name` that saved a training state (a killed run to resume), if any."""
-    found = [r.path for r in runs(workdir, kind, finished_only=False)
-             if r.name.endswith(f"-{name}") and not (r.path / "summary.json").exists()
-             and (r.path / "train_state.pt").exists()]
+    found = [p for p in _named_runs(workdir, kind, name)
+             if not (p / "summary.json").exists() and (p / "train_state.pt").exists()]
     return found[-1] if found else None
 
 
