@@ -40,8 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def old_module(rev: str, work: Path):
     """The attention module of git revision `rev`, loaded under another name."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:taslora_core/rel_pos_attention.py"],
-                            check=True, capture_output=True, text=True).stdout
+    shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:taslora_core/rel_pos_attention.py"],
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise SystemExit(f"--old-rev {rev}: git has no taslora_core/rel_pos_attention.py at that revision "
+                         f"({shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else 'git failed'}); "
+                         "give a commit of this repository that has the file (default 217d149)")
+    source = shown.stdout
     path = work / f"rel_pos_attention_{rev}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"rel_pos_attention_{rev}", path)

@@ -82,6 +82,10 @@ ARMS: dict[str, tuple[str, Callable[[argparse.Namespace], list[str]]]] = {
     # (the other combination, sandwich + LoRA+, is a recipe of its own: its first runs used "--recipe sandwich
     # --lora-plus 16", the same settings)
     "sandwich-random3": ("sandwich", lambda a: ["--sandwich-random", "3"]),
+    # the winner with three random subnets per step (5 passes): do more random passes per step lift the random panel?
+    "sandwich-lora-plus-random3": ("sandwich-lora-plus", lambda a: ["--sandwich-random", "3"]),
+    # the winner at half the batch: twice the optimizer steps over the same images (equal compute in images)
+    "sandwich-lora-plus-b64": ("sandwich-lora-plus", lambda a: ["--batch-size", str(a.batch_size // 2)]),
 }
 """arm -> (recipe, its extra `taslora train` options given the driver's options; they win over the shared
 ones). One arm per recipe, plus the variants above; combinations are added here."""
@@ -327,7 +331,7 @@ def stage_screen_report(args: argparse.Namespace, store: R.Store) -> str:
     summary: dict[str, Any] = {"val_images": base["val_images"], "budgets": {}}
     for budget in sorted({r["budget"] for r in store.records("screen") if "budget" in r}):
         rows = ranked(store, budget)
-        text += (f"\n### {budget}x the paper's budget\n\n| arm (-lr: experts' LR) | steps | passes | panel mean | "
+        text += (f"\n### {budget}x the paper's budget\n\n| arm (-lr: experts' LR) | steps | passes x batch | panel mean | "
                  + " | ".join(f"{n}" for n in names) + f" | {args.random_subnets} random: top-1 | "
                  f"{args.random_subnets} random: loss decrease | helped / hurt | "
                  "own-expert mass | routing TV within / across embed | expert cosine | s |\n|---|"
@@ -346,7 +350,7 @@ def stage_screen_report(args: argparse.Namespace, store: R.Store) -> str:
             cos = r["moved"].get("expert_cosine")
             tv = (f"{sep['tv_within_embed']:.3f} / {sep['tv_across_embed']:.3f}"
                   if sep.get("tv_within_embed") is not None and sep.get("tv_across_embed") is not None else "–")
-            row = [r.get("variant", r["arm"]), str(r["steps"]), str(r["forward_passes"]), f"**{_cell(g['panel_mean'])}**", *cells,
+            row = [r.get("variant", r["arm"]), str(r["steps"]), _passes(r, args), f"**{_cell(g['panel_mean'])}**", *cells,
                    _cell(g["random_mean"]["top1"]), _cell(g["random_mean"]["loss"], 4), f"{g['helped']} / {g['hurt']}",
                    f"{statistics.fmean(own.values()):.3f}" if own else "–", tv,
                    f"{statistics.fmean(cos.values()):.3f}" if cos else "–", f"{r['seconds']:.0f}"]
@@ -356,7 +360,7 @@ def stage_screen_report(args: argparse.Namespace, store: R.Store) -> str:
                                             "steps": r.get("steps"), "passes": r.get("forward_passes"),
                                             "gains": r.get("gains"), "diverged": bool(r.get("diverged"))}
                                            for r in rows]
-    text += budget_curve(store, names)
+    text += budget_curve(store, names, args)
     equal = [r for r in store.records("screen") if r.get("arm") == "sandwich"]
     if equal:
         text += ("\nEqual passes: a sandwich step runs 2 + sandwich_random subnet passes (3 by default), so the sandwich "
@@ -378,7 +382,15 @@ def stage_screen_report(args: argparse.Namespace, store: R.Store) -> str:
     return text
 
 
-def budget_curve(store: R.Store, names: list[str]) -> str:
+def _passes(r: dict[str, Any], args: argparse.Namespace) -> str:
+    """A cell's subnet forward/backward passes and their batch ('8424 x 128'): an arm's own --batch-size (the last
+    one in its options) changes what a pass costs."""
+    options = r.get("options") or []
+    sizes = [options[i + 1] for i, o in enumerate(options[:-1]) if o == "--batch-size"]
+    return f"{r['forward_passes']} x {sizes[-1] if sizes else args.batch_size}"
+
+
+def budget_curve(store: R.Store, names: list[str], args: argparse.Namespace) -> str:
     """Markdown: every variant screened at three or more budgets, its validation gains and captures per budget (the
     budget curve of issue 26: is a recipe limited by its budget or by its design?)."""
     by_variant: dict[str, list[dict[str, Any]]] = {}
@@ -388,7 +400,7 @@ def budget_curve(store: R.Store, names: list[str]) -> str:
     curves = {v: sorted(rows, key=lambda r: r["budget"]) for v, rows in by_variant.items() if len(rows) >= 3}
     if not curves:
         return ""
-    text = ("\n### Budget curve (validation, seed 0)\n\n| arm | budget | steps | passes | panel mean | "
+    text = ("\n### Budget curve (validation, seed 0)\n\n| arm | budget | steps | passes x batch | panel mean | "
             + " | ".join(f"{n}: gain (capture)" for n in names) + " | 20 random: top-1 | s |\n|---|"
             + "---|" * (len(names) + 6) + "\n")
     for variant, rows in curves.items():
@@ -396,7 +408,7 @@ def budget_curve(store: R.Store, names: list[str]) -> str:
             g = r["gains"]
             cells = [_cell(g["targets"][n]["top1"]) + (f" ({g['targets'][n]['capture'][0]:.2f})"
                                                        if "capture" in g["targets"][n] else "") for n in names]
-            text += (f"| {variant} | {r['budget']}x | {r['steps']} | {r['forward_passes']} | {_cell(g['panel_mean'])} | "
+            text += (f"| {variant} | {r['budget']}x | {r['steps']} | {_passes(r, args)} | {_cell(g['panel_mean'])} | "
                      + " | ".join(cells) + f" | {_cell(g['random_mean']['top1'])} | {r['seconds']:.0f} |\n")
     return text
 

@@ -414,6 +414,12 @@ def test_screen_variants_ranking_and_best_arms(tmp_path: Path) -> None:
     assert drv.best_arms(store, 1) == ["sandwich", "factorised"]  # paper is the reference, diverged runs never
     args.best_lr_of = 1
     assert drv.variants(args, ["group-hard", "sandwich"], store) == {"sandwich": ("sandwich", 5e-3)}
+    # a pass is a subnet's forward/backward over one batch: an arm's own --batch-size (the last one) is what it costs
+    drv.register({"sandwich-lora-plus-b64": ("sandwich-lora-plus-b64", 1e-3)}, [3], args)
+    half = drv.R.METHODS["sandwich-lora-plus-b64-3x"][1]
+    assert half[-2:] == ["--batch-size", "64"]
+    assert drv._passes({"forward_passes": 16848, "options": half}, args) == "16848 x 64"
+    assert drv._passes({"forward_passes": 8424, "options": ["--recipe", "sandwich"]}, args) == "8424 x 128"
 
 
 def test_ranking_subnets_stay_under_the_bound_and_kendall_follows_the_order(tmp_path: Path) -> None:
