@@ -42,10 +42,11 @@ def old_module(rev: str, work: Path):
     """The attention module of git revision `rev`, loaded under another name."""
     shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:taslora_core/rel_pos_attention.py"],
                            capture_output=True, text=True)
-    if shown.returncode != 0:
-        raise SystemExit(f"--old-rev {rev}: git has no taslora_core/rel_pos_attention.py at that revision "
-                         f"({shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else 'git failed'}); "
-                         "give a commit of this repository that has the file (default 217d149)")
+    if shown.returncode != 0:  # bad input: one line on stderr, exit 2 (as argparse does for bad options)
+        why = shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else "git failed"
+        print(f"--old-rev {rev}: git has no taslora_core/rel_pos_attention.py at that revision ({why}); give a commit "
+              "of this repository that has the file (default 217d149)", file=sys.stderr)
+        raise SystemExit(2)
     source = shown.stdout
     path = work / f"rel_pos_attention_{rev}.py"
     path.write_text(source)
